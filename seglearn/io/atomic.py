@@ -1,0 +1,61 @@
+"""Atomic output files: write to a hidden temporary name beside the target, then rename."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+from seglearn.errors import OutputExistsError, SeglearnError
+
+
+def check_writable(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Refuse to clobber an existing file and make sure the folder can be written.
+
+    Parameters
+    ----------
+    path : path-like
+        The final output path.
+    overwrite : bool
+        Allow replacing an existing file.
+
+    Returns
+    -------
+    Path
+        ``path`` as a :class:`~pathlib.Path`, its parent folder created.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path}: output already exists; pass overwrite=true to replace it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SeglearnError(f"{path.parent}: cannot create output folder ({exc.strerror})") from exc
+    if not os.access(path.parent, os.W_OK):
+        raise SeglearnError(f"{path.parent}: output folder is not writable")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path; on success rename it to ``path``, on failure delete it.
+
+    A reader never sees a half-written file under the final name, and a killed process leaves
+    at most a hidden ``.NAME.tmp-PID`` file behind.
+
+    Examples
+    --------
+    >>> with atomic_path("out/labels.tif") as tmp:  # doctest: +SKIP
+    ...     tifffile.imwrite(tmp, labels)
+    """
+    path = check_writable(path, overwrite=overwrite)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        if path.exists() and not overwrite:
+            raise OutputExistsError(f"{path}: output appeared while writing; not replaced")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,371 @@
+"""TIFF / PNG / slice-folder reading with voxel sizes, and atomic ImageJ-compatible writing.
+
+Readers return ``(C, Z, Y, X)`` (:func:`read_image`) or ``(Z, Y, X)`` (:func:`read_stack`);
+:func:`open_stack` reads a block of slices at a time so stacks larger than memory work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from seglearn.errors import InputError
+from seglearn.io.atomic import atomic_path
+
+log = logging.getLogger("seglearn")
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+_UNIT_NM = {"nm": 1.0, "nanometer": 1.0, "um": 1e3, "µm": 1e3, "\\u00B5m": 1e3, "micron": 1e3,
+            "micrometer": 1e3, "mm": 1e6, "millimeter": 1e6, "cm": 1e7, "m": 1e9, "pixel": None}
+_Z_AXES = "ZTIQ"
+_C_AXES = "CS"
+BIGTIFF_BYTES = 2**31 - 2**25  # leave room for tags
+
+
+def _natural_key(path: Path) -> tuple:
+    """Sort key using the last number in the file name (``...BSE-00010.tif`` after ``-00009``)."""
+    nums = re.findall(r"\d+", path.stem)
+    return (int(nums[-1]) if nums else -1, path.name)
+
+
+def list_slice_files(folder: Path) -> list[Path]:
+    """Per-slice image files in ``folder``, sorted by the number in their names."""
+    files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+    if not files:
+        raise InputError(f"{folder}: folder holds no .tif/.tiff/.png slice images")
+    return sorted(files, key=_natural_key)
+
+
+def _to_czyx(data: np.ndarray, axes: str, path: Path) -> np.ndarray:
+    """Rearrange an array with tifffile axis letters into ``(C, Z, Y, X)``."""
+    if len(axes) != data.ndim:
+        axes = {2: "YX", 3: "ZYX", 4: "CZYX"}.get(data.ndim, "")
+        if not axes:
+            raise InputError(f"{path}: expected a 2D image or 3D stack, got {data.ndim}D array of shape {data.shape}")
+    keep = [i for i, a in enumerate(axes) if data.shape[i] > 1 or a in "YX"]
+    data = data.reshape([data.shape[i] for i in keep])
+    axes = "".join(axes[i] for i in keep)
+    if "Y" not in axes or "X" not in axes:
+        raise InputError(f"{path}: image has no Y/X axes (axes {axes!r}, shape {data.shape})")
+    zs = [a for a in axes if a in _Z_AXES]
+    cs = [a for a in axes if a in _C_AXES]
+    other = [a for a in axes if a not in _Z_AXES + _C_AXES + "YX"]
+    if len(zs) > 1 or len(cs) > 1 or other:
+        raise InputError(f"{path}: cannot read axes {axes!r} (shape {data.shape}) as (C, Z, Y, X)")
+    src = [axes.index(cs[0])] if cs else []
+    src += [axes.index(zs[0])] if zs else []
+    src += [axes.index("Y"), axes.index("X")]
+    data = np.transpose(data, src)
+    if not cs:
+        data = data[None]
+    if not zs:
+        data = data[:, None]
+    return data
+
+
+def _unit_scale(unit: str | None) -> float | None:
+    if unit is None:
+        return None
+    return _UNIT_NM.get(str(unit).strip().lower().replace("\\u00b5", "µ"), None)
+
+
+def read_voxel_size_nm(tif) -> tuple[float, float, float] | None:
+    """Voxel size ``(z, y, x)`` in nm from ImageJ or OME metadata of an open ``TiffFile``."""
+    try:
+        shaped = tif.shaped_metadata[0] if tif.is_shaped and tif.shaped_metadata else None
+        if shaped and "voxel_size_nm" in shaped:
+            z, y, x = (float(v) for v in shaped["voxel_size_nm"])
+            return (z, y, x)
+        if tif.is_ome and tif.ome_metadata:
+            root = ET.fromstring(tif.ome_metadata)
+            px = next(el for el in root.iter() if el.tag.endswith("Pixels"))
+            out = []
+            for ax in "ZYX":
+                val = px.get(f"PhysicalSize{ax}")
+                scale = _unit_scale(px.get(f"PhysicalSize{ax}Unit", "µm"))
+                out.append(float(val) * scale if val is not None and scale else None)
+            if out[1] and out[2]:
+                return (out[0] or out[2], out[1], out[2])
+        page = tif.pages[0]
+        ij = tif.imagej_metadata or {}
+        scale = _unit_scale(ij.get("unit")) if ij else None
+        xres = page.tags.get("XResolution")
+        yres = page.tags.get("YResolution")
+        if xres is None or yres is None:
+            return None
+        if scale is None:
+            unit_tag = page.tags.get("ResolutionUnit")
+            unit_val = int(unit_tag.value) if unit_tag is not None else 1
+            scale = {2: 25.4e6, 3: 1e7}.get(unit_val)
+        if scale is None:
+            return None
+        xn, xd = xres.value
+        yn, yd = yres.value
+        if not xn or not yn:
+            return None
+        x = xd / xn * scale
+        y = yd / yn * scale
+        z = float(ij.get("spacing", 0.0)) * scale if ij.get("spacing") else x
+        if abs(x - y) < 1e-9 and abs(x - scale) < 1e-9 and not ij.get("spacing"):
+            return None  # resolution 1 pixel per unit: no real calibration
+        return (z, y, x)
+    except (StopIteration, ValueError, TypeError, ET.ParseError, KeyError):
+        return None
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise InputError(f"{path}: file does not exist")
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, dict]:
+    import tifffile
+
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty (0 bytes), expected a TIFF image")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            data = series.asarray()
+            axes = series.axes
+            if axes == "SYX" and data.shape[0] in (3, 4) and not tif.is_imagej:
+                # tifffile < 2026 stored any (3|4, Y, X) array as planar RGB: read it as a stack
+                axes = "ZYX"
+            voxel = read_voxel_size_nm(tif)
+    except (tifffile.TiffFileError, ValueError, OSError, IndexError, EOFError, KeyError) as exc:
+        raise InputError(f"{path}: not a readable TIFF ({exc})") from exc
+    return _to_czyx(data, axes, path), {"voxel_size_nm": voxel, "path": str(path)}
+
+
+def _read_png(path: Path) -> tuple[np.ndarray, dict]:
+    import imageio.v3 as iio
+
+    try:
+        data = np.asarray(iio.imread(path))
+    except Exception as exc:  # imageio raises many types for a bad file
+        raise InputError(f"{path}: not a readable PNG ({exc})") from exc
+    axes = "YXS" if data.ndim == 3 else "YX"
+    return _to_czyx(data, axes, path), {"voxel_size_nm": None, "path": str(path)}
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """Read a TIFF (multi-page, BigTIFF, ImageJ hyperstack), PNG or folder of slices.
+
+    Parameters
+    ----------
+    path : path-like
+        A ``.tif``/``.tiff``/``.png`` file, or a folder of per-slice images sorted by the number
+        in their names (``...BSE-00001.tif`` ...).
+
+    Returns
+    -------
+    image : (C, Z, Y, X) ndarray
+        The data in its stored dtype.
+    meta : dict
+        ``voxel_size_nm``: ``(z, y, x)`` from ImageJ/OME metadata, or None; ``path``.
+    """
+    path = Path(path)
+    _check_exists(path)
+    if path.is_dir():
+        files = list_slice_files(path)
+        slices = [read_image(f) for f in files]
+        shapes = {s.shape for s, _ in slices}
+        if len(shapes) != 1:
+            raise InputError(f"{path}: slice images differ in shape {sorted(shapes)}")
+        image = np.concatenate([s for s, _ in slices], axis=1)
+        return image, {"voxel_size_nm": slices[0][1]["voxel_size_nm"], "path": str(path)}
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff", ".btf", ".tf8"):
+        image, meta = _read_tiff(path)
+    elif suffix == ".png":
+        image, meta = _read_png(path)
+    else:
+        raise InputError(f"{path}: unsupported file type {suffix!r}; expected .tif, .tiff, .png or a folder")
+    if image.dtype == bool:
+        image = image.astype(np.uint8)
+    if image.dtype.kind not in "uif":
+        raise InputError(f"{path}: expected integer or float voxels, got dtype {image.dtype}")
+    return image, meta
+
+
+def read_stack(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """Read a single-channel stack as ``(Z, Y, X)`` (see :func:`read_image`)."""
+    image, meta = read_image(path)
+    if image.shape[0] != 1:
+        raise InputError(f"{path}: expected one channel, got {image.shape[0]} (shape C,Z,Y,X = {image.shape})")
+    return image[0], meta
+
+
+class StackReader:
+    """Read a ``(Z, Y, X)`` stack a block of slices at a time without loading it whole.
+
+    Works for multi-page TIFFs with one page per slice (compressed or not, BigTIFF too) and for
+    folders of slice images; other layouts fall back to reading the file once.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        ``(Z, Y, X)``.
+    dtype : numpy.dtype
+    voxel_size_nm : tuple of float or None
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        import tifffile
+
+        self.path = Path(path)
+        _check_exists(self.path)
+        self._files: list[Path] | None = None
+        self._tif = None
+        self._full: np.ndarray | None = None
+        self.voxel_size_nm = None
+        if self.path.is_dir():
+            self._files = list_slice_files(self.path)
+            first, meta = read_stack(self._files[0])
+            if first.shape[0] != 1:
+                raise InputError(f"{self._files[0]}: expected one 2D slice per file, got shape {first.shape}")
+            self.shape = (len(self._files), *first.shape[1:])
+            self.dtype = first.dtype
+            self.voxel_size_nm = meta["voxel_size_nm"]
+            return
+        if self.path.suffix.lower() in (".tif", ".tiff", ".btf"):
+            if self.path.stat().st_size == 0:
+                raise InputError(f"{self.path}: file is empty (0 bytes), expected a TIFF image")
+            try:
+                tif = tifffile.TiffFile(self.path)
+                series = tif.series[0]
+                axes = series.axes
+                shape = series.shape
+                n_pages = len(series.pages) if hasattr(series, "pages") else 0
+                self.voxel_size_nm = read_voxel_size_nm(tif)
+            except (tifffile.TiffFileError, ValueError, OSError, IndexError, EOFError, KeyError) as exc:
+                raise InputError(f"{self.path}: not a readable TIFF ({exc})") from exc
+            squeezed = "".join(a for a, s in zip(axes, shape) if s > 1 or a in "YX")
+            if squeezed in ("YX", "ZYX", "IYX", "TYX", "QYX") and n_pages == int(np.prod(shape[:-2])):
+                self._tif = tif
+                self._series = series
+                self.shape = (max(n_pages, 1), shape[-2], shape[-1])
+                self.dtype = np.dtype(series.dtype)
+                return
+            tif.close()
+        full, meta = read_stack(self.path)
+        self._full = full
+        self.shape = full.shape
+        self.dtype = full.dtype
+        self.voxel_size_nm = meta["voxel_size_nm"]
+
+    def read(self, z0: int, z1: int) -> np.ndarray:
+        """Slices ``z0:z1`` as a ``(z1 - z0, Y, X)`` array."""
+        z0, z1 = max(0, z0), min(self.shape[0], z1)
+        if self._full is not None:
+            return self._full[z0:z1]
+        if self._files is not None:
+            return np.concatenate([read_stack(f)[0] for f in self._files[z0:z1]], axis=0)
+        pages = self._series.pages
+        try:
+            return np.stack([pages[i].asarray() for i in range(z0, z1)])
+        except (ValueError, OSError, IndexError, EOFError) as exc:
+            raise InputError(f"{self.path}: slice read failed between {z0} and {z1} ({exc})") from exc
+
+    def blocks(self, size: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(z0, block)`` pairs covering the stack in blocks of ``size`` slices."""
+        for z0 in range(0, self.shape[0], size):
+            yield z0, self.read(z0, z0 + size)
+
+    def close(self) -> None:
+        if self._tif is not None:
+            self._tif.close()
+            self._tif = None
+
+    def __enter__(self) -> "StackReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_stack(path: str | os.PathLike) -> StackReader:
+    """Open a ``(Z, Y, X)`` stack for block-wise reading (see :class:`StackReader`)."""
+    return StackReader(path)
+
+
+def _imagej_kwargs(shape: Sequence[int], dtype: np.dtype, voxel_size_nm, compression: str | None) -> dict:
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    big = nbytes > BIGTIFF_BYTES
+    kwargs: dict = {}
+    imagej_ok = np.dtype(dtype) in (np.uint8, np.uint16, np.float32) and not big
+    if voxel_size_nm is not None:
+        z, y, x = (float(v) / 1e3 for v in voxel_size_nm)
+        kwargs["resolution"] = (1.0 / x, 1.0 / y)
+        kwargs["metadata"] = ({"spacing": z, "unit": "um", "axes": "ZYX"} if imagej_ok else
+                              {"axes": "ZYX", "voxel_size_nm": [float(v) for v in voxel_size_nm]})
+        if not imagej_ok:
+            kwargs["resolutionunit"] = "CENTIMETER"
+            kwargs["resolution"] = (1e4 / x, 1e4 / y)
+    else:
+        kwargs["metadata"] = {"axes": "ZYX"}
+    if imagej_ok:
+        kwargs["imagej"] = True
+    else:
+        kwargs["bigtiff"] = big
+        kwargs["photometric"] = "minisblack"
+    if compression:
+        kwargs["compression"] = compression
+    return kwargs
+
+
+def write_volume(path: str | os.PathLike, volume: np.ndarray, *, voxel_size_nm=None,
+                 overwrite: bool = False, compression: str | None = None) -> Path:
+    """Write a ``(Z, Y, X)`` volume as an ImageJ-compatible TIFF, atomically.
+
+    Parameters
+    ----------
+    path : path-like
+        Output file; never replaced unless ``overwrite``.
+    volume : (Z, Y, X) ndarray
+        uint8/uint16/float32 are written as ImageJ hyperstacks; other dtypes (uint32 instance
+        ids) and volumes over 2 GiB as (Big)TIFF with the resolution tags.
+    voxel_size_nm : (z, y, x) floats, optional
+        Stored as ImageJ calibration in µm.
+    """
+    volume = np.asarray(volume)
+    if volume.ndim == 2:
+        volume = volume[None]
+    if volume.ndim != 3:
+        raise InputError(f"{path}: expected a (Z, Y, X) volume to write, got shape {volume.shape}")
+    return write_volume_stream(path, iter(volume), shape=volume.shape, dtype=volume.dtype,
+                               voxel_size_nm=voxel_size_nm, overwrite=overwrite, compression=compression)
+
+
+def write_volume_stream(path: str | os.PathLike, slices: Iterable[np.ndarray], *, shape: Sequence[int],
+                        dtype, voxel_size_nm=None, overwrite: bool = False,
+                        compression: str | None = None) -> Path:
+    """Write ``(Z, Y, X)`` slices from an iterator, so the volume never sits in memory whole.
+
+    The file appears under its final name only once every slice is written.
+    """
+    import tifffile
+
+    dtype = np.dtype(dtype)
+    shape = tuple(int(s) for s in shape)
+    kwargs = _imagej_kwargs(shape, dtype, voxel_size_nm, compression)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        def pages() -> Iterator[np.ndarray]:
+            n = 0
+            for s in slices:
+                s = np.asarray(s, dtype=dtype)
+                if s.shape != shape[1:]:
+                    raise InputError(f"{path}: slice {n} has shape {s.shape}, expected {shape[1:]}")
+                n += 1
+                yield s
+            if n != shape[0]:
+                raise InputError(f"{path}: got {n} slices, expected {shape[0]}")
+
+        tifffile.imwrite(tmp, data=pages(), shape=shape, dtype=dtype, **kwargs)
+    return Path(path)

@@ -1,0 +1,44 @@
+"""Dispatch of the entry points to the model kinds: ``train.py`` by ``cfg.model.kind``,
+``predict.py`` by the ``kind`` stored in the checkpoint.
+
+A new model kind is a module with ``train(cfg) -> dict`` and ``predict(cfg, ckpt) -> dict`` plus
+a config in ``configs/model/``; it is registered here by its import path (imported lazily so the
+entry points start fast).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from seglearn.errors import InputError
+
+TRAINERS: dict[str, str] = {
+    "unet": "seglearn.segment.train:train",
+    "stardist": "seglearn.instances.train:train",
+}
+PREDICTORS: dict[str, str] = {
+    "unet": "seglearn.segment.predict:predict",
+    "stardist": "seglearn.instances.predict:predict",
+}
+
+
+def _resolve(table: dict[str, str], kind: str, what: str) -> Callable[..., Any]:
+    if kind not in table:
+        raise InputError(f"unknown model kind {kind!r} for {what}; known: {sorted(table)}")
+    module, func = table[kind].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def train(cfg) -> dict:
+    """Train the model kind named by ``cfg.model.kind``; returns its metrics."""
+    kind = str(cfg.model.get("kind", "unet"))
+    return _resolve(TRAINERS, kind, "training")(cfg)
+
+
+def predict(cfg) -> dict:
+    """Predict with the checkpoint ``cfg.ckpt`` using the predictor of its kind."""
+    from seglearn.ckpt import load_checkpoint
+
+    ckpt = load_checkpoint(cfg.ckpt)
+    return _resolve(PREDICTORS, ckpt["kind"], "prediction")(cfg, ckpt)

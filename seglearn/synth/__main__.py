@@ -1,0 +1,34 @@
+"""``python -m seglearn.synth out=DIR seed=N``: write a synthetic FIB-SEM dataset."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from seglearn.cli import report_errors, setup_logging
+
+
+@report_errors
+def run(cfg: DictConfig) -> None:
+    """Write the phantom described by ``cfg`` (see ``configs/synth.yaml``)."""
+    import logging
+
+    from seglearn.synth.phantom import write_phantom
+
+    setup_logging()
+    params = OmegaConf.to_container(cfg, resolve=True)
+    out = params.pop("out")
+    overwrite = bool(params.pop("overwrite"))
+    name = params.pop("name")
+    ph = write_phantom(out, params, overwrite=overwrite, name=name)
+    logging.getLogger("seglearn").info("wrote %s (train slices %s, test slice %d)", out,
+                                       ph.info["train_slices"], ph.info["test_slice"])
+
+
+@hydra.main(version_base="1.3", config_path="../../configs", config_name="synth")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
