@@ -81,6 +81,7 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None) -> dict
         ``kind``, ``state_dict``, ``meta``, ``version``.
     """
     import pickle
+    import warnings
 
     import torch
 
@@ -92,10 +93,15 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None) -> dict
     if path.stat().st_size == 0:
         raise InputError(f"{path}: checkpoint is empty (0 bytes)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "unsafe content"
-        raise InputError(f"{path}: refused to load checkpoint: it holds objects other than tensors and plain data ({first[:160]})") from exc
+        text = str(exc)
+        if "unsupported global" in text.lower():
+            raise InputError(f"{path}: refused to load checkpoint: it holds Python objects other than tensors and "
+                             f"plain data (a pickle payload could run code)") from exc
+        raise InputError(f"{path}: not a readable checkpoint (corrupted or not a torch file)") from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:160]})") from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:

@@ -124,13 +124,41 @@ def _check_exists(path: Path) -> None:
         raise InputError(f"{path}: file does not exist")
 
 
+class _TiffWarnings(logging.Handler):
+    """Collect tifffile's warnings (it logs, rather than raises, on truncated or corrupt files)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def __enter__(self) -> "_TiffWarnings":
+        lg = logging.getLogger("tifffile")
+        self._propagate = lg.propagate
+        lg.addHandler(self)
+        lg.propagate = False
+        return self
+
+    def __exit__(self, *exc) -> None:
+        lg = logging.getLogger("tifffile")
+        lg.removeHandler(self)
+        lg.propagate = self._propagate
+
+    def check(self, path: Path) -> None:
+        bad = [m for m in self.messages if any(w in m.lower() for w in ("corrupt", "invalid", "truncat", "failed"))]
+        if bad:
+            raise InputError(f"{path}: truncated or corrupted TIFF ({bad[0].split('>')[-1].strip()})")
+
+
 def _read_tiff(path: Path) -> tuple[np.ndarray, dict]:
     import tifffile
 
     if path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty (0 bytes), expected a TIFF image")
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _TiffWarnings() as warn, tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             data = series.asarray()
             axes = series.axes
@@ -138,6 +166,9 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, dict]:
                 # tifffile < 2026 stored any (3|4, Y, X) array as planar RGB: read it as a stack
                 axes = "ZYX"
             voxel = read_voxel_size_nm(tif)
+            warn.check(path)
+    except InputError:
+        raise
     except (tifffile.TiffFileError, ValueError, OSError, IndexError, EOFError, KeyError) as exc:
         raise InputError(f"{path}: not a readable TIFF ({exc})") from exc
     return _to_czyx(data, axes, path), {"voxel_size_nm": voxel, "path": str(path)}
@@ -189,6 +220,8 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
         raise InputError(f"{path}: unsupported file type {suffix!r}; expected .tif, .tiff, .png or a folder")
     if image.dtype == bool:
         image = image.astype(np.uint8)
+    if image.shape[-1] < 2 or image.shape[-2] < 2:
+        raise InputError(f"{path}: expected an image of at least 2 x 2 pixels, got shape (C,Z,Y,X) = {image.shape}")
     if image.dtype.kind not in "uif":
         raise InputError(f"{path}: expected integer or float voxels, got dtype {image.dtype}")
     return image, meta

@@ -1,0 +1,51 @@
+"""Safe config instantiation: a config may only build seglearn's own classes and a short list of
+well-known library classes (optimizers, schedulers, Lightning callbacks).
+
+``hydra.utils.instantiate`` would import and call whatever ``_target_`` a command line names;
+:func:`safe_instantiate` checks every ``_target_`` in the tree first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from seglearn.errors import InputError
+
+ALLOWED_PREFIXES = ("seglearn.",)
+ALLOWED_TARGETS = frozenset({
+    "torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD", "torch.optim.RMSprop",
+    "torch.optim.lr_scheduler.CosineAnnealingLR", "torch.optim.lr_scheduler.OneCycleLR",
+    "torch.optim.lr_scheduler.StepLR", "torch.optim.lr_scheduler.ReduceLROnPlateau",
+    "torch.optim.lr_scheduler.LinearLR", "torch.optim.lr_scheduler.ExponentialLR",
+    "lightning.pytorch.callbacks.EarlyStopping", "lightning.pytorch.callbacks.ModelCheckpoint",
+    "lightning.pytorch.callbacks.LearningRateMonitor", "lightning.pytorch.callbacks.TQDMProgressBar",
+    "lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.strategies.DDPStrategy",
+})
+
+
+def check_targets(cfg: Any, where: str = "config") -> None:
+    """Raise :class:`InputError` if any ``_target_`` in ``cfg`` is outside the allowed set."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        cfg = OmegaConf.to_container(cfg, resolve=False)
+    if isinstance(cfg, dict):
+        target = cfg.get("_target_")
+        if target is not None:
+            t = str(target)
+            if not (t.startswith(ALLOWED_PREFIXES) or t in ALLOWED_TARGETS):
+                raise InputError(f"{where}._target_={t!r}: only seglearn's own classes (and standard optimizers/"
+                                 f"callbacks) may be instantiated from a config")
+        for k, v in cfg.items():
+            check_targets(v, f"{where}.{k}")
+    elif isinstance(cfg, list):
+        for i, v in enumerate(cfg):
+            check_targets(v, f"{where}[{i}]")
+
+
+def safe_instantiate(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` after :func:`check_targets`."""
+    from hydra.utils import instantiate
+
+    check_targets(cfg)
+    return instantiate(cfg, *args, **kwargs)

@@ -1,0 +1,50 @@
+import pytest
+from omegaconf import OmegaConf
+
+from seglearn.config import check_targets, safe_instantiate
+from seglearn.errors import InputError
+
+
+def test_foreign_targets_refused():
+    with pytest.raises(InputError, match="os.system"):
+        safe_instantiate(OmegaConf.create({"a": {"_target_": "os.system", "command": "echo hi"}}))
+    with pytest.raises(InputError, match="subprocess"):
+        check_targets({"x": [{"_target_": "subprocess.run"}]})
+
+
+def test_own_and_standard_targets_allowed():
+    check_targets({"opt": {"_target_": "torch.optim.AdamW", "lr": 1e-3}, "m": {"_target_": "seglearn.anything"}})
+    obj = safe_instantiate({"_target_": "seglearn.errors.InputError", "_args_": ["boom"]})
+    assert str(obj) == "boom"
+
+
+def test_checkpoint_safety(tmp_path):
+    import torch
+
+    from seglearn.ckpt import load_checkpoint, save_checkpoint
+
+    p = save_checkpoint(tmp_path / "m.ckpt", kind="unet", state_dict={"w": torch.ones(3)}, meta={"classes": ["a", "b"]})
+    ck = load_checkpoint(p, kind="unet")
+    assert ck["meta"]["classes"] == ["a", "b"] and torch.equal(ck["state_dict"]["w"], torch.ones(3))
+    with pytest.raises(InputError, match="expected 'stardist'"):
+        load_checkpoint(p, kind="stardist")
+    with pytest.raises(TypeError):
+        save_checkpoint(tmp_path / "x.ckpt", kind="unet", state_dict={}, meta={"bad": object()})
+
+
+def test_bad_checkpoints_refused(tmp_path):
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from bad_inputs import make_corpus
+
+    from seglearn.ckpt import load_checkpoint
+
+    c = make_corpus(tmp_path / "bad")
+    with pytest.raises(InputError, match="could run code"):
+        load_checkpoint(c["ckpt_pickle"])
+    with pytest.raises(InputError, match="version 99"):
+        load_checkpoint(c["ckpt_future_version"])
+    with pytest.raises(InputError, match="not a seglearn checkpoint"):
+        load_checkpoint(c["ckpt_foreign"])
+    with pytest.raises(InputError, match="not a readable checkpoint"):
+        load_checkpoint(c["ckpt_garbage"])
