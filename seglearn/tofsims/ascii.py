@@ -134,7 +134,7 @@ def read_ascii(path: str | os.PathLike) -> IonImage:
                 if key_l in ("image size", "number of pixels", "pixels", "image size (pixels)"):
                     size = _parse_size(value, path, lineno)
                 elif key_l.startswith("field of view"):
-                    fov = _parse_fov(value + " " + key_l, path, lineno) if "(" in key_l else _parse_fov(value, path, lineno)
+                    fov = _parse_fov(f"{value} {key_l}", path, lineno)  # the unit may sit in the key
                 elif key_l in ("number of scans", "scans", "number of planes", "planes"):
                     n_scans = int(_numbers(value, path, lineno)[0])
                 elif key_l in _SCAN_KEYS and blocks[-1]:
@@ -147,8 +147,7 @@ def read_ascii(path: str | os.PathLike) -> IonImage:
     name = header.get("ion") or header.get("mass") or header.get("peak")
     widths = {len(v) for b in blocks for _, v in b}
     first_line, first = blocks[0][0]
-    is_columns = (len(blocks) == 1 and len(widths) == 1 and len(first) in (3, 4)
-                  and (size is None or size[1] != len(first)))
+    is_columns = _looks_like_columns(blocks, widths, size)
     if is_columns:
         counts = _from_columns(blocks[0], size, n_scans, path)
     else:
@@ -158,6 +157,26 @@ def read_ascii(path: str | os.PathLike) -> IonImage:
     if np.any(counts < 0):
         raise InputError(f"{path}: negative counts (min {counts.min():g}); expected counts >= 0")
     return IonImage(counts=counts, name=name.split()[0] if name else None, fov_um=fov, path=str(path), header=header)
+
+
+def _looks_like_columns(blocks, widths, size) -> bool:
+    """``x y [scan] counts`` columns rather than a matrix?
+
+    With an image size in the header: 3 or 4 values per line, not the header's width, and more
+    lines than image rows. Without one: integer coordinates that tile the image exactly.
+    """
+    if len(blocks) != 1 or len(widths) != 1:
+        return False
+    width = next(iter(widths))
+    rows = blocks[0]
+    if width not in (3, 4):
+        return False
+    if size is not None:
+        return width != size[1] and len(rows) > size[0]
+    coords = np.array([r[:-1] for _, r in rows])
+    if np.any(coords < 0) or np.any(coords != np.round(coords)):
+        return False
+    return len(rows) == int(np.prod(coords.max(axis=0) + 1)) and len(rows) > width
 
 
 def _from_matrix(blocks, size, path: Path) -> np.ndarray:
@@ -202,9 +221,10 @@ def _from_columns(block, size, n_scans, path: Path) -> np.ndarray:
     counts = np.zeros((nz, ny, nx), dtype=np.float64)
     seen = np.zeros((nz, ny, nx), dtype=bool)
     flat = np.ravel_multi_index((z, y, x), counts.shape)
-    uniq, first, n = np.unique(flat, return_index=True, return_counts=True)
-    if np.any(n > 1):
-        i = int(np.sort(first[n > 1])[0])
+    order = np.argsort(flat, kind="stable")
+    repeat = order[1:][flat[order][1:] == flat[order][:-1]]  # every occurrence after the first
+    if repeat.size:
+        i = int(repeat.min())
         raise InputError(f"{path}:{lines[i]}: pixel ({x[i]}, {y[i]}) appears more than once")
     counts.flat[flat] = arr[:, -1]
     seen.flat[flat] = True

@@ -123,7 +123,8 @@ def binary_maps(norm: np.ndarray, thresholds: float | Sequence[float]) -> np.nda
 
 def fuse_nmf(norm: np.ndarray, valid: np.ndarray | None = None, *, n_components: int | None = None,
              noise_threshold: float = 0.0, advantage: float = 1.0, am_index: int | None = 0,
-             max_pixels: int = 200_000, seed: int = 0, max_iter: int = 400) -> tuple[np.ndarray, dict]:
+             max_pixels: int = 50_000, seed: int = 0, max_iter: int = 500,
+             tol: float = 1e-4) -> tuple[np.ndarray, dict]:
     """Phase map from a non-negative matrix factorisation of the ion stack.
 
     The pixels x ions matrix ``V`` is factorised as ``W H`` (scikit-learn NMF, NNDSVDa start);
@@ -164,7 +165,7 @@ def fuse_nmf(norm: np.ndarray, valid: np.ndarray | None = None, *, n_components:
         raise InputError("no valid pixels to factorise")
     rng = np.random.default_rng(seed)
     fit_idx = rng.choice(idx, size=max_pixels, replace=False) if idx.size > max_pixels else idx
-    model = NMF(n_components=k, init="nndsvda", random_state=seed, max_iter=max_iter, tol=1e-5)
+    model = NMF(n_components=k, init="nndsvda", random_state=seed, max_iter=max_iter, tol=tol)
     model.fit(v[fit_idx])
     h = model.components_  # (K, N)
     share = h / np.maximum(h.sum(axis=0, keepdims=True), 1e-12)  # each ion's share in each component
