@@ -27,8 +27,8 @@ def _pass(a: np.ndarray, sigma: float, axis: int, order: int, truncate: float) -
         if order == 0:
             return a
         # no smoothing along this axis: plain central differences of the given order
-        k = np.array([0.5, 0.0, -0.5]) if order == 1 else np.array([1.0, -2.0, 1.0])
-        return ndi.correlate1d(a, k[::-1] if order == 1 else k, axis=axis, mode=MODE)
+        k = np.array([-0.5, 0.0, 0.5]) if order == 1 else np.array([1.0, -2.0, 1.0])
+        return ndi.correlate1d(a, k, axis=axis, mode=MODE)
     return ndi.gaussian_filter1d(a, sigma, axis=axis, order=order, mode=MODE, truncate=truncate)
 
 
@@ -65,8 +65,6 @@ def gaussian_derivatives(image: np.ndarray, sigma: Sequence[float], orders: Iter
             if depth == 1 and crop is not None:
                 out = out[crop[0]:crop[1]]
             cache[key] = out
-    if crop is not None and ndim == 1:
-        pass
     return {od: cache[od] for od in orders}
 
 

@@ -1,0 +1,41 @@
+"""The U-Net as one more benchmark method: load a checkpoint, or train one on the training labels.
+
+Uses ``seglearn.segment.api`` (``load_segmenter``, ``fit_segmenter``), imported only when called.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+
+from seglearn.errors import InputError
+
+
+def _api():
+    try:
+        from seglearn.segment import api
+    except ImportError as exc:  # the segment package is optional for the classical baselines
+        raise InputError(f"unet: seglearn.segment.api is not available ({exc})") from exc
+    return api
+
+
+def fit(channels, detectors, train_labels=None, *, ckpt: str | None = None, out_dir: str | None = None,
+        overrides: dict | None = None, val_labels=None, voxel_size_nm=None) -> dict:
+    """Use ``ckpt``; without one, train with ``fit_segmenter`` on the training labels into ``out_dir``."""
+    if ckpt:
+        return {"ckpt": str(ckpt)}
+    if train_labels is None or not np.any(train_labels):
+        raise InputError("unet: needs unet.ckpt=PATH or training labels to train one")
+    out_dir = out_dir or tempfile.mkdtemp(prefix="seglearn_unet_")
+    ov = dict(overrides or {})
+    if voxel_size_nm is not None:
+        ov.setdefault("voxel_size_nm", list(voxel_size_nm))
+    path = _api().fit_segmenter(channels, train_labels, list(detectors), out_dir, overrides=ov or None,
+                                val_labels=val_labels)
+    return {"ckpt": str(path)}
+
+
+def predict(model, channels, detectors) -> np.ndarray:
+    seg = _api().load_segmenter(model["ckpt"])
+    return np.asarray(seg.predict(channels, list(detectors))).astype(np.uint8)

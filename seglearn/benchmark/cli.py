@@ -1,0 +1,16 @@
+"""Command-line glue of the benchmark (``benchmark.py`` and ``python -m seglearn.benchmark``)."""
+
+from __future__ import annotations
+
+from seglearn.cli import report_errors, setup_logging
+
+
+@report_errors
+def run(cfg) -> dict:
+    """Resolve the Hydra config and run :func:`seglearn.benchmark.run.run_benchmark`."""
+    from omegaconf import OmegaConf
+
+    from seglearn.benchmark.run import run_benchmark
+
+    setup_logging()
+    return run_benchmark(OmegaConf.to_container(cfg, resolve=True))

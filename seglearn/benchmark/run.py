@@ -1,0 +1,137 @@
+"""Run the benchmark: every method of ``cfg.methods`` fitted on labels/train.tif, scored on labels/test.tif.
+
+Writes ``results.json``, ``results.md`` and ``panel.png`` (the first test slice per method beside
+the truth) into ``cfg.out``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from seglearn.errors import InputError, OutputExistsError
+
+log = logging.getLogger("seglearn")
+
+RESERVED = ("impl", "label")
+OUTPUTS = ("results.json", "results.md", "panel.png")
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-safe copy of a fitted model's summary (arrays and estimators are dropped or listed)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items() if k != "clf"}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist() if obj.size <= 64 else f"array{obj.shape}"
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return repr(obj)
+
+
+def method_config(cfg: Mapping, name: str) -> tuple[str, dict]:
+    """``(impl, params)`` of a method name from the benchmark config."""
+    if name not in cfg or not isinstance(cfg[name], Mapping):
+        known = sorted(k for k, v in cfg.items() if isinstance(v, Mapping) and "impl" in v)
+        raise InputError(f"methods: no config for method {name!r}; known: {known}")
+    mc = dict(cfg[name])
+    impl = mc.pop("impl", name)
+    for k in RESERVED:
+        mc.pop(k, None)
+    return str(impl), mc
+
+
+def test_slices(test: np.ndarray) -> list[int]:
+    return np.nonzero(test.reshape(test.shape[0], -1).max(axis=1))[0].tolist()
+
+
+def run_benchmark(cfg: Mapping) -> dict:
+    """Run the benchmark described by ``cfg`` (see ``configs/benchmark.yaml``); returns the results dict."""
+    from seglearn.baselines.registry import accepts, fit_method, get_method, predict_method
+    from seglearn.benchmark.panel import write_panel
+    from seglearn.benchmark.report import markdown_table
+    from seglearn.data import load_dataset
+    from seglearn.io.atomic import atomic_path
+    from seglearn.metrics import score
+
+    cfg = dict(cfg)
+    root = cfg["data"]["root"]
+    out = Path(cfg["out"])
+    overwrite = bool(cfg.get("overwrite", False))
+    if not overwrite:
+        for f in OUTPUTS:
+            if (out / f).exists():
+                raise OutputExistsError(f"{out / f}: exists; pass overwrite=true to replace it")
+    methods = list(cfg["methods"] or [])
+    if not methods:
+        raise InputError("methods: empty list; name at least one method, e.g. methods=[double_threshold]")
+    resolved = [(m, *method_config(cfg, m)) for m in methods]
+    for _, impl, _ in resolved:
+        get_method(impl)  # unknown implementations fail before any work
+    ds = load_dataset(root, labels=("train", "test"), require=("train", "test"))
+    if not np.any(ds.test):
+        raise InputError(f"{ds.root / 'labels' / 'test.tif'}: holds no labelled voxel to score")
+    k = ds.n_classes
+    roi = cfg.get("roi")
+    if roi is not None:
+        roi = [tuple(int(v) for v in pair) for pair in roi]
+    scored = test_slices(ds.test)
+    only_test = str(cfg.get("predict", "full")) == "test_slices"
+    results, preds = [], []
+    for name, impl, params in resolved:
+        fit, _ = get_method(impl)
+        if accepts(fit, "voxel_size_nm") and params.get("voxel_size_nm") is None:
+            params["voxel_size_nm"] = list(ds.voxel_size_nm)
+        log.info("benchmark: %s (%s)", name, impl)
+        rec: dict[str, Any] = {"method": name, "impl": impl, "params": _plain(params)}
+        try:
+            t0 = time.perf_counter()
+            model = fit_method(impl, ds.images, ds.detectors, ds.train, **params)
+            t1 = time.perf_counter()
+            pred = predict_method(impl, model, ds.images, ds.detectors, slices=scored if only_test else None)
+            t2 = time.perf_counter()
+        except InputError as exc:
+            if cfg.get("fail_fast", False):
+                raise
+            log.warning("benchmark: %s failed: %s", name, exc)
+            rec["error"] = str(exc).splitlines()[0]
+            results.append(rec)
+            continue
+        if pred.shape != ds.shape:
+            raise InputError(f"method {name}: predicted shape {pred.shape}, expected {ds.shape}")
+        rec.update(fit_s=t1 - t0, predict_s=t2 - t1, model=_plain(model),
+                   full=score(pred, ds.test, k, class_names=ds.classes))
+        rec["roi"] = score(pred, ds.test, k, roi=roi, class_names=ds.classes) if roi else None
+        log.info("benchmark: %s awe %.1f %% (fit %.1f s, predict %.1f s)", name, rec["full"]["awe"],
+                 rec["fit_s"], rec["predict_s"])
+        results.append(rec)
+        preds.append((name, pred[scored[0]].copy()))
+        del pred
+    summary = {"dataset": str(ds.root), "shape": list(ds.shape), "classes": ds.classes, "detectors": ds.detectors,
+               "test_slices": scored, "roi": roi, "predict": "test_slices" if only_test else "full",
+               "methods": results}
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "results.json", overwrite=True) as tmp:
+        Path(tmp).write_text(json.dumps(summary, indent=1))
+    md = [f"# Benchmark on {ds.root}\n", f"Shape {list(ds.shape)}, test slices {scored}, "
+          f"ROI {roi if roi else 'none'}, prediction: {summary['predict']}.\n", markdown_table(results, ds.classes, roi=bool(roi))]
+    with atomic_path(out / "results.md", overwrite=True) as tmp:
+        Path(tmp).write_text("\n".join(md))
+    z = scored[0]
+    det = cfg.get("panel_detector") or ds.detectors[0]
+    write_panel(out / "panel.png", ds.channel(det)[z], ds.test[z],
+                [(f"{n} ({r['full']['awe']:.1f} %)", p) for (n, p), r in
+                 zip(preds, [r for r in results if "error" not in r])],
+                ds.classes, overwrite=True, title=f"{ds.name}: slice {z}")
+    log.info("benchmark: wrote %s", out)
+    return summary
