@@ -7,7 +7,12 @@ from seglearn.cli import report_errors, setup_logging
 
 @report_errors
 def run(cfg) -> dict:
-    """Resolve the Hydra config and run :func:`seglearn.benchmark.run.run_benchmark`."""
+    """Resolve the Hydra config and run :func:`seglearn.benchmark.run.run_benchmark`
+    (or a study named by ``study=``, e.g. ``experiment=ct_user_study``)."""
+    if cfg.get("study") == "ct_user_study":
+        from seglearn.ct.study import run as run_ct_study
+
+        return run_ct_study(cfg)
     from omegaconf import OmegaConf
 
     from seglearn.benchmark.run import run_benchmark

@@ -28,6 +28,9 @@ class DetectorModel:
         Extra brightness of pore walls just behind the face (makes void brighter than solid).
     edge_gain : float
         Brightening of solid edges facing the detector (SE2 topographic contrast).
+    deep_glow : float
+        Brightness added in patches of deep open pores (SE2's bright background: electrons from the
+        far pore walls reach the off-axis detector; seed 002's "void again" grey-value range).
     noise : float
         Standard deviation of the noise at grey level 1.
     curtain : float
@@ -44,6 +47,7 @@ class DetectorModel:
     shine_blur: float = 0.6
     wall_glow: float = 0.30
     edge_gain: float = 0.30
+    deep_glow: float = 0.0
     noise: float = 0.07
     curtain: float = 0.06
     texture_am: float = 0.04

@@ -82,6 +82,8 @@ def render_detector(labels: np.ndarray, depth: np.ndarray, z_hit: np.ndarray, le
     # re-deposition grows in deep pores with slice index
     deep = pore & ((depth >= cfg.redeposition_depth) | ~has)
     img = img + (cfg.redeposition * shared["redep"]) * deep
+    if det.deep_glow > 0:
+        img = img + det.deep_glow * shared["bright"] * deep
     # curtaining stripes, brightness gradient over the face and between slices
     img = img + det.curtain * shared["curtain"]
     img = img * shared["gain"]
@@ -120,7 +122,14 @@ def shared_fields(labels: np.ndarray, cfg: PhantomConfig, rng: np.random.Generat
     face = face * (1.0 - 0.5 * cfg.gradient_face * (np.arange(x_n, dtype=np.float32) / x_n))[None, None, :]
     walk = np.cumsum(rng.normal(0, cfg.gradient_slices, z_n)) * 0.3
     walk = np.exp(walk - walk.mean()).astype(np.float32)[:, None, None]
-    return {"edge": edge.astype(np.float32), "redep": redep, "curtain": curtain.astype(np.float32),
+    # patches of bright background in deep pores (SE2), drawn from their own stream so that
+    # switching them on leaves every other random draw of the phantom as it was
+    bright = None
+    if any(getattr(cfg, d.lower()).deep_glow > 0 for d in cfg.detectors):
+        own = np.random.default_rng([cfg.seed, 2024])
+        bright = np.minimum(np.clip(smooth_noise(labels.shape, (4, 12, 12), own) - 0.4, 0, None) * 2.5, 1.0)
+        bright = bright.astype(np.float32)
+    return {"edge": edge.astype(np.float32), "redep": redep, "bright": bright, "curtain": curtain.astype(np.float32),
             "gain": (face * walk).astype(np.float32)}
 
 

@@ -1,0 +1,17 @@
+"""FIB-SEM stack preprocessing before any method (seed 001): slice registration (phase
+correlation or TV-L1) with a crop to the common area, brightness equalisation (histogram
+matching, CLAHE), curtaining removal, non-local-means denoising, rotation and manual crop,
+chained in a :class:`Pipeline` that is stored as a plain list of step configs.
+
+Steps (``{"step": name, ...}``): ``register``, ``match_histograms``, ``clahe``, ``destripe``,
+``nl_means``, ``rotate``, ``crop``.
+"""
+
+from seglearn.preprocess.steps import STEPS, Step
+from seglearn.preprocess import denoise, destripe, geometry, intensity, registration  # noqa: F401  (register steps)
+from seglearn.preprocess.pipeline import ArraySource, Pipeline, ReaderSource
+from seglearn.preprocess.registration import pair_shift, read_shifts_csv, residual_rms
+from seglearn.preprocess.run import preprocess_dataset
+
+__all__ = ["STEPS", "Step", "Pipeline", "ArraySource", "ReaderSource", "preprocess_dataset", "pair_shift", "read_shifts_csv",
+           "residual_rms"]
