@@ -94,3 +94,16 @@ def test_synth_cli_writes_dataset(tmp_path):
     r = subprocess.run([sys.executable, "-m", "seglearn.synth", f"out={out}", "shape=[12,48,48]"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "already holds a dataset" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_deep_glow_brightens_deep_pores_only_when_asked():
+    base = {"shape": [24, 64, 64], "seed": 4, "voxel_size_nm": [40, 20, 20], "particle_radius_nm": 260,
+            "detectors": ["SE2"]}
+    plain = make_phantom(base)
+    glow = make_phantom({**base, "se2": {"deep_glow": 0.5}})
+    depth, zhit = depth_behind(plain.truth)
+    deep = (plain.truth == PORE) & ((depth >= 6) | (zhit < 0))
+    diff = glow.images["SE2"].astype(int) - plain.images["SE2"].astype(int)
+    assert np.array_equal(glow.truth, plain.truth)
+    assert np.all(diff[~deep] == 0)  # the rest of the phantom is drawn identically
+    assert diff[deep].mean() > 5

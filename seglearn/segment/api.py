@@ -1,0 +1,306 @@
+"""Function-level access to the U-Net: load a checkpoint and predict arrays, or train on arrays.
+
+Examples
+--------
+>>> seg = load_segmenter("checkpoints/demo.ckpt")            # doctest: +SKIP
+>>> labels = seg.predict(images, ["SE2", "InLens"])         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from seglearn.errors import InputError
+
+log = logging.getLogger("seglearn")
+
+KIND = "unet"
+
+
+def resolve_device(device: str = "auto"):
+    """A torch device: ``auto`` picks CUDA, then MPS, then the CPU."""
+    import torch
+
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def torch_net_fn(net, device, *, bf16: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """Wrap a network as ``(B, C, Z, Y, X)`` numpy -> softmax probabilities ``(B, K, z, Y, X)`` numpy."""
+    import torch
+
+    def fn(batch: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = net(t)
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+    return fn
+
+
+def inference_kwargs(meta: Mapping, net, *, tile=None, overlap=None, border=None, batch_size=None) -> dict:
+    """Keyword arguments of :func:`~seglearn.segment.tiling.sliding_window` from the checkpoint defaults."""
+    inf = dict(meta.get("inference", {}))
+    three_d = net.mode == "3d"
+    kw = {
+        "tile": [int(v) for v in (tile if tile is not None else inf.get("tile", [4, 256, 256]))],
+        "overlap": [int(v) for v in (overlap if overlap is not None else inf.get("overlap", [0, 64, 64]))],
+        "batch_size": int(batch_size if batch_size is not None else inf.get("batch_size", 2)),
+        "align": net.align,
+        "n_classes": net.n_classes,
+        "gaussian_z": three_d,
+    }
+    if not three_d:
+        kw["overlap"][0] = 0
+    b = border if border is not None else inf.get("border")
+    if b is not None:
+        kw["border"] = [int(v) for v in b]
+    return kw
+
+
+class Segmenter:
+    """A trained U-Net with everything needed to predict: channels, normalisation, tiling.
+
+    Attributes
+    ----------
+    detectors : list of str
+        Detectors the model needs, in its channel order.
+    derived : list of str
+        Derived channels (``"A-B"``) computed from them.
+    classes : list of str
+        Names of the class ids ``1..K``.
+    mode : str
+    voxel_size_nm : list of float or None
+    meta : dict
+        The checkpoint's metadata.
+    """
+
+    def __init__(self, net, meta: Mapping, *, device: str = "auto", bf16: bool | None = None):
+        self.meta = dict(meta)
+        self.device = resolve_device(device)
+        self.net = net.to(self.device).eval()
+        self.detectors = list(meta["detectors"])
+        self.derived = list(meta.get("derived", []))
+        self.classes = list(meta["classes"])
+        self.mode = net.mode
+        self.voxel_size_nm = meta.get("voxel_size_nm")
+        self.ranges = [list(r) for r in meta["normalisation"]["ranges"]]
+        self.bf16 = (self.device.type == "cuda") if bf16 is None else bool(bf16)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def channel_order(self, detectors: Sequence[str], where: str = "input") -> list[int]:
+        """Indices into ``detectors`` of the detectors this model needs, in its order.
+
+        Raises
+        ------
+        InputError
+            When a needed detector is missing.
+        """
+        detectors = list(detectors)
+        missing = [d for d in self.detectors if d not in detectors]
+        if missing:
+            raise InputError(f"{where}: the checkpoint needs detectors {self.detectors}, got {detectors} "
+                             f"(missing {missing})")
+        return [detectors.index(d) for d in self.detectors]
+
+    def prepare(self, raw: np.ndarray) -> np.ndarray:
+        """Raw detector images ``(C, z, Y, X)`` in :attr:`detectors` order -> normalised channels."""
+        from seglearn.segment.channels import apply_normalisation, compute_channels
+
+        return apply_normalisation(compute_channels(raw, self.detectors, self.derived), self.ranges)
+
+    def iter_proba(self, read_raw: Callable[[int, int], np.ndarray], shape: Sequence[int], *,
+                   block_slices: int | None = None, tile=None, overlap=None, border=None, batch_size=None,
+                   progress: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+        """Probabilities block by block of slices, reading the input on demand.
+
+        Parameters
+        ----------
+        read_raw : callable
+            ``read_raw(z0, z1)`` -> raw ``(C, z1 - z0, Y, X)`` in :attr:`detectors` order.
+        shape : (Z, Y, X)
+        block_slices : int, optional
+            Slices per block (default: the whole volume at once).
+
+        Yields
+        ------
+        z0 : int
+        probs : (K, zb, Y, X) float32 ndarray
+        """
+        from seglearn.segment.tiling import predict_slab
+
+        n = int(shape[0])
+        kw = inference_kwargs(self.meta, self.net, tile=tile, overlap=overlap, border=border, batch_size=batch_size)
+        context = 0
+        if self.mode == "3d" and block_slices and block_slices < n:
+            context = max(kw["tile"][0] // 2, 1)
+        fn = torch_net_fn(self.net, self.device, bf16=self.bf16)
+        block = int(block_slices) if block_slices else n
+        many = block < n
+        bar = None
+        if progress and many:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, desc="predict", unit="slice")
+        try:
+            for z0 in range(0, n, block):
+                z1 = min(n, z0 + block)
+                yield z0, predict_slab(fn, lambda a, b: self.prepare(read_raw(a, b)), n, z0, z1, halo_z=self.net.halo,
+                                       context_z=context, progress=progress and not many, **kw)
+                if bar is not None:
+                    bar.update(z1 - z0)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def predict_proba(self, images: np.ndarray, detectors: Sequence[str], **kwargs) -> np.ndarray:
+        """Class probabilities of a volume held in memory.
+
+        Parameters
+        ----------
+        images : (C, Z, Y, X) ndarray
+            Raw detector images (any numeric dtype), one channel per name in ``detectors``.
+        detectors : sequence of str
+            Names of the channels of ``images``; must include :attr:`detectors`.
+        **kwargs
+            ``tile``, ``overlap``, ``border``, ``batch_size``, ``block_slices``, ``progress``.
+
+        Returns
+        -------
+        (K, Z, Y, X) float32 ndarray
+        """
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[0] != len(detectors):
+            raise InputError(f"images of shape {images.shape} do not match detectors {list(detectors)}: "
+                             f"expected (C={len(detectors)}, Z, Y, X)")
+        idx = self.channel_order(detectors, "images")
+        sel = images[idx]
+        parts = [p for _, p in self.iter_proba(lambda a, b: sel[:, a:b], sel.shape[1:], **kwargs)]
+        return np.concatenate(parts, axis=1)
+
+    def predict(self, images: np.ndarray, detectors: Sequence[str], **kwargs) -> np.ndarray:
+        """Labels ``(Z, Y, X)`` uint8 with ids ``1..K`` (see :meth:`predict_proba`)."""
+        return (np.argmax(self.predict_proba(images, detectors, **kwargs), axis=0) + 1).astype(np.uint8)
+
+
+def segmenter_from_checkpoint(ckpt: Mapping, *, device: str = "auto", bf16: bool | None = None) -> Segmenter:
+    """A :class:`Segmenter` from a loaded checkpoint dict (see :func:`seglearn.ckpt.load_checkpoint`)."""
+    from seglearn.segment.net import build_net
+
+    meta = ckpt["meta"]
+    net = build_net(meta["net"])
+    state = {k[4:] if k.startswith("net.") else k: v for k, v in ckpt["state_dict"].items()}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise InputError(f"checkpoint weights do not fit its network config (missing {list(missing)[:3]}, "
+                         f"unexpected {list(unexpected)[:3]})")
+    return Segmenter(net, meta, device=device, bf16=bf16)
+
+
+def load_segmenter(ckpt_path: str | os.PathLike, *, device: str = "auto", bf16: bool | None = None) -> Segmenter:
+    """Load a U-Net checkpoint (``best.ckpt``, ``last.ckpt`` or a shipped one) for prediction.
+
+    Parameters
+    ----------
+    ckpt_path : path-like
+    device : str
+        ``auto`` (CUDA, MPS, else CPU), ``cpu``, ``cuda``, ...
+    bf16 : bool, optional
+        bfloat16 autocast; default on CUDA only.
+
+    Returns
+    -------
+    Segmenter
+    """
+    from seglearn.ckpt import load_checkpoint
+
+    return segmenter_from_checkpoint(load_checkpoint(ckpt_path, kind=KIND), device=device, bf16=bf16)
+
+
+def default_config(overrides: Mapping | None = None):
+    """The default training config (``configs/train.yaml`` with ``model=unet``) with dotted-key overrides."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf, open_dict
+
+    conf_dir = Path(__file__).resolve().parents[2] / "configs"
+    if not (conf_dir / "train.yaml").exists():
+        raise InputError(f"{conf_dir}: configs/train.yaml not found (seglearn must run from its source tree)")
+    overrides = dict(overrides or {})
+    group = [f"{k}={v}" for k, v in overrides.items() if k in ("experiment", "trainer", "data", "model")]
+    was = GlobalHydra.instance().is_initialized()
+    if was:
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir)):
+        cfg = compose("train", overrides=["data.root=null", *group])
+    with open_dict(cfg):
+        for k, v in overrides.items():
+            if k not in ("experiment", "trainer", "data", "model"):
+                OmegaConf.update(cfg, k, v, force_add=True)
+    return cfg
+
+
+def fit_segmenter(images: np.ndarray, train_labels: np.ndarray, detectors: Sequence[str],
+                  out_dir: str | os.PathLike, overrides: Mapping | None = None,
+                  val_labels: np.ndarray | None = None) -> Path:
+    """Train a U-Net on arrays with the default config; returns the best checkpoint's path.
+
+    Parameters
+    ----------
+    images : (C, Z, Y, X) ndarray
+        Raw detector images.
+    train_labels : (Z, Y, X) int ndarray
+        Sparse labels, 0 = unlabelled, ``1..K``.
+    detectors : sequence of str
+        Channel names of ``images``.
+    out_dir : path-like
+        Gets ``best.ckpt``, ``last.ckpt`` and the CSV logs.
+    overrides : dict, optional
+        Dotted config keys (``{"model.mode": "2d", "trainer.max_steps": 200}``); also
+        ``classes`` (names of 1..K) and ``voxel_size_nm`` (z, y, x).
+    val_labels : (Z, Y, X) int ndarray, optional
+        Dense or sparse validation labels (else strokes of ``train_labels`` are held out).
+
+    Returns
+    -------
+    Path
+        ``out_dir/best.ckpt``.
+    """
+    from seglearn.data import Dataset
+    from seglearn.data.layout import DEFAULT_CLASSES
+    from seglearn.segment.train import fit
+
+    overrides = dict(overrides or {})
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]
+    train_labels = np.asarray(train_labels)
+    if images.ndim != 4 or images.shape[0] != len(detectors) or images.shape[1:] != train_labels.shape:
+        raise InputError(f"fit_segmenter: images {images.shape}, labels {train_labels.shape} and detectors "
+                         f"{list(detectors)} do not agree; expected (C, Z, Y, X) and (Z, Y, X)")
+    k = int(max(train_labels.max(), 0 if val_labels is None else np.asarray(val_labels).max()))
+    classes = overrides.pop("classes", None)
+    if classes is None:
+        classes = list(DEFAULT_CLASSES) if k == 3 else [f"class{i + 1}" for i in range(max(k, 2))]
+    voxel = tuple(float(v) for v in overrides.pop("voxel_size_nm", (1.0, 1.0, 1.0)))
+    ds = Dataset(root=Path(out_dir), name="arrays", detectors=list(detectors), classes=list(classes),
+                 voxel_size_nm=voxel, images=images, train=train_labels.astype(np.uint8),
+                 test=None if val_labels is None else np.asarray(val_labels).astype(np.uint8))
+    cfg = default_config({"out_dir": str(out_dir), **overrides})
+    result = fit(cfg, ds)
+    return Path(result["best_ckpt"])
