@@ -1,0 +1,211 @@
+"""Turn a label file into class ids ``1..K`` with names, roles and a voxel size.
+
+Label files come with seglearn ids (``1..K``, ``0`` = outside) or with arbitrary grey values
+(``0 / 85 / 170`` for pore / NMC / CBD in taufactor's electrode). The rule, in this order:
+
+1. ``values=[v1, ..., vK]`` given: grey value ``vi`` is class ``i``; any other value is
+   outside (0, not measured).
+2. ``classes`` given with K names and the file holds exactly K distinct values: the values in
+   ascending order are classes ``1..K`` (``0/85/170`` -> 1, 2, 3).
+3. ``classes`` given with K names and the file holds K + 1 values, 0 and ids ``1..K``
+   (a seglearn prediction with an outside region): 0 stays outside, ids are kept.
+4. ``classes`` given and the values are a subset of ``{1..K}``: ids are kept.
+5. No ``classes``: the n distinct values in ascending order are classes ``1..n`` named
+   ``value_<v>``.
+
+Anything else is refused with the values found. Roles (pore, active material, carbon-binder)
+are found from the class names (``pore``/``void``; ``active``/``am``/``nmc``/``particle``...;
+``binder``/``cbd``/``carbon``) unless named explicitly.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from seglearn.errors import InputError
+
+_ROLE_PATTERNS = {
+    "pore": r"(^|_)(pore|pores|void|porosity|electrolyte_pore|empty)($|_)",
+    "active": r"(active|(^|_)am($|_)|nmc|lfp|lco|nca|graphite|particle|cam)",
+    "binder": r"(binder|(^|_)cbd($|_)|carbon)",
+}
+
+
+@dataclass
+class LabelInfo:
+    """Class ids and what they mean.
+
+    Attributes
+    ----------
+    labels : (Z, Y, X) uint8 ndarray
+        Class ids ``1..K``; 0 = outside (not measured).
+    classes : list of str
+        Names of ids ``1..K``.
+    values : list of int or float
+        The original grey value of each class.
+    roles : dict
+        ``pore``, ``active``, ``binder``: class id (1-based) or None.
+    """
+
+    labels: np.ndarray
+    classes: list[str]
+    values: list
+    roles: dict
+
+
+def map_labels(raw: np.ndarray, classes: Sequence[str] | None = None, values: Sequence | None = None,
+               *, source: str = "labels") -> tuple[np.ndarray, list[str], list]:
+    """Map a label volume to class ids ``1..K`` (rule in the module docstring).
+
+    Parameters
+    ----------
+    raw : (Z, Y, X) int or float ndarray
+    classes : sequence of str, optional
+    values : sequence, optional
+        Grey value of each class, in class order.
+    source : str
+        Name used in error messages (the file).
+
+    Returns
+    -------
+    labels : (Z, Y, X) uint8 ndarray
+    classes : list of str
+    values : list
+    """
+    raw = np.asarray(raw)
+    if raw.ndim == 2:
+        raw = raw[None]
+    if raw.ndim != 3:
+        raise InputError(f"{source}: expected a (Z, Y, X) label volume, got shape {raw.shape}")
+    if raw.dtype.kind == "f" and not np.all(np.isfinite(raw)):
+        raise InputError(f"{source}: label volume holds NaN or infinite values")
+    if classes is not None:
+        classes = [str(c) for c in classes]
+        if len(set(classes)) != len(classes) or not classes:
+            raise InputError(f"{source}: class names must be distinct and non-empty, got {classes}")
+    if values is not None:
+        values = list(values)
+        if classes is None:
+            classes = [f"value_{_fmt(v)}" for v in values]
+        if len(values) != len(classes):
+            raise InputError(f"{source}: {len(values)} values for {len(classes)} classes {classes}")
+        if len(values) > 255:
+            raise InputError(f"{source}: at most 255 classes, got {len(values)}")
+        out = np.zeros(raw.shape, np.uint8)
+        for i, v in enumerate(values):
+            out[raw == v] = i + 1
+        if not out.any():
+            found = np.unique(raw)[:10].tolist()
+            raise InputError(f"{source}: none of the values {values} occur; the file holds {found}")
+        return out, classes, values
+    found = np.unique(raw)
+    n = len(found)
+    if n > 255:
+        raise InputError(f"{source}: {n} distinct values is not a label volume (at most 255 classes); "
+                         "is this a grey-value image?")
+    is_int = raw.dtype.kind in "ui" or bool(np.all(found == np.round(found)))
+    if classes is not None:
+        k = len(classes)
+        ids = set(int(v) for v in found) if is_int else set()
+        if n == k:
+            lut_values = found.tolist()
+        elif is_int and ids <= set(range(0, k + 1)) and 0 in ids and n == k + 1:
+            return raw.astype(np.uint8), classes, list(range(1, k + 1))
+        elif is_int and ids <= set(range(1, k + 1)):
+            return raw.astype(np.uint8), classes, list(range(1, k + 1))
+        else:
+            raise InputError(f"{source}: {n} distinct values {found[:12].tolist()} do not match {k} classes "
+                             f"{classes}; give values=[...] (one grey value per class)")
+    else:
+        lut_values = found.tolist()
+        classes = [f"value_{_fmt(v)}" for v in lut_values]
+    out = np.searchsorted(found, raw).astype(np.uint8) + np.uint8(1)
+    return out, classes, [_num(v) for v in lut_values]
+
+
+def _fmt(v) -> str:
+    v = _num(v)
+    return str(v).replace(".", "p").replace("-", "m")
+
+
+def _num(v):
+    f = float(v)
+    return int(f) if f == int(f) else f
+
+
+def find_roles(classes: Sequence[str], *, pore=None, active=None, binder=None) -> dict:
+    """Class ids (1-based) of the pore, active-material and carbon-binder phases.
+
+    Parameters
+    ----------
+    classes : sequence of str
+    pore, active, binder : str or int, optional
+        A class name or 1-based id; default: matched from the names (None when nothing matches).
+
+    Returns
+    -------
+    dict
+        ``{"pore": id or None, "active": id or None, "binder": id or None}``.
+    """
+    given = {"pore": pore, "active": active, "binder": binder}
+    roles: dict = {}
+    for role, choice in given.items():
+        if choice is not None:
+            roles[role] = class_id(classes, choice)
+            continue
+        hits = [i + 1 for i, c in enumerate(classes)
+                if re.search(_ROLE_PATTERNS[role], c.lower()) and i + 1 not in roles.values()]
+        roles[role] = hits[0] if hits else None
+    return roles
+
+
+def class_id(classes: Sequence[str], choice) -> int:
+    """1-based id of a class given by name or id; refuses unknown ones."""
+    if isinstance(choice, (int, np.integer)) and not isinstance(choice, bool):
+        if 1 <= int(choice) <= len(classes):
+            return int(choice)
+        raise InputError(f"class id {choice} is not in 1..{len(classes)} ({list(classes)})")
+    if str(choice) in classes:
+        return list(classes).index(str(choice)) + 1
+    raise InputError(f"class {choice!r} is not one of {list(classes)}")
+
+
+def resolve_voxel_size(from_file, from_config, *, source: str = "input") -> tuple[float, float, float]:
+    """Voxel size ``(z, y, x)`` in nm: the file's calibration, else the config, else refuse.
+
+    Parameters
+    ----------
+    from_file : (z, y, x) or None
+        From the TIFF metadata.
+    from_config : float, (z, y, x) or None
+        ``voxel_size_nm=`` of the command line / config (a single number means isotropic).
+    """
+    if from_file is not None:
+        vs = tuple(float(v) for v in from_file)
+    elif from_config is not None:
+        vs = as_voxel_size(from_config, source=source)
+    else:
+        raise InputError(f"{source}: no voxel size in the file's metadata; give voxel_size_nm=<nm> "
+                         "(one number, or [z, y, x])")
+    if len(vs) != 3 or not all(np.isfinite(v) and v > 0 for v in vs):
+        raise InputError(f"{source}: voxel size must be 3 positive numbers (z, y, x) in nm, got {vs}")
+    return vs
+
+
+def as_voxel_size(value, *, source: str = "voxel_size_nm") -> tuple[float, float, float]:
+    """``5`` -> ``(5, 5, 5)``; ``[z, y, x]`` kept; anything else refused."""
+    try:
+        if np.ndim(value) == 0:
+            v = float(value)
+            vs = (v, v, v)
+        else:
+            vs = tuple(float(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{source}: voxel size must be a number or [z, y, x] in nm, got {value!r}") from exc
+    if len(vs) != 3 or not all(np.isfinite(v) and v > 0 for v in vs):
+        raise InputError(f"{source}: voxel size must be 3 positive numbers (z, y, x) in nm, got {value!r}")
+    return vs
