@@ -16,7 +16,10 @@ from seglearn.errors import InputError
 TRAINERS: dict[str, str] = {
     "unet": "seglearn.segment.train:train",
     "stardist": "seglearn.instances.train:train",
+    "unet_pretrain": "seglearn.pretrain.train:train",
 }
+#: ``train.py ... init=BASE.ckpt`` fine-tunes a pretrained checkpoint instead of training from scratch
+FINETUNE = "seglearn.pretrain.finetune:train"
 PREDICTORS: dict[str, str] = {
     "unet": "seglearn.segment.predict:predict",
     "stardist": "seglearn.instances.predict:predict",
@@ -33,6 +36,8 @@ def _resolve(table: dict[str, str], kind: str, what: str) -> Callable[..., Any]:
 def train(cfg) -> dict:
     """Train the model kind named by ``cfg.model.kind``; returns its metrics."""
     kind = str(cfg.model.get("kind", "unet"))
+    if cfg.get("init") and kind == "unet":
+        return _resolve({"finetune": FINETUNE}, "finetune", "fine-tuning")(cfg)
     return _resolve(TRAINERS, kind, "training")(cfg)
 
 

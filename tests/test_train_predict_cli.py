@@ -104,9 +104,16 @@ def test_shipped_demo_checkpoint_predicts(tiny_dataset, tmp_path):
     if not (ROOT / "checkpoints" / "demo.ckpt").exists():
         pytest.fail("checkpoints/demo.ckpt is missing (train it with: python train.py experiment=demo)")
     assert (ROOT / "checkpoints" / "demo.ckpt").stat().st_size < 10 * 2**20
-    res = run("predict.py", f"input={tiny_dataset}", f"output={tmp_path / 'demo'}", "preview=false")
+    res = run("predict.py", f"input={tiny_dataset}", f"output={tmp_path / 'demo'}", "preview=false",
+              "characterise=[fractions]")
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    # characterise=... runs the microstructure report on the prediction
+    report = json.loads((tmp_path / "demo" / "characterise" / "report.json").read_text())
+    assert (tmp_path / "demo" / "characterise" / "report.html").exists()
+    assert sum(report["fractions"].values()) == pytest.approx(1.0, abs=1e-6)
+    for name, f in summary["fractions"].items():
+        assert report["fractions"][name] == pytest.approx(f, abs=1e-6)
     # trained on another phantom of the same kind, it must beat every constant prediction (awe 1 - p_c^2)
     from seglearn.io import read_stack
 

@@ -104,6 +104,22 @@ def _prepare_output(cfg, name: str) -> Path:
     return out
 
 
+def _characterise(cfg, out: Path, classes: list, voxel) -> str:
+    """Run the microstructure report on the written labels (``characterise=true`` or a list of steps)."""
+    from seglearn.characterise import characterise
+    from seglearn.io import read_stack
+
+    if voxel is None:
+        raise InputError(f"{cfg.input}: characterise needs a voxel size; the input and checkpoint have none")
+    opts = {"values": list(range(1, len(classes) + 1))}
+    steps = _plain(cfg.characterise)
+    if isinstance(steps, (list, tuple)):
+        opts["steps"] = list(steps)
+    labels, _ = read_stack(out / "labels.tif")
+    characterise(labels, voxel, list(classes), out_dir=out / "characterise", overwrite=True, **opts)
+    return "characterise/report.html"
+
+
 def predict(cfg, ckpt: dict) -> dict:
     """Predict ``cfg.input`` with the U-Net checkpoint ``ckpt`` (loaded by :mod:`seglearn.runner`).
 
@@ -149,7 +165,11 @@ def predict(cfg, ckpt: dict) -> dict:
         preview_z = shape[0] // 2
 
         def read_raw(a: int, b: int) -> np.ndarray:
-            return np.stack([r.read(a, b) for r in readers])
+            block = np.stack([r.read(a, b) for r in readers])
+            if block.dtype.kind == "f" and not np.all(np.isfinite(block)):
+                bad = [str(p) for p, blk in zip(paths, block) if not np.all(np.isfinite(blk))]
+                raise InputError(f"{bad[0]}: holds NaN or Inf voxels (slices {a}-{b}); replace them before predicting")
+            return block
 
         def label_slices():
             nonlocal preview_z
@@ -209,6 +229,8 @@ def predict(cfg, ckpt: dict) -> dict:
                 panels.append(("test labels", img, preview["test"]))
             write_preview(out / "preview.png", panels, seg.classes, overwrite=True,
                           title=f"{Path(str(cfg.ckpt)).name} on {src['name']}")
+        if cfg.get("characterise"):
+            summary["characterise"] = _characterise(cfg, out, seg.classes, voxel)
         with atomic_path(out / "summary.json", overwrite=True) as tmp:
             tmp.write_text(json.dumps(summary, indent=2))
         msg = f"wrote {out}/labels.tif ({shape[0]}x{shape[1]}x{shape[2]}) in {seconds:.1f} s"

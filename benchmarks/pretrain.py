@@ -1,0 +1,209 @@
+"""Benchmark of synthetic pretraining + few-scribble adaptation (issue 12).
+
+Cases:
+
+- ``phantom``: a 128 x 256 x 256 SE2 + InLens phantom drawn with parameters *outside* the
+  pretraining ranges (:data:`OOD`); scored on its dense test slice. Base model: ``fibsem_base``.
+- ``micro``: ``../shared/data/real/micrograph_2class.tif`` (one detector, 2 classes; scribbles
+  127/254 -> classes 1/2), scored on ``_truth.tif`` over the whole image. Base model:
+  ``fibsem_base_1det`` with a new 2-class head.
+
+Methods: ``rf`` (seglearn.baselines random forest, ``configs/method/rf_ilastik.yaml``),
+``scratch`` (the U-Net from scratch on the scribbles, :func:`seglearn.segment.api.fit_segmenter`),
+``zeroshot`` (base model, no training; for a class-count mismatch the new head is only
+initialised from the scribble class map), ``finetune`` (seglearn.pretrain.finetune, early
+stopping on held-out scribbles, never on the scored truth), ``naive`` (fine-tuning on the scribbles
+alone, a from-scratch learning rate, last weights kept).
+
+Every method's result is appended to ``OUT/results.json`` so stages can run separately::
+
+    python benchmarks/pretrain.py --cases phantom micro --methods rf scratch zeroshot finetune naive
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "data" / "real"
+
+#: the out-of-range phantom: each value lies outside seglearn.pretrain.randomise.DEFAULT_RANGES
+OOD = {
+    "shape": [128, 256, 256], "seed": 101, "voxel_size_nm": [40.0, 12.0, 12.0],  # anisotropy 3.33 (range 1..3), xy 12
+    "particle_radius_nm": 720.0,  # range 200..650
+    "am_fraction": 0.55, "cbd_fraction": 0.15,
+    "se2": {"noise": 0.17, "curtain": 0.15},  # noise range 0.02..0.14, curtain 0..0.12
+    "inlens": {"noise": 0.18, "curtain": 0.15},
+    "gradient_face": 0.5,  # range 0..0.45
+}
+STEPS = 300  # step budget of every trained U-Net (scratch, fine-tuned, naive)
+
+
+def load_case(name: str, out: Path) -> dict:
+    """``images (C, Z, Y, X)``, ``detectors``, ``train``, ``truth`` (scored labels), ``classes``, ``voxel``, ``score_z``."""
+    if name == "phantom":
+        from seglearn.data import load_dataset
+        from seglearn.synth.phantom import write_phantom
+
+        root = out / "phantom_ood"
+        if not (root / "dataset.yaml").exists():
+            write_phantom(root, OOD, overwrite=True, name="phantom_ood")
+        ds = load_dataset(root, labels=("train", "test"), require=("train",))
+        z = int(np.nonzero(ds.test)[0][0])
+        return {"images": ds.images, "detectors": list(ds.detectors), "train": ds.train, "truth": ds.test,
+                "classes": list(ds.classes), "voxel": tuple(ds.voxel_size_nm), "score_z": [z],
+                "base": "fibsem_base.ckpt"}
+    if name == "micro":
+        import tifffile
+
+        img = tifffile.imread(REAL / "micrograph_2class.tif")
+        scr = tifffile.imread(REAL / "micrograph_2class_scribbles.tif").reshape(img.shape)
+        tru = tifffile.imread(REAL / "micrograph_2class_truth.tif").reshape(img.shape)
+        lab = lambda a: np.select([a == 127, a == 254], [1, 2], 0).astype(np.uint8)[None]  # noqa: E731
+        return {"images": img[None, None], "detectors": ["SEM"], "train": lab(scr), "truth": lab(tru),
+                "classes": ["dark", "bright"], "voxel": (1.0, 1.0, 1.0), "score_z": [0], "base": "fibsem_base_1det.ckpt"}
+    raise SystemExit(f"unknown case {name}")
+
+
+def score_slices(pred: np.ndarray, case: dict) -> dict:
+    from seglearn.metrics import score
+
+    zs = case["score_z"]
+    r = score(pred[zs] if pred.shape[0] != len(zs) else pred, case["truth"][zs], len(case["classes"]))
+    return {"awe": round(r["awe"], 2), "iou": [None if v is None else round(v, 4) for v in r["iou"]]}
+
+
+def predict_unet(ckpt: str, case: dict) -> np.ndarray:
+    """Labels of the scored slices with a U-Net checkpoint (each slice with its full 2.5D context)."""
+    from seglearn.segment.api import load_segmenter
+
+    seg = load_segmenter(ckpt, device="cpu")
+    h = seg.net.halo
+    n = case["images"].shape[1]
+    out = []
+    for z in case["score_z"]:
+        a, b = max(0, z - h - 8), min(n, z + h + 9)  # generous context for the block's edge replication
+        p = seg.predict(case["images"][:, a:b], case["detectors"])
+        out.append(p[z - a])
+    return np.stack(out)
+
+
+def run_rf(case: dict, out: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    from seglearn.baselines.registry import fit_method, predict_method
+
+    p = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "method" / "rf_ilastik.yaml"))
+    impl = p.pop("impl")
+    p["n_jobs"] = 1
+    if case["images"].shape[1] == 1:
+        p["features"]["ilastik"]["dims"] = 2
+    p["features"]["inputs"] = [i for i in p["features"]["inputs"] if all(d in case["detectors"] for d in i.split("-"))] \
+        or list(case["detectors"])
+    p["voxel_size_nm"] = list(case["voxel"])
+    t0 = time.perf_counter()
+    model = fit_method(impl, case["images"], case["detectors"], case["train"], **p)
+    pred = predict_method(impl, model, case["images"], case["detectors"], slices=case["score_z"])
+    return {**score_slices(pred, case), "seconds": round(time.perf_counter() - t0, 1), "config": "rf_ilastik",
+            "inputs": p["features"]["inputs"]}
+
+
+def run_scratch(case: dict, out: Path) -> dict:
+    from seglearn.segment.api import fit_segmenter
+
+    t0 = time.perf_counter()
+    d = out / f"scratch_{case['name']}"
+    ck = fit_segmenter(case["images"], case["train"], case["detectors"], d,
+                       overrides={"trainer.max_steps": STEPS, "overwrite": True, "classes": case["classes"],
+                                  "voxel_size_nm": list(case["voxel"])})
+    secs = time.perf_counter() - t0
+    return {**score_slices(predict_unet(str(ck), case), case), "seconds": round(secs, 1), "steps": STEPS}
+
+
+def run_finetune(case: dict, out: Path, base: Path, kind: str) -> dict:
+    from seglearn.pretrain.finetune import finetune
+
+    settings = {"max_steps": STEPS}
+    if kind == "zeroshot":
+        settings = {"max_steps": 0, "synth_fraction": 0}
+    elif kind == "naive":
+        settings = {"max_steps": STEPS, "max_minutes": 4.0, "synth_fraction": 0, "lr": 3e-3, "keep_best": False,
+                    "patience": 0}
+    t0 = time.perf_counter()
+    d = out / f"{kind}_{case['name']}"
+    r = finetune(str(base / case["base"]), case["images"], case["detectors"], case["train"], d, classes=case["classes"],
+                 voxel_size_nm=case["voxel"], settings=settings, overwrite=True, name=case["name"])
+    secs = time.perf_counter() - t0
+    pred = predict_unet(r["best_ckpt"], case)
+    return {**score_slices(pred, case), "seconds": round(secs, 1), "steps": r["steps"], "best_step": r["best_step"],
+            "val_awe_zero_shot": r["val_awe_zero_shot"], "best_val_awe": r["best_val_awe"], "class_map": r["class_map"],
+            "base": case["base"]}
+
+
+def report(results: dict) -> str:
+    """Markdown table of ``results`` (awe per case and method)."""
+    names = {"rf": "random forest (rf_ilastik) on the scribbles", "scratch": "U-Net from scratch on the scribbles",
+             "zeroshot": "base model zero-shot", "finetune": "base model fine-tuned", "naive": "base model, naive fine-tuning"}
+    lines = ["| case | method | awe % | IoU per class | seconds | steps |", "|---|---|---|---|---|---|"]
+    for case, res in results.items():
+        for m in ("rf", "scratch", "zeroshot", "finetune", "naive"):
+            if m in res:
+                r = res[m]
+                steps = r.get("steps", "")
+                if m in ("finetune", "naive", "zeroshot") and "best_step" in r:
+                    steps = f"{r['steps']} (kept step {r['best_step']})"
+                lines.append(f"| {case} | {names[m]} | {r['awe']:.2f} | {r['iou']} | {r['seconds']} | {steps} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", nargs="+", default=["phantom", "micro"])
+    ap.add_argument("--methods", nargs="+", default=["rf", "scratch", "zeroshot", "finetune", "naive"])
+    ap.add_argument("--base-dir", default=str(ROOT / "checkpoints"))
+    ap.add_argument("--out", default=str(ROOT / "runs" / "bench_pretrain"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--report", action="store_true", help="print the markdown table of OUT/results.json and exit")
+    a = ap.parse_args(argv)
+    if a.report:
+        print(report(json.loads((Path(a.out) / "results.json").read_text())))
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    import torch
+
+    torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res_path = out / "results.json"
+    results: dict = {}
+    for cname in a.cases:
+        case = load_case(cname, out)
+        case["name"] = cname
+        for m in a.methods:
+            logging.info("== %s / %s", cname, m)
+            if m == "rf":
+                r = run_rf(case, out)
+            elif m == "scratch":
+                r = run_scratch(case, out)
+            else:
+                r = run_finetune(case, out, Path(a.base_dir), m)
+            r["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            results = json.loads(res_path.read_text()) if res_path.exists() else {}  # merge: stages may run in parallel
+            results.setdefault(cname, {})[m] = r
+            res_path.write_text(json.dumps(results, indent=2))
+            logging.info("%s / %s: %s", cname, m, json.dumps(r))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    main()

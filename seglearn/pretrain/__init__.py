@@ -1,0 +1,14 @@
+"""Synthetic pretraining with domain randomisation, and few-scribble adaptation of the base model.
+
+Modules, one job each:
+
+- :mod:`~seglearn.pretrain.randomise`: draws phantom parameters (artefacts, detector contrast,
+  noise, particles, carbon-binder, voxel anisotropy, microstructure source) from config ranges.
+- :mod:`~seglearn.pretrain.stream`: an endless stream of densely labelled patches from a small
+  in-memory cache of randomised phantoms.
+- :mod:`~seglearn.pretrain.train`: pretraining of a base model (``model.kind=unet_pretrain``).
+- :mod:`~seglearn.pretrain.finetune`: adaptation of a base model to a dataset's scribbles
+  (``python train.py data.root=DATASET init=BASE.ckpt``).
+
+Imports are lazy: importing this package does not import torch.
+"""

@@ -1,0 +1,489 @@
+"""Adaptation of a pretrained base model to a dataset's scribbles.
+
+``python train.py data.root=DATASET init=checkpoints/fibsem_base.ckpt [+finetune.KEY=VALUE]``
+lands in :func:`train`. What keeps pretraining from being forgotten when the scribbles lie inside
+regions (no boundary, no thin carbon-binder ever labelled):
+
+- every batch mixes the user's labelled patches with densely labelled synthetic patches from the
+  randomised phantom stream (``synth_fraction``), in one forward pass (shared BatchNorm stats);
+- a lower learning rate than pretraining, optionally a frozen encoder;
+- validation on ``labels/test.tif`` when present, else on held-out scribbles (tiles of the
+  labelled slices), *starting at step 0*: the kept weights are the best seen, so on the validation
+  data the fine-tuned model is never worse than the base model zero-shot; early stopping on it.
+
+Rules (documented in ``docs/pretrain.md``):
+
+- **Detectors.** A base model needs its detectors (``fibsem_base``: SE2 and InLens, plus the
+  SE2-InLens difference). A dataset with fewer detectors is refused with a message naming the
+  single-detector base model; ``fibsem_base_1det`` takes any one detector (``detector=`` picks
+  which when the dataset has several; default the first) and the fine-tuned checkpoint records
+  that detector's name.
+- **Classes.** When the dataset has the base model's three classes (pore, carbon_binder,
+  active_material) the head is kept. Otherwise (e.g. 2 classes) a new head is made, fitted as a
+  linear probe (logistic regression) on the base model's frozen features under the scribbles
+  (``class_map`` records which base class each dataset class resembles), and the old 3-class head
+  stays as an auxiliary head trained on the synthetic batches.
+- **Grey levels.** Base models read 8-bit grey values on a fixed scale; other data (16-bit) are
+  mapped to that scale by robust percentiles fitted on the dataset, stored in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from seglearn.errors import InputError, OutputExistsError
+
+log = logging.getLogger("seglearn")
+
+DEFAULTS: dict[str, Any] = {
+    "max_steps": 300, "max_minutes": 8.0, "lr": 3e-4, "weight_decay": 1e-4, "batch_size": 8,
+    "synth_fraction": 0.5, "synth_weight": 1.0, "freeze_encoder": False, "val_every": 25, "patience": 6,
+    "patch": 80, "detector": None, "val_fraction": 0.25, "val_tile": 32, "seed": 0, "threads": 0, "bf16": True,
+    "phantom_shape": [20, 80, 80], "cache": 4, "reuse": 64, "keep_best": True,
+}
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "finetune.yaml"
+
+
+def settings_from(overrides: Mapping | None) -> dict:
+    """:data:`DEFAULTS` updated by ``overrides`` (unknown keys refused)."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(overrides, DictConfig):
+            overrides = OmegaConf.to_container(overrides, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    given = dict(overrides or {})
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise InputError(f"finetune: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
+    return {**DEFAULTS, **given}
+
+
+# ----------------------------------------------------------------------------------- rules
+def select_detectors(meta: Mapping, detectors: Sequence[str], *, detector: str | None = None,
+                     where: str = "dataset") -> tuple[list[int], list[str]]:
+    """Which dataset channels feed the base model, and the names the fine-tuned model will record.
+
+    Returns
+    -------
+    index : list of int
+        Indices into ``detectors``, in the base model's channel order.
+    names : list of str
+        Detector names for the fine-tuned checkpoint.
+
+    Raises
+    ------
+    InputError
+        The dataset lacks a detector a multi-detector base model needs.
+    """
+    base = list(meta["detectors"])
+    detectors = list(detectors)
+    if detector is not None and detector not in detectors:
+        raise InputError(f"{where}: detector={detector!r} is not among its detectors {detectors}")
+    if len(base) == 1:
+        pick = detector if detector is not None else (base[0] if base[0] in detectors else detectors[0])
+        return [detectors.index(pick)], [pick]
+    missing = [d for d in base if d not in detectors]
+    if missing:
+        raise InputError(f"{where}: the base model needs detectors {base} (+ {meta.get('derived', [])}), the dataset "
+                         f"has {detectors} (missing {missing}); use the single-detector base model "
+                         f"checkpoints/fibsem_base_1det.ckpt, or train from scratch")
+    return [detectors.index(d) for d in base], base
+
+
+def grey_ranges(images: np.ndarray, n_derived: int) -> list[list[float]]:
+    """Normalisation ranges mapping the dataset's grey values onto the base model's 8-bit scale."""
+    from seglearn.pretrain.stream import DETECTOR_RANGE, DIFF_RANGE
+
+    if images.dtype == np.uint8 or (np.issubdtype(images.dtype, np.integer) and images.max() <= 255
+                                     and images.min() >= 0):
+        return [list(DETECTOR_RANGE) for _ in images] + [list(DIFF_RANGE) for _ in range(n_derived)]
+    from seglearn.segment.channels import fit_normalisation
+
+    r = fit_normalisation(images, (0.1, 99.9))
+    span = float(np.mean([hi - lo for lo, hi in r]))
+    return r + [[-span / 2, span / 2] for _ in range(n_derived)]
+
+
+def split_scribbles(train: np.ndarray, *, fraction: float, tile: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out the scribbles of a random share of in-plane tiles (every class keeps some of both).
+
+    Returns
+    -------
+    fit, val : (Z, Y, X) uint8
+    """
+    rng = np.random.default_rng(seed)
+    z, y, x = train.shape
+    ty, tx = -(-y // tile), -(-x // tile)
+    for _ in range(20):
+        pick = rng.random((z, ty, tx)) < fraction
+        held = np.repeat(np.repeat(pick, tile, 1), tile, 2)[:, :y, :x]
+        fit = np.where(held, 0, train).astype(np.uint8)
+        val = np.where(held, train, 0).astype(np.uint8)
+        classes = np.unique(train[train > 0])
+        if all((fit == c).any() and (val == c).any() for c in classes):
+            return fit, val
+    # fall back to a voxel-wise split
+    held = rng.random(train.shape) < fraction
+    return np.where(held, 0, train).astype(np.uint8), np.where(held, train, 0).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------- network helpers
+def predict_slices(net, x: np.ndarray, zs: Sequence[int], halo: int, *, bf16: bool = False) -> np.ndarray:
+    """Logits of whole slices: ``x (C, Z, Y, X)`` normalised -> ``(len(zs), K, Y, X)`` float32."""
+    import torch
+
+    a = 2 ** net.unet.depth
+    _, z_n, y, xx = x.shape
+    py, px = -(-y // a) * a - y, -(-xx // a) * a - xx
+    out = []
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for z in zs:
+            idx = np.clip(np.arange(z - halo, z + halo + 1), 0, z_n - 1)
+            win = np.pad(x[:, idx], ((0, 0), (0, 0), (0, py), (0, px)), mode="reflect" if min(y, xx) > max(py, px) else "edge")
+            out.append(net(torch.from_numpy(np.ascontiguousarray(win[None])))[0, :, 0, :y, :xx].float().numpy())
+    return np.stack(out)
+
+
+def class_map(net, x: np.ndarray, labels: np.ndarray, n_classes: int, halo: int) -> list[int]:
+    """For each dataset class ``1..K``: the base class (0-based) its scribbles look most like.
+
+    The mean zero-shot probability of every base class under each dataset class's scribbles is
+    matched one-to-one (Hungarian assignment on the log-probabilities) while ``K`` is at most the
+    number of base classes, so two dataset classes never start as the same base class.
+    """
+    import torch
+    from scipy.optimize import linear_sum_assignment
+
+    zs = [int(z) for z in np.unique(np.nonzero(labels)[0])]
+    prob = torch.softmax(torch.from_numpy(predict_slices(net, x, zs, halo)), dim=1).numpy()
+    lab = labels[zs]
+    k_base = prob.shape[1]
+    mean = np.full((n_classes, k_base), 1.0 / k_base)
+    for c in range(1, n_classes + 1):
+        sel = lab == c
+        if sel.any():
+            mean[c - 1] = prob.transpose(1, 0, 2, 3)[:, sel].mean(axis=1)
+    cost = -np.log(np.clip(mean, 1e-6, None))
+    if n_classes <= k_base:
+        rows, cols = linear_sum_assignment(cost)
+        out = [0] * n_classes
+        for r, c in zip(rows, cols):
+            out[int(r)] = int(c)
+        return out
+    return [int(v) for v in cost.argmin(axis=1)]
+
+
+def probe_head(net, x: np.ndarray, labels: np.ndarray, n_classes: int, halo: int, *, max_voxels: int = 20000,
+               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A new head fitted on the base model's frozen features under the scribbles (a linear probe).
+
+    Returns
+    -------
+    weight : (K, F) float32
+    bias : (K,) float32
+    """
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    feats: dict = {}
+    hook = net.unet.head.register_forward_hook(lambda m, inp, out: feats.__setitem__("x", inp[0].detach()))
+    zs = [int(z) for z in np.unique(np.nonzero(labels)[0])]
+    rows, ys = [], []
+    try:
+        for z in zs:
+            predict_slices(net, x, [z], halo)
+            f = feats["x"].float().numpy()[0]  # (F, Y', X') of the padded slice
+            lab = labels[z]
+            sel = np.nonzero(lab)
+            rows.append(f[:, sel[0], sel[1]].T)
+            ys.append(lab[sel])
+    finally:
+        hook.remove()
+    xf, yf = np.concatenate(rows), np.concatenate(ys)
+    if len(yf) > max_voxels:
+        pick = np.random.default_rng(seed).choice(len(yf), max_voxels, replace=False)
+        xf, yf = xf[pick], yf[pick]
+    clf = LogisticRegression(C=1.0, max_iter=300).fit(xf, yf)
+    w = np.zeros((n_classes, xf.shape[1]), np.float32)
+    b = np.zeros(n_classes, np.float32)
+    present = [int(c) - 1 for c in clf.classes_]
+    if len(present) == 2 and clf.coef_.shape[0] == 1:
+        w[present[1]], b[present[1]] = clf.coef_[0] / 2, clf.intercept_[0] / 2
+        w[present[0]], b[present[0]] = -clf.coef_[0] / 2, -clf.intercept_[0] / 2
+    else:
+        w[present], b[present] = clf.coef_, clf.intercept_
+    for c in set(range(n_classes)) - set(present):
+        b[c] = -10.0  # a class without scribbles starts unlikely
+    return w, b
+
+
+def _user_patch(x: np.ndarray, labels: np.ndarray, coords: np.ndarray, p: int, halo: int, rng) -> tuple:
+    from seglearn.pretrain.stream import augment_patch
+
+    _, z_n, y, xx = x.shape
+    z, cy, cx = coords[int(rng.integers(len(coords)))]
+    py, px = min(p, y), min(p, xx)
+    oy = int(np.clip(cy - py // 2 + rng.integers(-py // 4, py // 4 + 1), 0, y - py))
+    ox = int(np.clip(cx - px // 2 + rng.integers(-px // 4, px // 4 + 1), 0, xx - px))
+    idx = np.clip(np.arange(z - halo, z + halo + 1), 0, z_n - 1)
+    xp = x[:, idx, oy:oy + py, ox:ox + px]
+    yp = labels[z:z + 1, oy:oy + py, ox:ox + px]
+    if (py, px) != (p, p):  # small images: pad to the patch size, padding unlabelled
+        xp = np.pad(xp, ((0, 0), (0, 0), (0, p - py), (0, p - px)), mode="edge")
+        yp = np.pad(yp, ((0, 0), (0, p - py), (0, p - px)))
+    return augment_patch(xp, yp, rng)
+
+
+# ----------------------------------------------------------------------------------- main
+def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], train: np.ndarray, out_dir: str | Path, *,
+             classes: Sequence[str] | None = None, voxel_size_nm: Sequence[float] | None = None,
+             test: np.ndarray | None = None, settings: Mapping | None = None, overwrite: bool = False,
+             name: str = "arrays") -> dict:
+    """Fine-tune a base model on sparse labels; writes ``out_dir/best.ckpt`` (``kind="unet"``).
+
+    Parameters
+    ----------
+    init : path-like
+        A base checkpoint (``checkpoints/fibsem_base*.ckpt``) or any U-Net checkpoint.
+    images : (C, Z, Y, X) ndarray
+        Raw detector images.
+    detectors : sequence of str
+        Names of the channels of ``images``.
+    train : (Z, Y, X) int ndarray
+        Scribbles, 0 = unlabelled, ``1..K``.
+    out_dir : path-like
+    classes : sequence of str, optional
+        Names of ``1..K`` (default: the base model's when K matches, else ``class1..``).
+    test : (Z, Y, X) int ndarray, optional
+        Dense validation labels (a test slice); else scribbles are held out.
+    settings : mapping, optional
+        Keys of :data:`DEFAULTS`.
+
+    Returns
+    -------
+    dict
+        ``best_ckpt``, ``val_awe_zero_shot``, ``best_val_awe``, ``best_step``, ``steps``, ``seconds``,
+        ``class_map``, ``val_source``.
+    """
+    import copy
+
+    import torch
+
+    from seglearn.ckpt import load_checkpoint, save_checkpoint
+    from seglearn.metrics import score
+    from seglearn.pretrain.stream import PhantomPatchStream
+    from seglearn.pretrain.train import make_randomiser
+    from seglearn.segment.channels import apply_normalisation, compute_channels
+    from seglearn.segment.net import build_net
+
+    s = settings_from(settings)
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    if (out_dir / "best.ckpt").exists() and not overwrite:
+        raise OutputExistsError(f"{out_dir}: already holds best.ckpt; pass overwrite=true to replace it")
+    if int(s["threads"] or 0) > 0:
+        torch.set_num_threads(int(s["threads"]))
+    torch.manual_seed(int(s["seed"]))
+    rng = np.random.default_rng(int(s["seed"]))
+    ck = load_checkpoint(init, kind="unet")
+    base_meta = ck["meta"]
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]
+    train = np.asarray(train).astype(np.uint8)
+    if images.ndim != 4 or images.shape[0] != len(detectors) or images.shape[1:] != train.shape:
+        raise InputError(f"finetune: images {images.shape}, labels {train.shape} and detectors {list(detectors)} "
+                         f"do not agree; expected (C, Z, Y, X) and (Z, Y, X)")
+    if not (train > 0).any():
+        raise InputError(f"{name}: the training labels hold no scribble (all 0)")
+    idx, names = select_detectors(base_meta, detectors, detector=s["detector"], where=name)
+    k_user = int(max(train.max(), 0 if test is None else np.asarray(test).max()))
+    base_classes = list(base_meta["classes"])
+    if classes is None:
+        classes = base_classes if k_user == len(base_classes) else [f"class{i + 1}" for i in range(max(k_user, 2))]
+    classes = list(classes)
+    k_user = len(classes)
+    same_head = classes == base_classes
+
+    # channels on the base model's scale
+    raw = images[idx]
+    base_dets, derived = list(base_meta["detectors"]), list(base_meta.get("derived", []))
+    ranges = grey_ranges(raw, len(derived))
+    x = apply_normalisation(compute_channels(raw, base_dets, derived), ranges)
+    net_cfg = dict(base_meta["net"])
+    halo = int(net_cfg.get("context", 0)) if net_cfg.get("mode") == "2.5d" else 0
+    if net_cfg.get("mode") == "3d":
+        raise InputError(f"{init}: fine-tuning supports 2d / 2.5d base models, this one is 3d")
+    base_net = build_net(net_cfg)
+    base_net.load_state_dict({k[4:] if k.startswith("net.") else k: v for k, v in ck["state_dict"].items()})
+    base_net.eval()
+
+    # validation data
+    if test is not None and (np.asarray(test) > 0).any():
+        fit_labels, val_labels, val_source = train, np.asarray(test).astype(np.uint8), "test"
+    else:
+        fit_labels, val_labels = split_scribbles(train, fraction=float(s["val_fraction"]), tile=int(s["val_tile"]),
+                                                 seed=int(s["seed"]))
+        val_source = "held-out scribbles"
+    val_z = [int(z) for z in np.unique(np.nonzero(val_labels)[0])]
+
+    # the network: same head, or a new head initialised from the class map (+ the old head as auxiliary)
+    cmap = list(range(k_user)) if same_head else class_map(base_net, x, fit_labels, k_user, halo)
+    net = build_net({**net_cfg, "n_classes": k_user})
+    state = base_net.state_dict()
+    if same_head:
+        net.load_state_dict(state)
+        aux = None
+    else:
+        hw = state["unet.head.weight"]
+        pw, pb = probe_head(base_net, x, fit_labels, k_user, halo, seed=int(s["seed"]))
+        body = {k: v for k, v in state.items() if not k.startswith("unet.head.")}
+        body["unet.head.weight"] = torch.from_numpy(pw).reshape(k_user, *hw.shape[1:]).to(hw.dtype)
+        body["unet.head.bias"] = torch.from_numpy(pb).to(hw.dtype)
+        net.load_state_dict(body)
+        aux = copy.deepcopy(base_net.unet.head)
+    feats = {}
+    net.unet.head.register_forward_hook(lambda m, inp, out: feats.__setitem__("x", inp[0]))
+    frozen = []
+    if s["freeze_encoder"]:
+        frozen = [*net.unet.down, net.unet.bottom]
+        for m in frozen:
+            for p in m.parameters():
+                p.requires_grad_(False)
+    params = [p for p in net.parameters() if p.requires_grad] + ([] if aux is None else list(aux.parameters()))
+    opt = torch.optim.AdamW(params, lr=float(s["lr"]), weight_decay=float(s["weight_decay"]))
+
+    # synthetic stream with the base model's detectors (the ranges it was pretrained on)
+    n_syn = int(round(float(s["synth_fraction"]) * int(s["batch_size"])))
+    n_user = max(1, int(s["batch_size"]) - n_syn)
+    patch = int(s["patch"])
+    stream = None
+    if n_syn > 0:
+        pre = dict(base_meta.get("pretrain") or {})
+        rnd = make_randomiser({"detectors": base_dets, "ranges": pre.get("ranges") or {}, "sources": None,
+                               "p_real": pre.get("p_real", 0.3), "p_flat": pre.get("p_flat", 0.15),
+                               "phantom_shape": s["phantom_shape"]})
+        stream = iter(PhantomPatchStream(rnd, derived=derived, patch=min(patch, *rnd.shape[1:]), halo=halo,
+                                         cache=int(s["cache"]), reuse=int(s["reuse"]), seed=int(s["seed"]) + 1))
+        patch = min(patch, *rnd.shape[1:])
+    coords = np.argwhere(fit_labels > 0)
+    bf16 = bool(s["bf16"])
+
+    def validate() -> float:
+        net.eval()
+        logits = predict_slices(net, x, val_z, halo, bf16=bf16)
+        pred = (logits.argmax(1) + 1).astype(np.uint8)
+        net.train()
+        for m in frozen:
+            m.eval()
+        return float(score(pred, val_labels[val_z], k_user)["awe"])
+
+    budget = float(s["max_minutes"]) * 60.0
+    max_steps, every, patience = int(s["max_steps"]), int(s["val_every"]), int(s["patience"])
+    zero_shot = validate()
+    best, best_step, best_state, bad = zero_shot, 0, copy.deepcopy(net.state_dict()), 0
+    history = [{"step": 0, "val_awe": round(zero_shot, 3)}]
+    log.info("fine-tuning %s on %s (%d classes, %s, val on %s): zero-shot validation awe %.2f %%", init, name, k_user,
+             "same head" if same_head else f"new head (linear probe; resembles base classes {cmap})", val_source, zero_shot)
+    net.train()
+    for m in frozen:
+        m.eval()
+    step = 0
+    while step < max_steps and time.perf_counter() - t0 < budget:
+        ub = [_user_patch(x, fit_labels, coords, patch, halo, rng) for _ in range(n_user)]
+        sb = [next(stream) for _ in range(n_syn)] if stream is not None else []
+        xb = torch.from_numpy(np.stack([b[0] for b in ub + sb]))
+        yu = torch.from_numpy(np.stack([b[1] for b in ub]).astype(np.int64)) - 1  # -1 = unlabelled
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = net(xb)
+        loss = torch.nn.functional.cross_entropy(logits[:n_user].float(), yu, ignore_index=-1)
+        if sb:
+            ys = torch.from_numpy(np.stack([b[1] for b in sb])) - 1
+            if aux is None:
+                ls = logits[n_user:].float()
+            else:
+                f = feats["x"]  # (B * Z, F, Y, X) in 2d / 2.5d
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    ls = aux(f).float()
+                ls = ls.reshape(len(ub) + len(sb), -1, ls.shape[1], *ls.shape[2:]).permute(0, 2, 1, 3, 4)[n_user:]
+            loss = loss + float(s["synth_weight"]) * torch.nn.functional.cross_entropy(ls, ys)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % every == 0 or step == max_steps:
+            awe = validate()
+            history.append({"step": step, "val_awe": round(awe, 3), "loss": round(float(loss.detach()), 4)})
+            log.info("step %d (%.0f s): loss %.4f, validation awe %.2f %%", step, time.perf_counter() - t0,
+                     float(loss.detach()), awe)
+            if awe < best - 1e-6:
+                best, best_step, best_state, bad = awe, step, copy.deepcopy(net.state_dict()), 0
+            else:
+                bad += 1
+                if patience and bad >= patience:
+                    log.info("early stopping at step %d (best %.2f %% at step %d)", step, best, best_step)
+                    break
+    if s["keep_best"]:
+        net.load_state_dict(best_state)
+    else:  # naive fine-tuning (for comparison): the last weights, whatever the validation says
+        best, best_step = history[-1]["val_awe"], step
+    seconds = time.perf_counter() - t0
+    meta = copy.deepcopy(dict(base_meta))
+    meta["net"] = {**net_cfg, "n_classes": k_user}
+    meta["detectors"] = list(names)
+    meta["derived"] = [f"{names[base_dets.index(a)]}-{names[base_dets.index(b)]}" for a, b in
+                       (d.split("-") for d in derived)]
+    meta["channels"] = meta["detectors"] + meta["derived"]
+    meta["normalisation"] = {"method": "fixed", "percentiles": None, "ranges": ranges}
+    meta["classes"] = classes
+    if voxel_size_nm is not None:
+        meta["voxel_size_nm"] = [float(v) for v in voxel_size_nm]
+    result = {"best_ckpt": str(out_dir / "best.ckpt"), "val_source": val_source, "val_awe_zero_shot": round(zero_shot, 3),
+              "best_val_awe": round(best, 3), "best_step": best_step, "steps": step, "seconds": round(seconds, 1),
+              "class_map": None if same_head else [base_classes[c] for c in cmap], "history": history}
+    meta["train"] = {"dataset": name, "seed": int(s["seed"]), "val_source": val_source,
+                     "val": {"awe": round(best, 3)}, "global_step": step}
+    meta["finetune"] = {"init": str(init), "settings": {k: v for k, v in s.items()}, **{k: v for k, v in result.items()
+                                                                                          if k != "best_ckpt"}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out_dir / "best.ckpt", kind="unet", state_dict=net.state_dict(), meta=meta, overwrite=True)
+    (out_dir / "finetune_summary.json").write_text(json.dumps(result, indent=2))
+    log.info("fine-tuned in %.0f s (%d steps): validation awe %.2f %% (zero-shot %.2f %%, best at step %d); wrote %s",
+             seconds, step, best, zero_shot, best_step, out_dir / "best.ckpt")
+    return result
+
+
+def train(cfg) -> dict:
+    """Entry point of ``train.py data.root=DATASET init=BASE.ckpt`` (settings: ``configs/pretrain/finetune.yaml``,
+    overridden by ``+finetune.KEY=VALUE``)."""
+    from omegaconf import OmegaConf
+
+    from seglearn.cli import setup_logging
+    from seglearn.data import load_dataset
+
+    setup_logging()
+    root = cfg.data.get("root")
+    if not root:
+        raise InputError("data.root is not set: give the dataset folder to fine-tune on, e.g. "
+                         "python train.py data.root=DATASET init=checkpoints/fibsem_base.ckpt")
+    s = dict(OmegaConf.to_container(OmegaConf.load(CONFIG), resolve=True)) if CONFIG.exists() else {}
+    if cfg.get("finetune") is not None:
+        s.update(OmegaConf.to_container(cfg.finetune, resolve=True))
+    if cfg.get("seed") is not None:
+        s["seed"] = int(cfg.seed)
+    ds = load_dataset(root, labels=("train", "test"), require=("train",))
+    dets = list(cfg.data.get("detectors") or ds.detectors)
+    images = ds.images[[ds.detectors.index(d) for d in dets]] if dets != list(ds.detectors) else ds.images
+    out_dir = Path(str(cfg.out_dir))
+    if str(cfg.out_dir) == "runs/unet":
+        out_dir = Path("runs/finetune")
+    return finetune(str(cfg.init), images, dets, ds.train, out_dir, classes=ds.classes, voxel_size_nm=ds.voxel_size_nm,
+                    test=ds.test, settings=s, overwrite=bool(cfg.get("overwrite", False)), name=str(root))

@@ -1,0 +1,213 @@
+"""Domain randomisation of the FIB-SEM phantom: every parameter drawn from a range in config.
+
+A *range spec* is a mapping ``name -> [lo, hi]`` (uniform; ``log: true`` entries are drawn
+log-uniformly) over the keys of :data:`DEFAULT_RANGES`. :func:`sample_config` turns one draw into
+a :class:`~seglearn.synth.config.PhantomConfig`; :func:`draw_phantom` renders it (microstructure
+generated, or cropped from a segmented volume, e.g. those of ``../shared/data/real``, read at run
+time only).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from seglearn.errors import InputError
+from seglearn.synth.config import DetectorModel, PhantomConfig
+
+log = logging.getLogger("seglearn")
+
+# name: (lo, hi). Detector entries are *scales* applied to the SE2 / InLens defaults unless noted.
+DEFAULT_RANGES: dict[str, list[float]] = {
+    # microstructure
+    "am_fraction": [0.35, 0.62],
+    "cbd_fraction": [0.05, 0.22],
+    "particle_radius_nm": [200.0, 650.0],
+    "particle_radius_cv": [0.15, 0.5],
+    "surface_roughness": [0.0, 0.15],
+    "inner_pores_per_particle": [0.0, 6.0],
+    "crack_probability": [0.0, 0.6],
+    "cbd_porosity": [0.05, 0.45],
+    "cbd_patchiness": [0.2, 1.2],
+    # voxel size (nm); anisotropy = z / xy
+    "voxel_xy_nm": [8.0, 25.0],
+    "anisotropy": [1.0, 3.0],
+    # forward model, shared
+    "gradient_face": [0.0, 0.45],
+    "gradient_slices": [0.0, 0.08],
+    "redeposition": [0.0, 0.4],
+    "drift_px": [0.0, 0.0],
+    # forward model, per detector (absolute values)
+    "level_am": [0.45, 0.85],
+    "cbd_contrast": [0.15, 0.75],  # (level_cbd - background) / (level_am - background)
+    "level_background": [0.0, 0.15],
+    "shine_length": [2.0, 14.0],
+    "shine_gain": [0.4, 1.0],
+    "shine_blur": [0.2, 1.0],
+    "wall_glow": [0.0, 0.4],
+    "edge_gain": [0.0, 0.45],
+    "noise": [0.02, 0.14],
+    "curtain": [0.0, 0.12],
+    "texture_am": [0.0, 0.08],
+    "texture_cbd": [0.02, 0.14],
+    # acquisition: global gain/offset of the 8-bit image (contrast stretch of the whole volume)
+    "gain": [0.7, 1.4],
+    "offset": [-0.1, 0.15],
+    "gamma": [0.7, 1.4],
+}
+#: probability of drawing the microstructure from a segmented volume (when any is available)
+P_REAL_SOURCE = 0.3
+#: probability of a 2D-like sample (a single slice repeated along z: what a micrograph looks like)
+P_FLAT = 0.15
+
+REAL_SOURCES = ("electrode_nmc_3phase_256.tif", "microstructure_3phase_100.tif", "bilayer_3phase_240.tif",
+                "nmc_binary_128.tif")
+
+
+@dataclass
+class Randomiser:
+    """Draws randomised phantom configs.
+
+    Parameters
+    ----------
+    ranges : mapping of str to [lo, hi]
+        Overrides of :data:`DEFAULT_RANGES` (unknown names are refused).
+    detectors : sequence of str
+        ``["SE2", "InLens"]`` or one detector; a single detector is drawn with SE2-like or
+        InLens-like physics at random (the single-detector base model is detector-agnostic).
+    shape : (Z, Y, X)
+        Size of each phantom (small: the stream cuts patches from it).
+    sources : sequence of path
+        Segmented volumes used as microstructure with probability ``p_real``; missing files are
+        skipped silently (``../shared`` is optional).
+    """
+
+    ranges: Mapping[str, Sequence[float]]
+    detectors: Sequence[str] = ("SE2", "InLens")
+    shape: Sequence[int] = (24, 96, 96)
+    sources: Sequence[str] = ()
+    p_real: float = P_REAL_SOURCE
+    p_flat: float = P_FLAT
+
+    def __post_init__(self):
+        self.ranges = resolve_ranges(self.ranges)
+        self.detectors = tuple(self.detectors)
+        self.sources = tuple(str(s) for s in self.sources if Path(s).is_file())
+        self._volumes: dict[str, np.ndarray] = {}
+
+    def _u(self, rng: np.random.Generator, name: str) -> float:
+        lo, hi = self.ranges[name]
+        return float(rng.uniform(lo, hi)) if hi > lo else float(lo)
+
+    def sample_config(self, rng: np.random.Generator) -> tuple[PhantomConfig, dict]:
+        """One randomised :class:`PhantomConfig` plus the acquisition draws (gain, offset, gamma, flat)."""
+        u = lambda n: self._u(rng, n)  # noqa: E731
+        xy = u("voxel_xy_nm")
+        vs = (xy * u("anisotropy"), xy, xy)
+        dets = {}
+        for name in ("SE2", "InLens"):
+            bg = u("level_background")
+            am = max(u("level_am"), bg + 0.2)
+            dets[name] = DetectorModel(
+                level_am=am, level_cbd=bg + u("cbd_contrast") * (am - bg), level_background=bg,
+                shine_length=u("shine_length"), shine_gain=u("shine_gain"), shine_blur=u("shine_blur"),
+                wall_glow=u("wall_glow"), edge_gain=u("edge_gain"), noise=u("noise"), curtain=u("curtain"),
+                texture_am=u("texture_am"), texture_cbd=u("texture_cbd"))
+        if len(self.detectors) == 2:
+            # keep the physical ordering of the pair: InLens sees less of the depth and less glow than SE2
+            se2, inl = dets["SE2"], dets["InLens"]
+            if inl.shine_length > se2.shine_length:
+                se2.shine_length, inl.shine_length = inl.shine_length, se2.shine_length
+            if inl.wall_glow > se2.wall_glow:
+                se2.wall_glow, inl.wall_glow = inl.wall_glow, se2.wall_glow
+            if inl.edge_gain > se2.edge_gain:
+                se2.edge_gain, inl.edge_gain = inl.edge_gain, se2.edge_gain
+        am_f = u("am_fraction")
+        cbd_f = min(u("cbd_fraction"), 0.9 - am_f)
+        cfg = PhantomConfig(
+            shape=tuple(int(s) for s in self.shape), voxel_size_nm=vs, seed=int(rng.integers(2**31)),
+            am_fraction=am_f, cbd_fraction=cbd_f, particle_radius_nm=u("particle_radius_nm"),
+            particle_radius_cv=u("particle_radius_cv"), surface_roughness=u("surface_roughness"),
+            inner_pores_per_particle=u("inner_pores_per_particle"), crack_probability=u("crack_probability"),
+            cbd_porosity=u("cbd_porosity"), cbd_patchiness=u("cbd_patchiness"),
+            detectors=("SE2", "InLens") if len(self.detectors) == 2 else ("SE2",),
+            se2=dets["SE2"] if len(self.detectors) == 2 or rng.random() < 0.5 else dets["InLens"],
+            inlens=dets["InLens"], gradient_face=u("gradient_face"), gradient_slices=u("gradient_slices"),
+            redeposition=u("redeposition"), drift_px=u("drift_px"), test_gap=0, n_train_slices=0)
+        acq = {"gain": u("gain"), "offset": u("offset"), "gamma": u("gamma"), "flat": bool(rng.random() < self.p_flat),
+               "source": None}
+        if self.sources and rng.random() < self.p_real:
+            acq["source"] = self.sources[int(rng.integers(len(self.sources)))]
+        return cfg, acq
+
+    def _volume(self, path: str) -> np.ndarray:
+        if path not in self._volumes:
+            from seglearn.io.tiff import read_stack
+
+            self._volumes[path] = np.asarray(read_stack(path)[0])
+        return self._volumes[path]
+
+    def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
+        """One randomised phantom.
+
+        Returns
+        -------
+        images : (C, Z, Y, X) uint8
+            Detector images in :attr:`detectors` order.
+        truth : (Z, Y, X) uint8
+            1 pore, 2 carbon-binder, 3 active material.
+        info : dict
+            The draw (config and acquisition parameters), for logging.
+        """
+        from seglearn.synth.forward import render
+        from seglearn.synth.microstructure import generate_microstructure, microstructure_from_volume
+
+        cfg, acq = self.sample_config(rng)
+        z, y, x = cfg.shape
+        if acq["source"]:
+            vol = self._volume(acq["source"])
+            stride = 2 if cfg.voxel_size_nm[0] > 1.5 * cfg.voxel_size_nm[1] and vol.shape[0] >= 2 * z else 1
+            need = (z * stride, y, x)
+            if any(v < n for v, n in zip(vol.shape, need)):
+                acq["source"] = None
+            else:
+                o = [int(rng.integers(0, v - n + 1)) for v, n in zip(vol.shape, need)]
+                crop = vol[o[0]:o[0] + need[0]:stride, o[1]:o[1] + y, o[2]:o[2] + x]
+                truth, inst = microstructure_from_volume(crop, cfg, acq["source"])
+        if not acq["source"]:
+            truth, inst = generate_microstructure(cfg, rng)
+        if acq["flat"]:
+            # a 2D image: one slice seen through a flat, infinitely deep section (no shine-through context)
+            k = int(rng.integers(z))
+            truth = np.repeat(truth[k:k + 1], z, axis=0)
+            inst = np.repeat(inst[k:k + 1], z, axis=0)
+        images, _ = render(truth, inst, cfg, rng)
+        out = np.stack([images["SE2"] if (d == "SE2" or len(self.detectors) == 1) else images[d]
+                        for d in self.detectors]).astype(np.float32) / 255.0
+        out = np.clip(out * acq["gain"] + acq["offset"], 0.0, 1.0) ** acq["gamma"]
+        info = {"config": cfg.to_dict(), **acq}
+        return np.round(out * 255).astype(np.uint8), truth.astype(np.uint8), info
+
+
+def resolve_ranges(ranges: Mapping[str, Any] | None) -> dict[str, list[float]]:
+    """:data:`DEFAULT_RANGES` updated by ``ranges``; checks names and ``lo <= hi``."""
+    out = {k: list(v) for k, v in DEFAULT_RANGES.items()}
+    for k, v in dict(ranges or {}).items():
+        if k not in out:
+            raise InputError(f"pretrain ranges: unknown parameter {k!r}; known: {sorted(out)}")
+        v = [float(a) for a in (v if isinstance(v, (list, tuple)) or hasattr(v, "__len__") else [v, v])]
+        if len(v) != 2 or v[0] > v[1]:
+            raise InputError(f"pretrain ranges: {k} must be [lo, hi] with lo <= hi, got {v}")
+        out[k] = v
+    return out
+
+
+def default_sources(root: str | Path | None = None) -> list[str]:
+    """Paths of the segmented volumes of ``../shared/data/real`` that exist (none when absent)."""
+    if root is None:
+        root = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
+    return [str(Path(root) / n) for n in REAL_SOURCES if (Path(root) / n).is_file()]

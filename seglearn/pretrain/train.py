@@ -1,0 +1,233 @@
+"""Pretraining of a FIB-SEM base model on the domain-randomised phantom stream.
+
+``python train.py experiment=pretrain_fibsem`` (``model.kind=unet_pretrain``) lands in
+:func:`train`. The result is an ordinary ``kind="unet"`` checkpoint (so ``predict.py`` and
+:func:`seglearn.segment.api.load_segmenter` use it as is) whose ``meta["pretrain"]`` records the
+randomisation ranges, the microstructure sources and the training budget it saw.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from seglearn.errors import InputError, OutputExistsError
+
+log = logging.getLogger("seglearn")
+
+CLASSES = ["pore", "carbon_binder", "active_material"]
+
+DEFAULTS: dict[str, Any] = {
+    "detectors": ["SE2", "InLens"], "derived": "auto", "mode": "2.5d", "context": 2,
+    "net": {"base": 16, "depth": 3, "dropout": 0.0}, "phantom_shape": [20, 80, 80], "patch": 64,
+    "batch_size": 8, "lr": 0.002, "weight_decay": 1e-4, "max_steps": 3000, "max_minutes": 30.0,
+    "val_every": 100, "n_val": 3, "cache": 6, "reuse": 96, "threads": 0, "bf16": True, "ranges": {},
+    "p_real": 0.3, "p_flat": 0.15, "sources": None, "seed": 0,
+}
+
+
+def settings_from(cfg_model: Mapping | None) -> dict:
+    """:data:`DEFAULTS` updated by a (plain or OmegaConf) model config; unknown keys refused."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg_model, DictConfig):
+            cfg_model = OmegaConf.to_container(cfg_model, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    given = {k: v for k, v in dict(cfg_model or {}).items() if k != "kind"}
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise InputError(f"model (unet_pretrain): unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
+    out = {**DEFAULTS, **given}
+    out["net"] = {**DEFAULTS["net"], **dict(given.get("net") or {})}
+    return out
+
+
+def make_randomiser(s: Mapping, shape=None):
+    from seglearn.pretrain.randomise import Randomiser, default_sources
+
+    sources = default_sources() if s.get("sources") is None else list(s["sources"])
+    return Randomiser(ranges=s.get("ranges") or {}, detectors=list(s["detectors"]),
+                      shape=tuple(shape or s["phantom_shape"]), sources=sources, p_real=float(s["p_real"]),
+                      p_flat=float(s["p_flat"]))
+
+
+def base_meta(s: Mapping, randomiser) -> dict:
+    """Checkpoint metadata in the U-Net's format, plus ``pretrain`` (ranges, sources, budget)."""
+    import seglearn
+    from seglearn.pretrain.stream import base_ranges
+    from seglearn.segment.channels import resolve_derived
+    from seglearn.segment.train import DEFAULT_OVERLAP, DEFAULT_TILE
+
+    dets = list(s["detectors"])
+    derived = resolve_derived(dets, s["derived"])
+    mode = str(s["mode"])
+    depth = int(s["net"]["depth"])
+    r = randomiser.ranges
+    xy = float(np.mean(r["voxel_xy_nm"]))
+    return {
+        "net": {"in_channels": len(dets) + len(derived), "n_classes": 3, "mode": mode,
+                "context": int(s["context"]) if mode == "2.5d" else 0, "base": int(s["net"]["base"]), "depth": depth,
+                "dropout": float(s["net"].get("dropout", 0.0)), "pool_z": [False] * depth, "kernel_z": [1] * (depth + 1),
+                "channels_last": False},
+        "detectors": dets, "derived": derived, "channels": dets + derived,
+        "normalisation": {"method": "fixed", "percentiles": None, "ranges": base_ranges(dets, derived)},
+        "classes": list(CLASSES), "voxel_size_nm": [xy * float(np.mean(r["anisotropy"])), xy, xy], "mode": mode,
+        "inference": {"tile": DEFAULT_TILE[mode], "overlap": DEFAULT_OVERLAP[mode], "border": None, "batch_size": 2},
+        "pretrain": {"ranges": {k: list(v) for k, v in r.items()}, "p_real": randomiser.p_real,
+                     "p_flat": randomiser.p_flat, "sources": [Path(p).name for p in randomiser.sources],
+                     "phantom_shape": list(randomiser.shape), "patch": int(s["patch"]),
+                     "single_detector_physics": "SE2 or InLens at random" if len(dets) == 1 else None},
+        "train": {"dataset": "synthetic (seglearn.pretrain)", "seed": int(s["seed"])},
+        "seglearn_version": seglearn.__version__,
+    }
+
+
+def validation_set(s: Mapping, n: int, seed: int = 12345) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n`` fixed randomised phantoms ``(channels, truth)`` for validation (independent of training draws)."""
+    from seglearn.pretrain.stream import to_channels
+    from seglearn.segment.channels import resolve_derived
+
+    rnd = make_randomiser(s)
+    rng = np.random.default_rng(seed)
+    derived = resolve_derived(list(s["detectors"]), s["derived"])
+    out = []
+    for _ in range(n):
+        images, truth, _ = rnd.draw(rng)
+        out.append((to_channels(images, rnd.detectors, derived), truth))
+    return out
+
+
+def evaluate(net, val: list, halo: int, *, bf16: bool = False) -> float:
+    """Mean awe (%) of ``net`` over validation phantoms (slices with full 2.5D context)."""
+    import torch
+
+    from seglearn.metrics import score
+
+    net.eval()
+    awes = []
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for x, t in val:
+            logits = net(torch.from_numpy(x[None]))[0].float()
+            pred = (logits.argmax(0).numpy() + 1).astype(np.uint8)
+            z = t.shape[0]
+            awes.append(score(pred, t[halo:z - halo], 3)["awe"])
+    net.train()
+    return float(np.mean(awes))
+
+
+def lr_at(lr: float, step: int, max_steps: int, time_frac: float, warmup: int = 50) -> float:
+    """Learning rate: linear warm-up, then cosine decay to 2 % over the step or time budget."""
+    frac = min(1.0, max(step / max(max_steps, 1), time_frac))
+    return lr * min(1.0, (step + 1) / warmup) * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * frac)))
+
+
+def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False) -> dict:
+    """Train a base model on the phantom stream; writes ``out_dir/best.ckpt``, ``last.ckpt``, ``log.csv``.
+
+    Parameters
+    ----------
+    settings : mapping
+        Keys of :data:`DEFAULTS`.
+    out_dir : path-like
+    overwrite : bool
+
+    Returns
+    -------
+    dict
+        ``best_ckpt``, ``best_awe`` (validation phantoms), ``steps``, ``seconds``, ``size_bytes``.
+    """
+    import torch
+
+    from seglearn.ckpt import save_checkpoint
+    from seglearn.pretrain.stream import PhantomPatchStream
+    from seglearn.segment.net import build_net
+
+    s = dict(settings)
+    out_dir = Path(out_dir)
+    if (out_dir / "best.ckpt").exists() and not overwrite:
+        raise OutputExistsError(f"{out_dir}: already holds best.ckpt; pass overwrite=true to replace it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if int(s.get("threads") or 0) > 0:
+        torch.set_num_threads(int(s["threads"]))
+    torch.manual_seed(int(s["seed"]))
+    rnd = make_randomiser(s)
+    meta = base_meta(s, rnd)
+    net = build_net(meta["net"])
+    halo = int(meta["net"]["context"])
+    stream = iter(PhantomPatchStream(rnd, derived=meta["derived"], patch=int(s["patch"]), halo=halo,
+                                     cache=int(s["cache"]), reuse=int(s["reuse"]), seed=int(s["seed"])))
+    val = validation_set(s, int(s["n_val"]))
+    max_steps, budget = int(s["max_steps"]), float(s["max_minutes"]) * 60.0
+    opt = torch.optim.AdamW(net.parameters(), lr=float(s["lr"]), weight_decay=float(s["weight_decay"]))
+    bf16 = bool(s["bf16"])
+    best, best_step, step, t0 = float("inf"), 0, 0, time.perf_counter()
+    rows = []
+
+    def save(name: str, extra: dict) -> Path:
+        m = dict(meta)
+        m["pretrain"] = {**meta["pretrain"], **extra}
+        return save_checkpoint(out_dir / name, kind="unet", state_dict=net.state_dict(), meta=m)
+
+    log.info("pretraining a %s base model (%s) for at most %d steps / %.0f min on %s phantoms, out_dir %s",
+             meta["mode"], "+".join(meta["channels"]), max_steps, budget / 60, "x".join(map(str, rnd.shape)), out_dir)
+    losses = []
+    while step < max_steps:
+        batch = [next(stream) for _ in range(int(s["batch_size"]))]
+        x = torch.from_numpy(np.stack([b[0] for b in batch]))
+        y = torch.from_numpy(np.stack([b[1] for b in batch])) - 1
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = net(x)
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        elapsed = time.perf_counter() - t0
+        for g in opt.param_groups:  # warm-up, then cosine decay over the step or time budget, whichever ends first
+            g["lr"] = lr_at(float(s["lr"]), step, max_steps, elapsed / budget)
+        opt.step()
+        step += 1
+        losses.append(float(loss.detach()))
+        last = step >= max_steps or elapsed > budget
+        if step % int(s["val_every"]) == 0 or last:
+            awe = evaluate(net, val, halo, bf16=bf16)
+            rows.append({"step": step, "seconds": round(elapsed, 1), "loss": round(float(np.mean(losses)), 4),
+                         "val_awe": round(awe, 3)})
+            losses = []
+            log.info("step %d (%.0f s): loss %.4f, validation awe %.2f %%", step, elapsed, rows[-1]["loss"], awe)
+            extra = {"steps": step, "seconds": round(elapsed, 1), "val_awe": round(awe, 3), "n_val": len(val)}
+            if awe < best:
+                best, best_step = awe, step
+                save("best.ckpt", extra)
+            save("last.ckpt", extra)
+            with open(out_dir / "log.csv", "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+        if last:
+            break
+    result = {"best_ckpt": str(out_dir / "best.ckpt"), "best_awe": round(best, 3), "best_step": best_step,
+              "steps": step, "seconds": round(time.perf_counter() - t0, 1),
+              "size_bytes": (out_dir / "best.ckpt").stat().st_size,
+              "parameters": int(sum(p.numel() for p in net.parameters()))}
+    (out_dir / "pretrain_summary.json").write_text(json.dumps(result, indent=2))
+    log.info("pretraining done: best validation awe %.2f %% at step %d; %s (%d bytes)", best, best_step,
+             result["best_ckpt"], result["size_bytes"])
+    return result
+
+
+def train(cfg) -> dict:
+    """Entry point of ``train.py`` for ``model.kind=unet_pretrain``."""
+    from seglearn.cli import setup_logging
+
+    setup_logging()
+    s = settings_from(cfg.model)
+    if cfg.get("seed") is not None:
+        s["seed"] = int(cfg.seed)
+    return pretrain(s, str(cfg.out_dir), overwrite=bool(cfg.get("overwrite", False)))

@@ -1,0 +1,174 @@
+"""seglearn.pretrain: domain randomisation, the patch stream, pretraining and fine-tuning."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from seglearn.errors import InputError, OutputExistsError
+from seglearn.pretrain.randomise import DEFAULT_RANGES, Randomiser, resolve_ranges
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+TINY = ["model.max_steps=2", "model.val_every=2", "model.n_val=1", "model.phantom_shape=[8,32,32]", "model.patch=32",
+        "model.batch_size=2", "model.net.base=4", "model.context=1", "model.cache=1", "model.reuse=4",
+        "model.threads=1", "model.p_real=0"]
+TINY_FT = {"max_steps": 2, "val_every": 1, "batch_size": 2, "patch": 32, "phantom_shape": [8, 32, 32], "cache": 1,
+           "threads": 1}
+
+
+def _cli(args, **kw):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, **kw)
+
+
+def test_sampled_configs_stay_in_ranges():
+    rnd = Randomiser(ranges={"noise": [0.05, 0.06], "anisotropy": [2.0, 2.0]}, shape=(8, 32, 32))
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        cfg, acq = rnd.sample_config(rng)
+        for det in (cfg.se2, cfg.inlens):
+            assert 0.05 <= det.noise <= 0.06
+            lo, hi = DEFAULT_RANGES["shine_length"]
+            assert lo <= det.shine_length <= hi
+            assert det.level_background < det.level_cbd < det.level_am
+        assert cfg.voxel_size_nm[0] == pytest.approx(2.0 * cfg.voxel_size_nm[1])
+        assert cfg.se2.shine_length >= cfg.inlens.shine_length  # SE2 sees deeper than InLens
+        lo, hi = DEFAULT_RANGES["particle_radius_nm"]
+        assert lo <= cfg.particle_radius_nm <= hi
+        assert DEFAULT_RANGES["gain"][0] <= acq["gain"] <= DEFAULT_RANGES["gain"][1]
+        cfg.validate()
+
+
+def test_ranges_are_checked():
+    with pytest.raises(InputError, match="unknown parameter"):
+        resolve_ranges({"nosie": [0, 1]})
+    with pytest.raises(InputError, match="lo <= hi"):
+        resolve_ranges({"noise": [0.2, 0.1]})
+
+
+def test_draw_and_stream_give_dense_labelled_patches():
+    from seglearn.pretrain.stream import PhantomPatchStream
+
+    rnd = Randomiser(ranges={}, shape=(8, 32, 32), p_flat=0.0)
+    images, truth, info = rnd.draw(np.random.default_rng(1))
+    assert images.shape == (2, 8, 32, 32) and images.dtype == np.uint8 and truth.shape == (8, 32, 32)
+    assert set(np.unique(truth)) <= {1, 2, 3} and len(np.unique(truth)) >= 2
+    assert images[0].std() > 1  # a rendered image, not a constant
+    s1 = iter(PhantomPatchStream(rnd, derived=["SE2-InLens"], patch=32, halo=1, cache=1, reuse=8, seed=5))
+    s2 = iter(PhantomPatchStream(rnd, derived=["SE2-InLens"], patch=32, halo=1, cache=1, reuse=8, seed=5))
+    a = [next(s1) for _ in range(4)]
+    b = [next(s2) for _ in range(4)]
+    x, y = a[0]
+    assert x.shape == (3, 3, 32, 32) and x.dtype == np.float32 and y.shape == (1, 32, 32)
+    assert 0.0 <= x.min() and x.max() <= 1.0 and set(np.unique(y)) <= {1, 2, 3}
+    assert all(np.array_equal(p[0], q[0]) and np.array_equal(p[1], q[1]) for p, q in zip(a, b))  # deterministic
+
+
+def test_flat_samples_repeat_one_slice():
+    rnd = Randomiser(ranges={}, shape=(6, 32, 32), p_flat=1.0, detectors=["SE2"])
+    _, truth, info = rnd.draw(np.random.default_rng(2))
+    assert info["flat"] and all(np.array_equal(truth[0], t) for t in truth)
+
+
+def test_detector_rule():
+    from seglearn.pretrain.finetune import select_detectors
+
+    two = {"detectors": ["SE2", "InLens"], "derived": ["SE2-InLens"]}
+    assert select_detectors(two, ["InLens", "SE2"]) == ([1, 0], ["SE2", "InLens"])
+    with pytest.raises(InputError, match="fibsem_base_1det"):
+        select_detectors(two, ["SE2"])
+    one = {"detectors": ["SE2"], "derived": []}
+    assert select_detectors(one, ["BSE"]) == ([0], ["BSE"])
+    assert select_detectors(one, ["InLens", "SE2"]) == ([1], ["SE2"])
+    assert select_detectors(one, ["InLens", "SE2"], detector="InLens") == ([0], ["InLens"])
+
+
+def test_split_scribbles_keeps_every_class_on_both_sides():
+    from seglearn.pretrain.finetune import split_scribbles
+
+    rng = np.random.default_rng(0)
+    lab = np.zeros((2, 128, 128), np.uint8)
+    lab[:, 10:120:3, 10:120] = rng.integers(1, 4, size=(2, 37, 110))
+    fit, val = split_scribbles(lab, fraction=0.25, tile=32, seed=0)
+    assert not ((fit > 0) & (val > 0)).any()
+    assert np.array_equal(np.maximum(fit, val), lab)
+    for c in (1, 2, 3):
+        assert (fit == c).any() and (val == c).any()
+
+
+@pytest.fixture(scope="module")
+def base_ckpt(tmp_path_factory):
+    """A tiny base model pretrained through the real CLI (``train.py experiment=pretrain_fibsem``)."""
+    out = tmp_path_factory.mktemp("pre") / "base"
+    r = _cli(["train.py", "experiment=pretrain_fibsem", f"out_dir={out}", *TINY])
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out / "best.ckpt"
+
+
+@pytest.mark.slow
+def test_pretrain_cli_writes_a_unet_checkpoint_with_its_ranges(base_ckpt):
+    from seglearn.ckpt import load_checkpoint
+    from seglearn.segment.api import load_segmenter
+
+    ck = load_checkpoint(base_ckpt, kind="unet")
+    meta = ck["meta"]
+    assert meta["pretrain"]["ranges"] == {k: list(v) for k, v in DEFAULT_RANGES.items()}
+    assert meta["channels"] == ["SE2", "InLens", "SE2-InLens"] and meta["pretrain"]["steps"] == 2
+    seg = load_segmenter(base_ckpt, device="cpu")
+    img = np.random.default_rng(0).integers(0, 255, (2, 3, 32, 32)).astype(np.uint8)
+    assert seg.predict(img, ["SE2", "InLens"]).shape == (3, 32, 32)
+
+
+@pytest.mark.slow
+def test_finetune_same_classes_never_worse_than_zero_shot(base_ckpt, tiny_phantom, tmp_path):
+    from seglearn.ckpt import load_checkpoint
+    from seglearn.pretrain.finetune import finetune
+
+    ph = tiny_phantom
+    r = finetune(base_ckpt, ph.channels(), ["SE2", "InLens"], ph.train, tmp_path / "ft", test=ph.test,
+                 settings=TINY_FT)
+    assert r["history"][0]["step"] == 0 and r["best_val_awe"] <= r["val_awe_zero_shot"]
+    assert r["class_map"] is None and r["steps"] == 2
+    meta = load_checkpoint(tmp_path / "ft" / "best.ckpt", kind="unet")["meta"]
+    assert meta["finetune"]["init"] == str(base_ckpt) and "ranges" in meta["pretrain"]
+    with pytest.raises(OutputExistsError, match="already holds"):
+        finetune(base_ckpt, ph.channels(), ["SE2", "InLens"], ph.train, tmp_path / "ft", settings=TINY_FT)
+
+
+@pytest.mark.slow
+def test_finetune_two_classes_gets_a_new_head(base_ckpt, tmp_path):
+    from seglearn.pretrain.finetune import finetune
+    from seglearn.segment.api import load_segmenter
+
+    rng = np.random.default_rng(0)
+    img = np.full((1, 64, 64), 60, np.uint8)
+    img[:, 16:48, 16:48] = 180
+    img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+    lab = np.zeros((1, 64, 64), np.uint8)
+    lab[0, 2:10, 2:60] = 1
+    lab[0, 24:40, 24:40] = 2
+    images = np.stack([img, img])
+    r = finetune(base_ckpt, images, ["SE2", "InLens"], lab, tmp_path / "ft2", classes=["dark", "bright"],
+                 settings={**TINY_FT, "val_fraction": 0.3, "val_tile": 8})
+    assert len(r["class_map"]) == 2 and r["val_source"] == "held-out scribbles"
+    seg = load_segmenter(tmp_path / "ft2" / "best.ckpt", device="cpu")
+    assert seg.classes == ["dark", "bright"] and seg.n_classes == 2
+    assert set(np.unique(seg.predict(images, ["SE2", "InLens"]))) <= {1, 2}
+
+
+@pytest.mark.slow
+def test_train_py_init_finetunes_and_predict_py_runs_zero_shot(base_ckpt, tiny_dataset, tmp_path):
+    out = tmp_path / "ftcli"
+    r = _cli(["train.py", f"data.root={tiny_dataset}", f"init={base_ckpt}", f"out_dir={out}",
+              "+finetune.max_steps=1", "+finetune.val_every=1", "+finetune.batch_size=2", "+finetune.patch=32",
+              "+finetune.phantom_shape=[8,32,32]", "+finetune.cache=1", "+finetune.threads=1"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / "best.ckpt").exists() and (out / "finetune_summary.json").exists()
+    r = _cli(["predict.py", f"ckpt={base_ckpt}", f"input={tiny_dataset}", f"output={tmp_path / 'zs'}", "preview=false"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "zs" / "labels.tif").exists()
+    r = _cli(["train.py", f"data.root={tiny_dataset}", f"init={base_ckpt}", f"out_dir={tmp_path / 'one'}",
+              "data.detectors=[SE2]"])
+    assert r.returncode == 2 and "fibsem_base_1det" in r.stderr
