@@ -23,10 +23,13 @@ def report_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (SeglearnError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        except (SeglearnError, OSError) as exc:
             if os.environ.get("SEGLEARN_DEBUG"):
                 raise
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if isinstance(exc, OSError) and not isinstance(exc, SeglearnError) and exc.filename:
+                msg = f"{exc.filename}: {exc.strerror or type(exc).__name__}"
+            else:
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             print(f"seglearn: error: {msg}", file=sys.stderr, flush=True)
             sys.exit(2)
         except KeyboardInterrupt:

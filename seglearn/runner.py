@@ -35,6 +35,9 @@ def _resolve(table: dict[str, str], kind: str, what: str) -> Callable[..., Any]:
 
 def train(cfg) -> dict:
     """Train the model kind named by ``cfg.model.kind``; returns its metrics."""
+    from seglearn.config import check_targets
+
+    check_targets(cfg)
     kind = str(cfg.model.get("kind", "unet"))
     if cfg.get("init") and kind == "unet":
         return _resolve({"finetune": FINETUNE}, "finetune", "fine-tuning")(cfg)
@@ -44,6 +47,8 @@ def train(cfg) -> dict:
 def predict(cfg) -> dict:
     """Predict with the checkpoint ``cfg.ckpt`` using the predictor of its kind."""
     from seglearn.ckpt import load_checkpoint
+    from seglearn.config import check_targets
 
+    check_targets(cfg)
     ckpt = load_checkpoint(cfg.ckpt)
     return _resolve(PREDICTORS, ckpt["kind"], "prediction")(cfg, ckpt)

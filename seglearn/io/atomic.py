@@ -59,3 +59,35 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_temp(path: Path) -> bool:
+    """True for a temporary file of :func:`atomic_path` (``.NAME.tmp-PID``)."""
+    name = Path(path).name
+    return name.startswith(".") and ".tmp-" in name and name.rsplit(".tmp-", 1)[1].isdigit()
+
+
+def clean_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete temporary files left in ``folder`` by killed processes (their PID is gone).
+
+    Returns the paths removed. Temporaries of running processes are left alone.
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        if p.is_file() and is_temp(p) and not _pid_alive(int(p.name.rsplit(".tmp-", 1)[1])):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed

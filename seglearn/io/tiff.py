@@ -271,14 +271,25 @@ class StackReader:
             if self.path.stat().st_size == 0:
                 raise InputError(f"{self.path}: file is empty (0 bytes), expected a TIFF image")
             try:
-                tif = tifffile.TiffFile(self.path)
-                series = tif.series[0]
-                axes = series.axes
-                shape = series.shape
-                n_pages = len(series.pages) if hasattr(series, "pages") else 0
-                self.voxel_size_nm = read_voxel_size_nm(tif)
+                with _TiffWarnings() as warn:
+                    tif = tifffile.TiffFile(self.path)
+                    series = tif.series[0]
+                    axes = series.axes
+                    shape = series.shape
+                    n_pages = len(series.pages) if hasattr(series, "pages") else 0
+                    self.voxel_size_nm = read_voxel_size_nm(tif)
+                try:
+                    warn.check(self.path)
+                except InputError:
+                    tif.close()
+                    raise
+            except InputError:
+                raise
             except (tifffile.TiffFileError, ValueError, OSError, IndexError, EOFError, KeyError) as exc:
                 raise InputError(f"{self.path}: not a readable TIFF ({exc})") from exc
+            if shape[-1] < 2 or shape[-2] < 2:
+                tif.close()
+                raise InputError(f"{self.path}: expected an image of at least 2 x 2 pixels, got shape {tuple(shape)}")
             squeezed = "".join(a for a, s in zip(axes, shape) if s > 1 or a in "YX")
             if squeezed in ("YX", "ZYX", "IYX", "TYX", "QYX") and n_pages == int(np.prod(shape[:-2])):
                 self._tif = tif

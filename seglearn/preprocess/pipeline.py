@@ -41,7 +41,8 @@ class ReaderSource:
     def __init__(self, readers: Sequence):
         shapes = {tuple(r.shape) for r in readers}
         if len(shapes) != 1:
-            raise InputError(f"preprocess: detector stacks differ in shape: {[r.path.name for r in readers]} {shapes}")
+            raise InputError(f"{readers[0].path.parent}: detector stacks differ in shape: "
+                             f"{ {r.path.name: r.shape for r in readers} }")
         self.readers = list(readers)
         self.shape = (len(readers), *next(iter(shapes)))
         dtypes = {np.dtype(r.dtype) for r in readers}

@@ -89,7 +89,11 @@ def _prepare_output(cfg, name: str) -> Path:
     out = Path("outputs") / name if default else Path(str(out))
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: output exists and is a file; give a folder")
-    if out.exists() and any(out.iterdir()):
+    from seglearn.io.atomic import clean_stale_temps, is_temp
+
+    for stale in clean_stale_temps(out):
+        log.info("removed %s left by an interrupted run", stale)
+    if out.exists() and any(not is_temp(p) for p in out.iterdir()):
         ours = False
         summary = out / "summary.json"
         if summary.exists():
@@ -159,7 +163,7 @@ def predict(cfg, ckpt: dict) -> dict:
         cm = np.zeros((k, k + 1), dtype=np.int64)
         preview = {"z": None}
         want_probs = bool(cfg.get("probabilities", False))
-        probs_tmp = out / f".probabilities.{os.getpid()}.f16"
+        probs_tmp = out / f".probabilities.f16.tmp-{os.getpid()}"
         probs_mm = (np.lib.format.open_memmap(probs_tmp, mode="w+", dtype=np.float16, shape=(shape[0], k, *shape[1:]))
                     if want_probs else None)
         preview_z = shape[0] // 2

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seglearn.errors import InputError, OutputExistsError
+from seglearn.errors import InputError, OutputExistsError, SeglearnError
 
 log = logging.getLogger("seglearn")
 
@@ -149,9 +149,18 @@ def fit(cfg, ds) -> dict:
     log.info("training a %s U-Net (%d parameters, %s) on %s for at most %d steps, out_dir %s", mode, n_params,
              trainer_cfg.get("precision"), ds.name, max_steps, out_dir)
     t0 = time.perf_counter()
-    fit_kwargs = {"ckpt_path": str(resume)} if resume else {}
-    trainer.fit(module, datamodule=dm, **fit_kwargs)
+    fit_kwargs = {"ckpt_path": str(resume), "weights_only": True} if resume else {}
+    try:
+        trainer.fit(module, datamodule=dm, **fit_kwargs)
+    except SystemExit:  # Lightning's SIGTERMException: stopped by a scheduler or kill
+        if not trainer.received_sigterm:
+            raise
     seconds = time.perf_counter() - t0
+    if trainer.received_sigterm:
+        # keep the exact step (written atomically), then exit non-zero
+        trainer.save_checkpoint(out_dir / "last.ckpt", weights_only=False)
+        raise SeglearnError(f"{out_dir}: training stopped by SIGTERM at step {trainer.global_step}; resume with "
+                            f"ckpt_path={out_dir / 'last.ckpt'}")
     best = out_dir / "best.ckpt"
     best_score = callbacks[0].best_model_score
     result = {"best_ckpt": str(best), "last_ckpt": str(out_dir / "last.ckpt"),
