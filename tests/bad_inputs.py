@@ -110,6 +110,11 @@ def make_corpus(out: str | Path) -> dict[str, Path]:
     c["ckpt_future_version"] = out / "future_version.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, out / "foreign.ckpt")
     c["ckpt_foreign"] = out / "foreign.ckpt"
+    from seglearn.ckpt import save_checkpoint
+
+    save_checkpoint(out / "stardist_kind.ckpt", kind="stardist", state_dict={"w": torch.zeros(2)},
+                    meta={"detectors": ["SE2", "InLens"]})
+    c["ckpt_other_kind"] = out / "stardist_kind.ckpt"
     (out / "garbage.ckpt").write_bytes(b"not a checkpoint at all")
     c["ckpt_garbage"] = out / "garbage.ckpt"
     # --- ToF-SIMS ASCII with ragged rows

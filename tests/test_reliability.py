@@ -73,6 +73,13 @@ def _cases(c: dict, out: Path) -> list[tuple[str, list[str], str, Path | None]]:
     for name in ("ds_shape_mismatch", "ds_missing_key", "ds_truncated_image"):
         o = out / f"pre_{name}"
         cases.append((f"preprocess-{name}", ["preprocess.py", f"input={c[name]}", f"output={o}"], Path(c[name]).name, o))
+    o = out / "train_other_kind"
+    cases.append(("train-init-other-kind", ["train.py", f"data.root={c['good_dataset']}", f"out_dir={o}",
+                                            f"init={c['ckpt_other_kind']}"], "stardist_kind.ckpt", o))
+    o = out / "bench_other_kind"
+    cases.append(("benchmark-unet-other-kind", ["benchmark.py", f"data.root={c['good_dataset']}", f"out={o}",
+                                                "methods=[unet]", f"unet.ckpt={c['ckpt_other_kind']}", "fail_fast=true"],
+                  "stardist_kind.ckpt", o))
     o = out / "train_target"
     cases.append(("train-foreign-target", ["train.py", f"data.root={c['good_dataset']}", f"out_dir={o}",
                                            "+evil._target_=os.system", "+evil.command=touch_pwned"], "os.system", o))
