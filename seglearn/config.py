@@ -49,3 +49,33 @@ def safe_instantiate(cfg: Any, *args: Any, **kwargs: Any) -> Any:
 
     check_targets(cfg)
     return instantiate(cfg, *args, **kwargs)
+
+
+def to_plain(value: Any) -> Any:
+    """An OmegaConf node as plain Python containers (resolved); anything else unchanged."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def merge_settings(defaults: dict, given: Any, where: str, *, ignore: tuple[str, ...] = ()) -> dict:
+    """``defaults`` updated by a (plain or OmegaConf) mapping; keys not in ``defaults`` are refused.
+
+    Parameters
+    ----------
+    defaults : dict
+        Every known key with its default.
+    given : mapping or None
+        Overrides.
+    where : str
+        Named in the error message (e.g. ``"finetune"``).
+    ignore : tuple of str
+        Keys of ``given`` that are dropped silently (e.g. ``"kind"``).
+    """
+    given = {k: v for k, v in dict(to_plain(given) or {}).items() if k not in ignore}
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {unknown}; known: {sorted(defaults)}")
+    return {**defaults, **given}

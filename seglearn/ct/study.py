@@ -63,15 +63,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def _plain(cfg: Any) -> Any:
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(cfg, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return cfg
+from seglearn.config import to_plain as _plain  # noqa: E402
 
 
 def study_params(cfg: Mapping[str, Any] | None) -> dict:

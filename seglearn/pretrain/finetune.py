@@ -52,18 +52,9 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "finetun
 
 def settings_from(overrides: Mapping | None) -> dict:
     """:data:`DEFAULTS` updated by ``overrides`` (unknown keys refused)."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
+    from seglearn.config import merge_settings
 
-        if isinstance(overrides, DictConfig):
-            overrides = OmegaConf.to_container(overrides, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    given = dict(overrides or {})
-    unknown = sorted(set(given) - set(DEFAULTS))
-    if unknown:
-        raise InputError(f"finetune: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
-    return {**DEFAULTS, **given}
+    return merge_settings(DEFAULTS, overrides, "finetune")
 
 
 # ----------------------------------------------------------------------------------- rules

@@ -34,19 +34,10 @@ DEFAULTS: dict[str, Any] = {
 
 def settings_from(cfg_model: Mapping | None) -> dict:
     """:data:`DEFAULTS` updated by a (plain or OmegaConf) model config; unknown keys refused."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
+    from seglearn.config import merge_settings
 
-        if isinstance(cfg_model, DictConfig):
-            cfg_model = OmegaConf.to_container(cfg_model, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    given = {k: v for k, v in dict(cfg_model or {}).items() if k != "kind"}
-    unknown = sorted(set(given) - set(DEFAULTS))
-    if unknown:
-        raise InputError(f"model (unet_pretrain): unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
-    out = {**DEFAULTS, **given}
-    out["net"] = {**DEFAULTS["net"], **dict(given.get("net") or {})}
+    out = merge_settings(DEFAULTS, cfg_model, "model (unet_pretrain)", ignore=("kind",))
+    out["net"] = {**DEFAULTS["net"], **dict(out.get("net") or {})}
     return out
 
 

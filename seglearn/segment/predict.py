@@ -22,12 +22,7 @@ log = logging.getLogger("seglearn")
 MARKER = "seglearn_predict"
 
 
-def _plain(v):
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(v, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(v, resolve=True)
-    return v
+from seglearn.config import to_plain as _plain  # noqa: E402
 
 
 def resolve_input(inp, names=None) -> dict:

@@ -18,12 +18,7 @@ DEFAULT_TILE = {"2d": [4, 256, 256], "2.5d": [4, 256, 256], "3d": [32, 128, 128]
 DEFAULT_OVERLAP = {"2d": [0, 64, 64], "2.5d": [0, 64, 64], "3d": [8, 32, 32]}
 
 
-def _plain(v):
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(v, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(v, resolve=True)
-    return v
+from seglearn.config import to_plain as _plain  # noqa: E402
 
 
 def _resolve_auto(cfg_trainer: dict, channels_last) -> tuple[dict, bool]:
