@@ -36,13 +36,19 @@ def _f1(true, pred, t="0.5"):
     return instance_scores(true, pred)[t]["f1"]
 
 
+def _bf16(net, params) -> bool:
+    from seglearn.instances.precision import resolve_bf16
+
+    return resolve_bf16(params.get("bf16", "auto"), next(net.parameters()).device)
+
+
 def _views(net, x, prob_t, nms_t, params):
     from seglearn.instances.volume import predict_view
 
     probs, masks = [], []
     for v in ("xy", "xz", "yz"):
         p, lbl = predict_view(net, x, v, prob_thresh=prob_t, nms_thresh=nms_t, tile=tuple(params.get("tile", (256, 256))),
-                              context=int(params.get("context", 64)), progress=False)
+                              context=int(params.get("context", 64)), progress=False, bf16=_bf16(net, params))
         probs.append(p)
         masks.append(lbl > 0)
     return probs, masks
@@ -82,6 +88,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--tune", default=None, help="dataset to choose fusion / watershed parameters on (the training one)")
     ap.add_argument("--out", default=None, help="JSON with every figure")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--bf16", choices=["auto", "true", "false"], default=None,
+                    help="network precision at prediction (default: the checkpoint's, auto)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import torch
@@ -104,6 +112,9 @@ def main(argv=None) -> dict:
     meta = ck["meta"]
     net = load_model(ck, device="cpu")
     params = dict(meta.get("predict") or {})
+    if a.bf16 is not None:
+        params["bf16"] = a.bf16
+    meta = {**meta, "predict": params}  # tune() reads the same prediction settings
     thr = meta["thresholds"]
     fusion_p = dict(params.get("fusion") or {})
     ws_p = {"channel": None, "h": 1.0, "min_distance": 5}
@@ -135,7 +146,8 @@ def main(argv=None) -> dict:
                             "scores": instance_scores(true, ws), "params": ws_p}
     # watershed on the network's foreground (same masks as fusion)
     t0 = time.perf_counter()
-    masks = [predict_view(net, x, v, prob_thresh=thr["prob"], nms_thresh=thr["nms"], progress=False)[1] > 0
+    masks = [predict_view(net, x, v, prob_thresh=thr["prob"], nms_thresh=thr["nms"], progress=False,
+                          bf16=_bf16(net, params))[1] > 0
              for v in ("xy", "xz", "yz")]
     nnfg = np.mean(masks, axis=0) >= float(fusion_p.get("fg_vote", 0.5)) - 1e-6
     ws2 = distance_watershed(nnfg, spacing=ds.voxel_size_nm, **ws_kw)
@@ -155,7 +167,7 @@ def main(argv=None) -> dict:
                                     "scores": instance_scores(true, linked_true)}
     report = {"data": a.data, "ckpt": a.ckpt, "n_true": int(len(np.unique(true)) - 1), "shape": list(true.shape),
               "thresholds": thr, "fusion_params": fusion_p, "watershed_params": ws_p, "tuning": tuning,
-              "threads": torch.get_num_threads(), "results": results}
+              "threads": torch.get_num_threads(), "bf16": _bf16(net, params), "results": results}
     print(f"{'method':<20} {'F1@0.5':>7} {'F1@0.7':>7} {'F1@0.9':>7} {'PQ@0.5':>7} {'AP@0.5':>7} {'n_pred':>7} {'s/volume':>9}")
     for k, r in results.items():
         s = r["scores"]

@@ -1,8 +1,9 @@
 """Benchmarks of the preprocessing stage (results go to docs/bench_preprocess.md).
 
-    python benchmarks/preprocess.py drift    [--z 96 --size 256 --drift 0.3 0.7]   residual vs drift.csv
+    python benchmarks/preprocess.py drift    [--z 96 --size 256 --drift 0 0.3 0.7 --voxel-z 30]   residual vs drift.csv
     python benchmarks/preprocess.py drift-awe                                       threshold awe raw vs registered
-    python benchmarks/preprocess.py curtain  [--z 96 --size 256 --curtain 0.25]    awe before/after destriping
+    python benchmarks/preprocess.py curtain  [--z 96 --size 256 --curtain 0.25 --seed 11 --pipelines none wavelet ...]
+                                             awe before/after destriping (threshold baselines + random forest)
     python benchmarks/preprocess.py memory   [--zs 100 1000 --size 1024 --steps light|full]  peak RSS, big uint8 stack
 
 Phantoms are written under --work (default /tmp/seglearn_bench_preprocess) and reused.
@@ -32,27 +33,47 @@ def phantom(work: Path, name: str, **params) -> Path:
     return out
 
 
+REGISTER_VARIANTS = {
+    "chain, 1 estimate": {"refine": 0},
+    "chain, refined": {},
+    "chain, refined x2": {"refine": 2},
+    "lags 1,2,4,8 LSQ": {"lags": [1, 2, 4, 8]},
+}
+
+
 def bench_drift(args) -> list[dict]:
     from seglearn.data import load_dataset
     from seglearn.preprocess import Pipeline, read_shifts_csv, residual_rms
 
     rows = []
+    vz = args.voxel_z
     for drift in args.drift:
-        root = phantom(args.work, f"drift{drift}_z{args.z}", seed=args.seed, shape=[args.z, args.size, args.size],
-                       drift_px=drift)
+        name = f"drift{drift}_z{args.z}" + (f"_vz{vz:g}" if vz != 30 else "")
+        root = phantom(args.work, name, seed=args.seed, shape=[args.z, args.size, args.size], drift_px=drift,
+                       voxel_size_nm=[vz, 15.0, 15.0])
         ds = load_dataset(root)
-        true = read_shifts_csv(root / "drift.csv")
-        for method in args.methods:
+        true = read_shifts_csv(root / "drift.csv") if drift > 0 else np.zeros((ds.shape[0], 2))
+        if args.linear:  # add a steady drift of args.linear px per slice along x (moved like the phantom does)
+            from scipy import ndimage as ndi
+
+            lin = np.zeros_like(true)
+            lin[:, 1] = args.linear * (np.arange(len(true)) - len(true) // 2)
+            ds.images = np.stack([np.stack([np.clip(np.rint(ndi.shift(ch[z].astype(np.float32), lin[z], order=1,
+                                                                        mode="nearest")), 0, 255).astype(ch.dtype)
+                                            for z in range(len(ch))]) for ch in ds.images])
+            true = true + lin
+        for variant in args.variants:
             for det in ds.detectors:
-                pipe = Pipeline.from_config([{"step": "register", "method": method, "channel": det,
-                                              "tvl1_downsample": 1}])
+                pipe = Pipeline.from_config([{"step": "register", "method": args.methods[0], "channel": det,
+                                              "tvl1_downsample": 1, **REGISTER_VARIANTS[variant]}])
                 t0 = time.perf_counter()
                 pipe.fit(ds.images, detectors=ds.detectors, progress=False)
                 dt = time.perf_counter() - t0
                 res = residual_rms(pipe.steps[0].shifts, true)
                 raw = residual_rms(np.zeros_like(true), true)
-                rows.append({"drift_px": drift, "method": method, "detector": det, "seconds": round(dt, 1),
-                             "raw_rms": round(raw["absolute_rms"], 3), "raw_pairwise": round(raw["pairwise_rms"], 3),
+                rows.append({"drift_px": drift, "linear_px": args.linear, "voxel_z_nm": vz, "variant": variant, "detector": det,
+                             "seconds": round(dt, 1), "raw_rms": round(raw["absolute_rms"], 3),
+                             "raw_pairwise": round(raw["pairwise_rms"], 3),
                              **{k: round(v, 3) for k, v in res.items()}})
                 print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -87,7 +108,7 @@ def bench_drift_awe(args) -> list[dict]:
     return rows
 
 
-def _scores(ds, images, train, test) -> dict:
+def _scores(ds, images, train, test, *, rf: bool = True) -> dict:
     from seglearn.baselines.threshold_fit import apply_double_threshold, best_double_threshold
     from seglearn.metrics import score
 
@@ -96,6 +117,8 @@ def _scores(ds, images, train, test) -> dict:
         fit = best_double_threshold(images[ci], train)
         pred = apply_double_threshold(images[ci], fit["thresholds"], fit["order"])
         out[f"threshold_{det}"] = score(pred, test, 3)["awe"]
+    if not rf:
+        return out
     try:  # the random forest of seglearn.baselines (another helper's), when present
         from seglearn.baselines.registry import fit_method, predict_method
 
@@ -114,29 +137,44 @@ def _scores(ds, images, train, test) -> dict:
 
 
 CURTAIN_PIPELINES = {
+    "wavelet": [{"step": "destripe", "method": "wavelet"}],
     "fft": [{"step": "destripe", "method": "fft"}],
     "open_median": [{"step": "destripe", "method": "open_median"}],
     "fft+clahe": [{"step": "destripe", "method": "fft"}, {"step": "clahe"}],
 }
 
 
+def curtain_pipeline(name: str) -> list[dict]:
+    """A named pipeline, or ``METHOD:key=value,...`` (one destripe step), e.g. ``wavelet:level=5,sigma=1``."""
+    if name in CURTAIN_PIPELINES:
+        return CURTAIN_PIPELINES[name]
+    method, _, opts = name.partition(":")
+    step = {"step": "destripe", "method": method}
+    for kv in filter(None, opts.split(",")):
+        k, v = kv.split("=")
+        step[k] = v if k == "wavelet" else float(v) if "." in v else int(v)
+    return [step]
+
+
 def bench_curtain(args) -> list[dict]:
     from seglearn.data import load_dataset
     from seglearn.preprocess import Pipeline
 
-    root = phantom(args.work, f"curtain{args.curtain}_z{args.z}", seed=args.seed, shape=[args.z, args.size, args.size],
+    root = phantom(args.work, f"curtain{args.curtain}_z{args.z}" + (f"_s{args.seed}" if args.seed != 11 else ""),
+                   seed=args.seed, shape=[args.z, args.size, args.size],
                    se2={"curtain": args.curtain}, inlens={"curtain": args.curtain})
     ds = load_dataset(root)
     rows = []
-    if "none" in args.pipelines:
-        rows.append({"pipeline": "none", **_scores(ds, ds.images, ds.train, ds.test)})
-        print(json.dumps(rows[-1]), flush=True)
-    for name, steps in [(k, v) for k, v in CURTAIN_PIPELINES.items() if k in args.pipelines]:
-        pipe = Pipeline.from_config(steps)
-        t0 = time.perf_counter()
-        imgs = pipe.apply(ds.images, detectors=ds.detectors)
-        dt = time.perf_counter() - t0
-        rows.append({"pipeline": name, "seconds": round(dt, 1), **_scores(ds, imgs, ds.train, ds.test)})
+    for name in args.pipelines:
+        if name == "none":
+            imgs, dt = ds.images, 0.0
+        else:
+            pipe = Pipeline.from_config(curtain_pipeline(name))
+            t0 = time.perf_counter()
+            imgs = pipe.apply(ds.images, detectors=ds.detectors)
+            dt = time.perf_counter() - t0
+        rows.append({"pipeline": name, "seed": args.seed, "seconds": round(dt, 1),
+                     **_scores(ds, imgs, ds.train, ds.test, rf=not args.no_rf)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -211,8 +249,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--drift", type=float, nargs="+", default=[0.3, 0.7])
     ap.add_argument("--methods", nargs="+", default=["phase"])
+    ap.add_argument("--variants", nargs="+", default=list(REGISTER_VARIANTS), choices=list(REGISTER_VARIANTS))
+    ap.add_argument("--linear", type=float, default=0.0, help="add a steady x drift of this many px per slice")
+    ap.add_argument("--voxel-z", type=float, default=30.0, help="slice thickness of the drift phantoms (nm; xy 15)")
     ap.add_argument("--curtain", type=float, default=0.25)
-    ap.add_argument("--pipelines", nargs="+", default=["none", *CURTAIN_PIPELINES])
+    ap.add_argument("--pipelines", nargs="+", default=["none", *CURTAIN_PIPELINES],
+                    help="names of CURTAIN_PIPELINES, 'none', or METHOD:key=value,... (e.g. wavelet:level=5,sigma=1)")
+    ap.add_argument("--no-rf", action="store_true", help="thresholds only (fast)")
     ap.add_argument("--zs", type=int, nargs="+", default=[100, 1000])
     ap.add_argument("--chunk", type=int, default=16)
     ap.add_argument("--steps", choices=sorted(MEMORY_STEPS), default="light")

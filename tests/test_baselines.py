@@ -35,6 +35,7 @@ def awes(tiny):
     out = {}
     runs = {
         "double_threshold": ("double_threshold", {}),
+        "double_threshold_fit": ("double_threshold", {"fit": "labels"}),
         "triple_threshold": ("triple_threshold", {}),
         "otsu": ("otsu", {}),
         "multi_otsu": ("multi_otsu", {}),
@@ -65,6 +66,8 @@ def test_every_method_beats_chance_and_rf_beats_thresholds(awes, tiny):
     assert awes["rf_tailored"] < awes["double_threshold"] - 10, awes
     assert awes["zgradient"] < awes["double_threshold"], awes
     assert awes["watershed_cws"] < awes["double_threshold"], awes
+    # fitting the pair to the labels beats setting it from the histogram
+    assert awes["double_threshold_fit"] < awes["double_threshold"], awes
 
 
 def test_double_threshold_given_equals_apply(tiny):
@@ -73,7 +76,7 @@ def test_double_threshold_given_equals_apply(tiny):
     img = ch[0]
     np.testing.assert_array_equal(pred, np.where(img < 60, 1, np.where(img < 110, 2, 3)))
     with pytest.raises(InputError, match="training labels"):
-        registry.segment("double_threshold", ch, det, None)
+        registry.segment("double_threshold", ch, det, None, fit="labels")
 
 
 def test_triple_threshold_finds_bright_void():
@@ -87,8 +90,21 @@ def test_triple_threshold_finds_bright_void():
     assert m["classes"] == [1, 2, 3, 1]
     np.testing.assert_array_equal(T.predict_triple(m, img[None], ["SE2"]), labels)
     # a double threshold cannot separate the bright void
-    d = T.fit_double(img[None], ["SE2"], labels)
+    d = T.fit_double(img[None], ["SE2"], labels, fit="labels")
     assert np.mean(T.predict_double(d, img[None], ["SE2"]) == labels) < 0.9
+
+
+def test_histogram_double_threshold_finds_the_valleys():
+    # three grey-value modes of unequal weight; the thresholds fall between them, no labels needed
+    rng = np.random.default_rng(2)
+    cls = rng.choice(3, size=(3, 60, 60), p=[0.35, 0.15, 0.5])
+    img = np.clip(np.array([40.0, 100.0, 170.0])[cls] + rng.normal(0, 8, cls.shape), 0, 255).astype(np.uint8)
+    t = T.histogram_thresholds(img, 3)
+    assert 55 < t[0] < 85 and 120 < t[1] < 150, t
+    m = T.fit_double(img[None], ["SE2"], None)
+    assert np.mean(T.predict_double(m, img[None], ["SE2"]) == cls + 1) > 0.97
+    with pytest.raises(InputError, match="fit must be"):
+        T.fit_double(img[None], ["SE2"], None, fit="guess")
 
 
 def test_otsu_and_multi_otsu_on_separated_modes():

@@ -84,3 +84,25 @@ def test_markdown_table_lists_failures():
             {"method": "b", "error": "boom"}]
     md = markdown_table(rows, ["p", "c", "n"], roi=False)
     assert "| a | 0.500 | 0.500 | 0.500 | 50.0 | 1.0 | 2.0 |" in md and "failed: boom" in md
+
+
+def test_base_model_zero_shot_and_fine_tuned_are_methods(tiny_dataset, tmp_path):
+    """benchmark.py scores a pretrained base model as it is and fine-tuned on the scribbles."""
+    from seglearn.benchmark.run import run_benchmark
+
+    import yaml
+
+    def conf(name):
+        return yaml.safe_load((ROOT / "configs" / "method" / f"{name}.yaml").read_text())
+
+    base = ROOT / "checkpoints" / "fibsem_base.ckpt"
+    cfg = {"data": {"root": str(tiny_dataset)}, "out": str(tmp_path / "b"), "methods": ["zs", "ft"],
+           "zs": {**conf("unet_zeroshot"), "ckpt": str(base)},
+           "ft": {**conf("unet_finetune"), "init": str(base), "out_dir": str(tmp_path / "ft"),
+                  "finetune": {"max_steps": 3, "val_every": 2, "batch_size": 2, "patch": 32, "threads": 1}}}
+    res = run_benchmark(cfg)
+    by = {m["method"]: m for m in res["methods"]}
+    assert "error" not in by["zs"] and "error" not in by["ft"], res
+    assert (tmp_path / "ft" / "best.ckpt").exists()
+    for m in by.values():
+        assert 0 <= m["full"]["awe"] <= 100 and len(m["full"]["iou"]) == 3

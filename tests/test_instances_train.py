@@ -46,6 +46,9 @@ def test_train_writes_checkpoint(trained):
     assert len(meta["normalisation"]["lo"]) == 2 and all(h > l for l, h in zip(meta["normalisation"]["lo"], meta["normalisation"]["hi"]))
     assert meta["thresholds"]["prob"] in (0.5, 0.7) and meta["thresholds"]["nms"] == 0.4
     assert meta["views"] == ["xy", "xz", "yz"] and meta["predict"]["context"] == 16
+    from seglearn.instances.precision import bf16_supported
+
+    assert meta["train"]["steps"] == 2 and meta["train"]["bf16"] == bf16_supported("cpu")  # bf16: auto
     assert set(metrics["val_scores"]) == {"0.5", "0.6", "0.7", "0.8", "0.9"}
     assert len(metrics["history"]) == 1 and np.isfinite(metrics["history"][0]["val_loss"])
     assert json.loads((out / "metrics.json").read_text())["thresholds"] == metrics["thresholds"]
@@ -101,7 +104,7 @@ def test_predict_writes_instances_features_preview(trained, tiny_dataset, tmp_pa
 
     ds = load_dataset(tiny_dataset)
     tf.imwrite(tmp_path / "one.tif", ds.images[:, 5], imagej=True, metadata={"axes": "CYX"})
-    res2 = predict(OmegaConf.create({"input": str(tmp_path / "one.tif"), "output": str(tmp_path / "p2"),
+    res2 = predict(OmegaConf.create({"input": str(tmp_path / "one.tif"), "output": str(tmp_path / "p2"), "bf16": False,
                                      "progress": False, "instances": {"prob_thresh": 0.9}}), ck)
     assert res2["method"] == "2d"
     assert tifffile.imread(tmp_path / "p2" / "instances.tif").shape[-2:] == (64, 64)

@@ -172,3 +172,36 @@ def test_train_py_init_finetunes_and_predict_py_runs_zero_shot(base_ckpt, tiny_d
     r = _cli(["train.py", f"data.root={tiny_dataset}", f"init={base_ckpt}", f"out_dir={tmp_path / 'one'}",
               "data.detectors=[SE2]"])
     assert r.returncode == 2 and "fibsem_base_1det" in r.stderr
+
+
+def test_match_contrast_moves_class_medians_onto_the_target():
+    from seglearn.pretrain.stream import match_contrast
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(1, 4, size=(4, 32, 32)).astype(np.uint8)
+    img = np.stack([np.array([0, 30, 90, 160])[truth] + rng.integers(0, 20, truth.shape),
+                    np.array([0, 200, 100, 50])[truth] + rng.integers(0, 20, truth.shape)]).astype(np.uint8)
+    target = np.array([[60.0, 120.0, 200.0], [np.nan, np.nan, np.nan]])
+    out = match_contrast(img, truth, target, rng, jitter=0.0)
+    med = [np.median(out[0][truth == k]) for k in (1, 2, 3)]
+    np.testing.assert_allclose(med, [60, 120, 200], atol=1.5)
+    # monotone: the grey-value order inside the image is kept
+    a, b = img[0].ravel(), out[0].ravel()
+    order = np.argsort(a, kind="stable")
+    assert np.all(np.diff(b[order].astype(int)) >= 0)
+    np.testing.assert_array_equal(out[1], img[1])  # NaN target: unchanged
+    # a target whose class order contradicts the phantom's is not forced on it
+    flipped = match_contrast(img, truth, np.array([[200.0, 120.0, 60.0], [np.nan] * 3]), rng, jitter=0.0)
+    np.testing.assert_array_equal(flipped, img)
+
+
+def test_class_medians_from_scribbles():
+    from seglearn.pretrain.finetune import class_medians
+
+    x = np.zeros((1, 2, 10, 10), np.float32)
+    lab = np.zeros((2, 10, 10), np.uint8)
+    x[0, :, :5], lab[:, :5] = 0.2, 1
+    x[0, :, 5:], lab[:, 5:] = 0.6, 3
+    m = class_medians(x, lab, 3)
+    np.testing.assert_allclose(m[0, [0, 2]], [0.2 * 255, 0.6 * 255], rtol=1e-5)
+    assert np.isnan(m[0, 1])

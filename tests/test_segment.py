@@ -25,7 +25,7 @@ def _meta(net_cfg, detectors=("SE2", "InLens"), derived=("SE2-InLens",), ranges=
             "n_channels": n_ch}
 
 
-def _segmenter(mode="2.5d", depth=1, base=4, seed=0, **inference):
+def _segmenter(mode="2.5d", depth=1, base=4, seed=0, bf16=False, **inference):
     from seglearn.segment.api import Segmenter
     from seglearn.segment.net import build_net
 
@@ -39,7 +39,7 @@ def _segmenter(mode="2.5d", depth=1, base=4, seed=0, **inference):
         if isinstance(mod, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
             mod.running_mean.uniform_(-0.2, 0.2)
             mod.running_var.uniform_(0.5, 1.5)
-    return Segmenter(net, _meta(cfg, **inference), device="cpu")
+    return Segmenter(net, _meta(cfg, **inference), device="cpu", bf16=bf16)
 
 
 def test_derived_channels_and_normalisation(rng):
@@ -125,7 +125,7 @@ def test_checkpoint_round_trip(tmp_path, rng):
     path = save_checkpoint(tmp_path / "m.ckpt", kind="unet", state_dict=seg.net.state_dict(), meta=seg.meta)
     raw = torch.load(path, weights_only=True)  # plain data only
     assert raw["kind"] == "unet" and raw["meta"]["normalisation"]["ranges"] == seg.meta["normalisation"]["ranges"]
-    back = load_segmenter(path, device="cpu")
+    back = load_segmenter(path, device="cpu", bf16=False)
     assert back.detectors == ["SE2", "InLens"] and back.derived == ["SE2-InLens"] and back.mode == "2.5d"
     img = rng.integers(0, 256, size=(2, 4, 32, 32)).astype(np.uint8)
     np.testing.assert_array_equal(back.predict_proba(img, ["SE2", "InLens"]), seg.predict_proba(img, ["SE2", "InLens"]))
@@ -197,3 +197,60 @@ def test_masked_losses_ignore_unlabelled():
     assert torch.isclose(masked_dice_loss(logits2, target), base)
     assert class_weights("balanced", [10, 30, 0]) == pytest.approx([1.5, 0.5, 0.0])
     assert class_weights(None, [1, 2]) is None
+
+
+@pytest.mark.parametrize("mode", ["2d", "2.5d", "3d"])
+def test_inference_copy_computes_the_same_function(mode, rng):
+    """BN folding, fused conv+ReLU, strided max pooling and channels-last change nothing in fp32."""
+    from seglearn.segment.net import _ConvReLU, _onednn_conv_relu, inference_copy
+
+    seg = _segmenter(mode, depth=2)
+    net = seg.net
+    zin = 6 if mode == "2.5d" else 4
+    x = torch.from_numpy(rng.random((2, 3, zin, 32, 48), dtype=np.float32))
+    fast = inference_copy(net, dtype=torch.float32)
+    with torch.inference_mode():
+        want = net(x)
+        got = fast(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm3d) for m in fast.modules())
+    if _onednn_conv_relu() is not None:  # the fused oneDNN call is used where it exists
+        assert all(m.fused for m in fast.modules() if isinstance(m, _ConvReLU))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=2e-5)
+    # the network it was copied from is untouched (still trainable, still has its BN)
+    assert any(isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm3d) for m in net.modules())
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+
+
+@pytest.mark.parametrize("factors", [(2, 2), (1, 2, 2), (2, 2, 2)])
+def test_strided_max_pool_equals_max_pool(factors, rng):
+    from seglearn.segment.net import _StridedMaxPool
+
+    x = torch.from_numpy(rng.standard_normal((2, 3, *([8] * len(factors))), dtype=np.float32))
+    x[0, 0, 1, 1] = float("nan")
+    pool = torch.nn.MaxPool2d(2, 2) if len(factors) == 2 else torch.nn.MaxPool3d(factors, factors)
+    np.testing.assert_array_equal(_StridedMaxPool(factors)(x).numpy(), pool(x).numpy())
+
+
+def test_bf16_prediction_agrees_with_fp32(rng):
+    """The bf16 default changes probabilities by little and labels almost nowhere."""
+    seg32 = _segmenter("2.5d", depth=2, seed=4)
+    seg16 = _segmenter("2.5d", depth=2, seed=4, bf16=True)
+    assert seg16.bf16 and next(seg16.fast_net.parameters()).dtype == torch.bfloat16
+    img = rng.integers(0, 256, size=(2, 6, 64, 64)).astype(np.uint8)
+    p32 = seg32.predict_proba(img, ["SE2", "InLens"])
+    p16 = seg16.predict_proba(img, ["SE2", "InLens"])
+    assert p16.dtype == np.float32
+    np.testing.assert_allclose(p16.sum(0), 1.0, atol=1e-5)
+    assert np.abs(p16 - p32).mean() < 0.01
+    assert np.mean(np.argmax(p16, 0) == np.argmax(p32, 0)) > 0.97
+
+
+def test_iter_proba_predicts_only_the_blocks_asked_for(rng):
+    seg = _segmenter("2.5d")
+    img = rng.integers(0, 256, size=(2, 10, 32, 32)).astype(np.uint8)
+    whole = seg.predict_proba(img, ["SE2", "InLens"])
+    got = list(seg.iter_proba(lambda a, b: img[:, a:b], img.shape[1:], block_slices=3, blocks=[3, 1]))
+    assert [z0 for z0, _ in got] == [3, 9]
+    np.testing.assert_allclose(got[0][1], whole[:, 3:6], atol=1e-6)
+    np.testing.assert_allclose(got[1][1], whole[:, 9:10], atol=1e-6)

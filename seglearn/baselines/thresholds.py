@@ -19,17 +19,63 @@ log = logging.getLogger("seglearn")
 
 
 # ---- double threshold (seed 002, 3.1) ----
-def fit_double(channels, detectors, train_labels=None, *, detector: str = "SE2", thresholds=None,
-               order=(1, 2, 3), n_bins: int = 256) -> dict:
-    """Two thresholds on one detector, given (``thresholds=[t1, t2]``) or fitted to minimise awe on the labels."""
+def histogram_thresholds(img: np.ndarray, n_classes: int = 3, *, n_samples: int = 200_000, seed: int = 0) -> list[float]:
+    """Thresholds read off the grey-value histogram alone, as an operator sets them (seed 002, 3.1).
+
+    A Gaussian mixture with ``n_classes`` components is fitted to the grey values (a random
+    sample of ``n_samples`` voxels); the thresholds are where the most probable component changes
+    between consecutive components, i.e. the flanks of the middle (carbon-binder) peak.
+
+    Parameters
+    ----------
+    img : (Z, Y, X) ndarray
+        One detector.
+
+    Returns
+    -------
+    list of float
+        ``n_classes - 1`` increasing thresholds in grey values.
+    """
+    from sklearn.mixture import GaussianMixture
+
+    flat = np.asarray(img).ravel()
+    rng = np.random.default_rng(seed)
+    x = flat[rng.integers(0, flat.size, min(int(n_samples), flat.size))].astype(np.float64)[:, None]
+    gmm = GaussianMixture(int(n_classes), random_state=seed).fit(x)
+    rank = np.argsort(np.argsort(gmm.means_.ravel()))  # component -> rank by mean grey value
+    lo, hi = float(flat.min()), float(flat.max())
+    grid = np.linspace(lo, hi, 4096)
+    comp = rank[gmm.predict(grid[:, None])]
+    comp = np.maximum.accumulate(comp)  # one switch per boundary, dark to bright
+    out = []
+    for k in range(1, int(n_classes)):
+        idx = np.flatnonzero(comp >= k)
+        out.append(float(grid[idx[0]]) if idx.size else hi)
+    return out
+
+
+def fit_double(channels, detectors, train_labels=None, *, detector: str = "SE2", fit: str = "histogram",
+               thresholds=None, order=(1, 2, 3), n_bins: int = 256, seed: int = 0) -> dict:
+    """Two thresholds on one detector: given, read off the histogram, or fitted to the labels.
+
+    ``thresholds=[t1, t2]`` uses them as given. Otherwise ``fit="histogram"`` (the seed-002
+    protocol: thresholds set from the histogram, no labels; :func:`histogram_thresholds`) or
+    ``fit="labels"`` (exhaustive search for the pair with the lowest awe on the labelled voxels).
+    """
     img = channel(channels, detectors, detector)
     if thresholds is not None:
         if len(thresholds) != 2 or float(thresholds[0]) > float(thresholds[1]):
             raise InputError(f"double_threshold: thresholds must be [t1, t2] with t1 <= t2, got {list(thresholds)}")
         return {"detector": detector, "thresholds": [float(t) for t in thresholds], "order": [int(o) for o in order]}
-    fit = best_double_threshold(img, need_labels(train_labels, "double_threshold"), 3, n_bins=n_bins)
-    log.info("double threshold on %s: %s, order %s (awe on labels %.1f %%)", detector, fit["thresholds"], fit["order"], fit["awe"])
-    return {"detector": detector, "thresholds": list(fit["thresholds"]), "order": list(fit["order"])}
+    if fit == "histogram":
+        thr = histogram_thresholds(img, 3, seed=seed)
+        log.info("double threshold on %s from the histogram: %s, order %s", detector, [round(t, 2) for t in thr], list(order))
+        return {"detector": detector, "thresholds": thr, "order": [int(o) for o in order]}
+    if fit != "labels":
+        raise InputError(f"double_threshold: fit must be 'histogram' or 'labels', got {fit!r}")
+    res = best_double_threshold(img, need_labels(train_labels, "double_threshold"), 3, n_bins=n_bins)
+    log.info("double threshold on %s: %s, order %s (awe on labels %.1f %%)", detector, res["thresholds"], res["order"], res["awe"])
+    return {"detector": detector, "thresholds": list(res["thresholds"]), "order": list(res["order"])}
 
 
 def predict_double(model, channels, detectors) -> np.ndarray:

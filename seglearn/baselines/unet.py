@@ -1,6 +1,7 @@
-"""The U-Net as one more benchmark method: load a checkpoint, or train one on the training labels.
+"""The U-Net as one more benchmark method: load a checkpoint, fine-tune a base model, or train one.
 
-Uses ``seglearn.segment.api`` (``load_segmenter``, ``fit_segmenter``), imported only when called.
+Uses ``seglearn.segment.api`` (``load_segmenter``, ``fit_segmenter``) and
+``seglearn.pretrain.finetune``, imported only when called.
 """
 
 from __future__ import annotations
@@ -20,14 +21,23 @@ def _api():
     return api
 
 
-def fit(channels, detectors, train_labels=None, *, ckpt: str | None = None, out_dir: str | None = None,
-        overrides: dict | None = None, val_labels=None, voxel_size_nm=None) -> dict:
-    """Use ``ckpt``; without one, train with ``fit_segmenter`` on the training labels into ``out_dir``."""
+def fit(channels, detectors, train_labels=None, *, ckpt: str | None = None, init: str | None = None,
+        out_dir: str | None = None, overrides: dict | None = None, finetune: dict | None = None, val_labels=None,
+        voxel_size_nm=None) -> dict:
+    """Use ``ckpt`` as it is (e.g. a base model zero-shot); or fine-tune the base model ``init`` on the
+    training labels (``seglearn.pretrain.finetune``, settings ``finetune``; validation on held-out
+    scribbles, never on the test labels); or train from scratch with ``fit_segmenter`` into ``out_dir``."""
     if ckpt:
         return {"ckpt": str(ckpt)}
     if train_labels is None or not np.any(train_labels):
         raise InputError("unet: needs unet.ckpt=PATH or training labels to train one")
     out_dir = out_dir or tempfile.mkdtemp(prefix="seglearn_unet_")
+    if init:
+        from seglearn.pretrain.finetune import finetune as run_finetune
+
+        res = run_finetune(str(init), np.asarray(channels), list(detectors), np.asarray(train_labels), out_dir,
+                           voxel_size_nm=voxel_size_nm, test=val_labels, settings=finetune, overwrite=True)
+        return {"ckpt": str(res["best_ckpt"])}
     ov = dict(overrides or {})
     if voxel_size_nm is not None:
         ov.setdefault("voxel_size_nm", list(voxel_size_nm))

@@ -63,6 +63,7 @@ def run_benchmark(cfg: Mapping) -> dict:
     from seglearn.data import load_dataset
     from seglearn.io.atomic import atomic_path
     from seglearn.metrics import score
+    from seglearn.preprocess.stage import preprocess_loaded, stage_config
 
     cfg = dict(cfg)
     root = cfg["data"]["root"]
@@ -79,6 +80,10 @@ def run_benchmark(cfg: Mapping) -> dict:
     for _, impl, _ in resolved:
         get_method(impl)  # unknown implementations fail before any work
     ds = load_dataset(root, labels=("train", "test"), require=("train", "test"))
+    steps, frame = stage_config(cfg)
+    pre_entry = None
+    if steps:  # the configured preprocessing stage, before any method sees the data
+        ds, pre_entry = preprocess_loaded(ds, steps, labels_frame=frame)
     if not np.any(ds.test):
         raise InputError(f"{ds.root / 'labels' / 'test.tif'}: holds no labelled voxel to score")
     k = ds.n_classes
@@ -119,12 +124,13 @@ def run_benchmark(cfg: Mapping) -> dict:
         del pred
     summary = {"dataset": str(ds.root), "shape": list(ds.shape), "classes": ds.classes, "detectors": ds.detectors,
                "test_slices": scored, "roi": roi, "predict": "test_slices" if only_test else "full",
-               "methods": results}
+               "preprocess": pre_entry, "methods": results}
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "results.json", overwrite=True) as tmp:
         Path(tmp).write_text(json.dumps(summary, indent=1))
     md = [f"# Benchmark on {ds.root}\n", f"Shape {list(ds.shape)}, test slices {scored}, "
-          f"ROI {roi if roi else 'none'}, prediction: {summary['predict']}.\n", markdown_table(results, ds.classes, roi=bool(roi))]
+          f"ROI {roi if roi else 'none'}, prediction: {summary['predict']}"
+          + (f", preprocessing: {[s['step'] for s in pre_entry['steps']]}" if pre_entry else "") + ".\n", markdown_table(results, ds.classes, roi=bool(roi))]
     with atomic_path(out / "results.md", overwrite=True) as tmp:
         Path(tmp).write_text("\n".join(md))
     z = scored[0]

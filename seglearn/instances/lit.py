@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from seglearn.instances.loss import stardist_loss
+from seglearn.instances.precision import autocast, resolve_bf16, to_channels_last
 
 log = logging.getLogger("seglearn")
 
@@ -49,11 +50,20 @@ class StarDistModule(L.LightningModule):
         Draws ``(image (C, H, W), prob (1, h, w), dist (R, h, w))`` training patches.
     val_data : list of such tuples
         Whole validation slices.
+    bf16 : bool or "auto"
+        Run the network under bfloat16 autocast (``auto``: where the device supports it natively,
+        :mod:`seglearn.instances.precision`); the loss is always computed in float32.
+    channels_last : bool
+        Keep weights and inputs in channels-last memory format (faster convolutions with bf16).
     """
 
     def __init__(self, net, *, sampler, val_data, lr=3e-4, batch_size=8, steps_per_epoch=25, epochs=40,
-                 dist_weight=0.2, background_reg=1e-4, max_seconds=None):
+                 dist_weight=0.2, background_reg=1e-4, max_seconds=None, bf16="auto", channels_last=True):
         super().__init__()
+        self.bf16_setting, self.channels_last = bf16, bool(channels_last)
+        self.use_bf16 = False  # resolved on the training device in on_fit_start
+        if self.channels_last:
+            net = to_channels_last(net)
         self.max_seconds = max_seconds
         self.net = net
         self.sampler, self.val_data = sampler, val_data
@@ -68,10 +78,20 @@ class StarDistModule(L.LightningModule):
     def forward(self, x):
         return self.net(x)
 
+    def on_fit_start(self):
+        self.use_bf16 = resolve_bf16(self.bf16_setting, self.device)
+        log.info("particles: training on %s, %s, %s", self.device, "bf16 autocast" if self.use_bf16 else "float32",
+                 "channels-last" if self.channels_last else "contiguous")
+
     def _loss(self, batch):
         x, prob, dist = batch
-        p, d = self.net(x)
-        return stardist_loss(p, d, prob, dist, dist_weight=self.dist_weight, background_reg=self.background_reg)
+        if self.channels_last:
+            x = to_channels_last(x)
+        with autocast(x.device, self.use_bf16):
+            p, d = self.net(x)
+        # the loss in float32 whatever the network ran in
+        return stardist_loss(p.float(), d.float(), prob.float(), dist.float(), dist_weight=self.dist_weight,
+                             background_reg=self.background_reg)
 
     def training_step(self, batch, batch_idx):
         out = self._loss(batch)

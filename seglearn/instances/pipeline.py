@@ -34,12 +34,20 @@ def load_model(ckpt: Mapping, device: str | None = None):
 
 
 def prepare_images(images: np.ndarray, meta: Mapping, where: str = "input") -> np.ndarray:
-    """Check the channel count against the checkpoint and apply its normalisation; ``(C, Z, Y, X)`` float32."""
+    """Check the channel count against the checkpoint and apply its normalisation; ``(C, Z, Y, X)`` float32.
+
+    ``normalisation.kind``: ``percentile`` (the training volume's ``lo`` / ``hi``, stored) or
+    ``per_image`` (the input's own ``percentiles``, as for imported Keras StarDist models)."""
     n = int(meta["net"]["in_channels"])
     if images.ndim != 4 or images.shape[0] != n:
         raise InputError(f"{where}: the model expects {n} channel(s) {meta.get('channels')}, got image of shape "
                          f"{images.shape} (C, Z, Y, X)")
     norm = meta["normalisation"]
+    if norm.get("kind") == "per_image":  # imported StarDist models: each input by its own percentiles (csbdeep)
+        from seglearn.instances.targets import fit_normalisation
+
+        lo, hi = fit_normalisation(images, norm.get("percentiles", (1.0, 99.8)))
+        return normalise(images, lo, hi)
     return normalise(images, norm["lo"], norm["hi"])
 
 
@@ -58,8 +66,8 @@ def segment_particles(net, images: np.ndarray, *, method: str = "auto", prob_thr
         fusion for a stack and 2d for a single slice.
     prob_thresh, nms_thresh : float
     params : mapping
-        ``tile``, ``context``, ``batch_size``, ``fusion`` and ``linking`` options (see
-        ``configs/model/stardist.yaml``, ``predict``).
+        ``tile``, ``context``, ``batch_size``, ``bf16`` (true / false / auto), ``fusion`` and
+        ``linking`` options (see ``configs/model/stardist.yaml``, ``predict``).
 
     Returns
     -------
@@ -69,6 +77,7 @@ def segment_particles(net, images: np.ndarray, *, method: str = "auto", prob_thr
     """
     from seglearn.instances.fusion import fuse_views
     from seglearn.instances.linking import link_slices
+    from seglearn.instances.precision import resolve_bf16
     from seglearn.instances.volume import predict_view
 
     params = dict(params or {})
@@ -80,7 +89,8 @@ def segment_particles(net, images: np.ndarray, *, method: str = "auto", prob_thr
     if method != "2d" and z < 2:
         raise InputError(f"method={method}: needs a stack of several slices, got a single 2D image")
     kw = dict(prob_thresh=prob_thresh, nms_thresh=nms_thresh, tile=tuple(params.get("tile", (256, 256))),
-              context=int(params.get("context", 64)), batch_size=int(params.get("batch_size", 8)), progress=progress)
+              context=int(params.get("context", 64)), batch_size=int(params.get("batch_size", 8)), progress=progress,
+              bf16=resolve_bf16(params.get("bf16", "auto"), next(net.parameters()).device))
     t0 = time.perf_counter()
     if method in ("2d", "linking"):
         _, labels = predict_view(net, images, "xy", **kw)

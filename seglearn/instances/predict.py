@@ -101,7 +101,8 @@ def predict(cfg, ckpt: dict) -> dict:
     cfg : DictConfig
         ``input`` (image file, list of detector files, folder of slices or dataset folder),
         ``output`` (folder), ``overwrite``, ``device``, ``tile``, ``batch_size``, ``preview``,
-        ``threads``; optional ``instances.method`` (auto | fusion | linking | 2d),
+        ``threads``, ``bf16`` (true | false | null: the checkpoint's ``predict.bf16``, auto); optional
+        ``instances.method`` (auto | fusion | linking | 2d),
         ``instances.prob_thresh`` and ``instances.nms_thresh`` overriding the checkpoint's.
     ckpt : dict
         From :func:`seglearn.ckpt.load_checkpoint`.
@@ -149,6 +150,8 @@ def predict(cfg, ckpt: dict) -> dict:
         params["batch_size"] = int(_get(cfg, "batch_size"))
     over = _get(cfg, "instances", {})  # +instances.method=linking, +instances.prob_thresh=0.6, ...
     method = str(_get(over, "method", params.get("method", "auto")))
+    if _get(cfg, "bf16") is not None:  # bf16=false: the network in float32 (null: the checkpoint's, auto)
+        params["bf16"] = _get(cfg, "bf16")
     for group in ("fusion", "linking"):  # +instances.fusion.h=0.2, +instances.linking.max_distance=6, ...
         extra = _get(over, group)
         if extra is not None:

@@ -17,7 +17,7 @@ def _ceil_to(n: int, m: int) -> int:
 
 
 def predict_tiles(net, images: np.ndarray, *, tile: Sequence[int] = (256, 256), context: int = 64,
-                  batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+                  batch_size: int = 8, bf16: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Probability and distances of a batch of 2D images.
 
     Parameters
@@ -31,6 +31,9 @@ def predict_tiles(net, images: np.ndarray, *, tile: Sequence[int] = (256, 256), 
         its context are predicted whole.
     context : int
         Pixels of context on each side of a block (rounded up to the divisor).
+    bf16 : bool
+        Run the network under bfloat16 autocast, channels-last (:mod:`seglearn.instances.precision`);
+        the results are float32 either way.
 
     Returns
     -------
@@ -39,6 +42,8 @@ def predict_tiles(net, images: np.ndarray, *, tile: Sequence[int] = (256, 256), 
     dist : (N, R, ceil(H/gy), ceil(W/gx)) float32
     """
     import torch
+
+    from seglearn.instances.precision import autocast, to_channels_last
 
     images = np.asarray(images, dtype=np.float32)
     n, c, h, w = images.shape
@@ -57,15 +62,18 @@ def predict_tiles(net, images: np.ndarray, *, tile: Sequence[int] = (256, 256), 
     padded = np.pad(images, pad, mode=mode)
     prob = np.zeros((n, ph // gy, pw // gx), np.float32)
     dist = np.zeros((n, net.n_rays, ph // gy, pw // gx), np.float32)
-    with torch.inference_mode():
+    if bf16:
+        net = to_channels_last(net)  # in place; the weights' values do not change
+    with torch.inference_mode(), autocast(device, bf16):
         for i0 in range(0, n, batch_size):
             for by in range(ny):
                 for bx in range(nx):
                     y0, x0 = by * ty, bx * tx
                     block = padded[i0:i0 + batch_size, :, y0:y0 + ty + 2 * cy, x0:x0 + tx + 2 * cx]
-                    p, d = net(torch.from_numpy(np.ascontiguousarray(block)).to(device))
-                    p = torch.sigmoid(p)[:, 0].cpu().numpy()
-                    d = d.cpu().numpy()
+                    x = torch.from_numpy(np.ascontiguousarray(block)).to(device)
+                    p, d = net(to_channels_last(x) if bf16 else x)
+                    p = torch.sigmoid(p.float())[:, 0].cpu().numpy()
+                    d = d.float().cpu().numpy()
                     sy, sx = slice(cy // gy, (cy + ty) // gy), slice(cx // gx, (cx + tx) // gx)
                     oy, ox = slice(y0 // gy, (y0 + ty) // gy), slice(x0 // gx, (x0 + tx) // gx)
                     prob[i0:i0 + batch_size, oy, ox] = p[:, sy, sx]

@@ -26,7 +26,7 @@ DEFAULTS = {
     "n_rays": 32, "grid": [2, 2], "depth": 3, "base_filters": 32, "head_filters": 64,
     "views": list(VIEWS), "patch_size": [64, 64], "batch_size": 8, "epochs": 200, "steps_per_epoch": 25,
     "lr": 1e-3, "dist_weight": 0.2, "background_reg": 1e-4, "val_fraction": 0.15, "max_minutes": 15.0,
-    "percentiles": [1.0, 99.8], "augment": True, "threads": 1, "prob_grid": [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8],
+    "percentiles": [1.0, 99.8], "augment": True, "threads": 1, "bf16": "auto", "channels_last": True, "prob_grid": [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8],
     "nms_grid": [0.3, 0.4, 0.5], "predict": {},
 }
 
@@ -58,8 +58,27 @@ def _get(cfg, dotted: str, default=None):
     return default if node is None else node
 
 
+def ray_permutation(n_rays: int, op: str) -> np.ndarray:
+    """Ray indices after flipping (``"flip_y"``, ``"flip_x"``) or transposing (``"transpose"``) an image.
+
+    stardist's ray ``k`` points at angle ``2 pi k / n_rays`` with ``dx = cos``, ``dy = sin``; after
+    the operation, ray ``k`` of the new image is ray ``perm[k]`` of the old one (each is its own
+    inverse). Exact for ``flip_*`` when ``n_rays`` is even, for ``transpose`` when it is a multiple of 4.
+    """
+    k = np.arange(n_rays)
+    shift = {"flip_y": 0, "flip_x": n_rays // 2, "transpose": n_rays // 4}[op]
+    return (shift - k) % n_rays
+
+
 class PatchSampler:
     """Random training patches (image, prob target, dist target) from view slices.
+
+    The stardist targets of a whole slice are computed once (and cached up to ``cache_bytes``) and
+    patches are cut from them, so an object cut by the patch border keeps its true distances (as
+    it does when the whole slice is predicted), and a step costs no target computation. Flips
+    and transposition move the targets with the image (ray indices permuted,
+    :func:`ray_permutation`); a flip shifts the crop by one pixel so that the output grid stays on
+    the pixels the targets were sampled at.
 
     Parameters
     ----------
@@ -69,44 +88,83 @@ class PatchSampler:
     views : sequence of str
     patch_size : (py, px)
         Rounded up to the network divisor; slices smaller than a patch are zero-padded.
+    cache_bytes : int
+        Memory for cached slice targets (about ``4 * (n_rays + 1) * H * W / (gy * gx)`` bytes a slice).
     """
 
-    def __init__(self, images, instances, *, views, patch_size, divisor, n_rays, grid, augment=True, seed=0):
+    def __init__(self, images, instances, *, views, patch_size, divisor, n_rays, grid, augment=True, seed=0,
+                 cache_bytes: int = 2 * 1024**3):
         self.stacks = [(view_stack(images, v), view_stack(instances, v)) for v in views
                        if view_stack(instances, v).shape[0] > 0]
         self.weights = np.array([s[1].shape[0] for s in self.stacks], float)
         self.weights /= self.weights.sum()
-        self.patch = patch_size
+        self.patch = (-(-patch_size[0] // divisor[0]) * divisor[0], -(-patch_size[1] // divisor[1]) * divisor[1])
         self.divisor = divisor
-        self.n_rays, self.grid, self.augment = n_rays, grid, augment
+        self.n_rays, self.grid, self.augment = n_rays, tuple(grid), augment
         self.rng = np.random.default_rng(seed)
+        self.cache_bytes = int(cache_bytes)
+        self._cache: dict = {}
+        self._cached = 0
+        self.flips = augment and n_rays % 2 == 0
+        self.transpose = augment and n_rays % 4 == 0 and self.patch[0] == self.patch[1] and grid[0] == grid[1]
 
+    def _padded_size(self, h: int, w: int) -> tuple[int, int]:
+        # room for the patch plus the one-pixel shift of a flipped crop, on the grid
+        gy, gx = self.grid
+        return (-(-max(h, self.patch[0] + gy) // gy) * gy, -(-max(w, self.patch[1] + gx) // gx) * gx)
+
+    def _targets(self, v: int, s: int):
+        key = (v, s)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        lbl = self.stacks[v][1][s]
+        hp, wp = self._padded_size(*lbl.shape)
+        lbl = np.pad(lbl, ((0, hp - lbl.shape[0]), (0, wp - lbl.shape[1])))
+        out = slice_targets(np.ascontiguousarray(lbl), n_rays=self.n_rays, grid=self.grid)
+        nbytes = out[0].nbytes + out[1].nbytes
+        while self._cache and self._cached + nbytes > self.cache_bytes:  # oldest out first
+            old = self._cache.pop(next(iter(self._cache)))
+            self._cached -= old[0].nbytes + old[1].nbytes
+        if nbytes <= self.cache_bytes:
+            self._cache[key] = out
+            self._cached += nbytes
+        return out
 
     def sample(self):
+        """One patch: ``image (C, py, px)``, ``prob (1, py/gy, px/gx)``, ``dist (R, py/gy, px/gx)``, float32."""
         rng = self.rng
-        img, lbl = self.stacks[rng.choice(len(self.stacks), p=self.weights)]
-        s = rng.integers(0, lbl.shape[0])
+        v = int(rng.choice(len(self.stacks), p=self.weights))
+        img, lbl = self.stacks[v]
+        s = int(rng.integers(0, lbl.shape[0]))
+        prob, dist = self._targets(v, s)
         h, w = lbl.shape[1:]
-        ph, pw = (-(-self.patch[0] // self.divisor[0]) * self.divisor[0], -(-self.patch[1] // self.divisor[1]) * self.divisor[1])
+        hp, wp = self._padded_size(h, w)
+        ph, pw = self.patch
         gy, gx = self.grid
-        y0 = int(rng.integers(0, max(h - ph, 0) // gy + 1)) * gy
-        x0 = int(rng.integers(0, max(w - pw, 0) // gx + 1)) * gx
+        flip_y = self.flips and rng.random() < 0.5
+        flip_x = self.flips and rng.random() < 0.5
+        # crop origin on the grid; a flipped axis starts one pixel later so that its last pixel is on the grid
+        ky = int(rng.integers(0, (hp - ph - 1) // gy + 1))
+        kx = int(rng.integers(0, (wp - pw - 1) // gx + 1))
+        y0, x0 = ky * gy + int(flip_y), kx * gx + int(flip_x)
         x = img[:, s, y0:y0 + ph, x0:x0 + pw]
-        y = lbl[s, y0:y0 + ph, x0:x0 + pw]
         if x.shape[1:] != (ph, pw):
-            pad = ((0, ph - x.shape[1]), (0, pw - x.shape[2]))
-            x = np.pad(x, ((0, 0),) + pad)  # zeros: "nothing here", consistent with label 0
-            y = np.pad(y, pad)
+            # zeros: "nothing here", consistent with label 0
+            x = np.pad(x, ((0, 0), (0, ph - x.shape[1]), (0, pw - x.shape[2])))
+        gys = slice(ky + int(flip_y), ky + int(flip_y) + ph // gy)
+        gxs = slice(kx + int(flip_x), kx + int(flip_x) + pw // gx)
+        p, d = prob[gys, gxs], dist[:, gys, gxs]
+        if flip_y:
+            x, p, d = x[:, ::-1], p[::-1], d[ray_permutation(self.n_rays, "flip_y"), ::-1]
+        if flip_x:
+            x, p, d = x[:, :, ::-1], p[:, ::-1], d[ray_permutation(self.n_rays, "flip_x"), :, ::-1]
+        if self.transpose and rng.random() < 0.5:
+            x, p, d = x.transpose(0, 2, 1), p.T, d[ray_permutation(self.n_rays, "transpose")].transpose(0, 2, 1)
         if self.augment:
-            if rng.random() < 0.5:
-                x, y = x[:, ::-1], y[::-1]
-            if rng.random() < 0.5:
-                x, y = x[:, :, ::-1], y[:, ::-1]
-            if ph == pw and rng.random() < 0.5:
-                x, y = np.rot90(x, axes=(1, 2)), np.rot90(y)
-            x = x * rng.uniform(0.8, 1.2) + rng.uniform(-0.1, 0.1)
-        prob, dist = slice_targets(np.ascontiguousarray(y), n_rays=self.n_rays, grid=self.grid)
-        return np.ascontiguousarray(x, dtype=np.float32), prob[None], dist
+            x = x * np.float32(rng.uniform(0.8, 1.2)) + np.float32(rng.uniform(-0.1, 0.1))
+        return (np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(p, dtype=np.float32)[None],
+                np.ascontiguousarray(d, dtype=np.float32))
 
 
 def _split(images: np.ndarray, instances: np.ndarray, val_fraction: float, divisor: int):
@@ -145,8 +203,9 @@ def train(cfg) -> dict:
     from seglearn.data import load_dataset
     from seglearn.instances.lit import StarDistModule
     from seglearn.instances.metrics import instance_scores_2d
-    from seglearn.instances.model import build_model
+    from seglearn.instances.model import NET_DEFAULTS, build_model
     from seglearn.instances.postprocess import instances_2d, optimize_thresholds
+    from seglearn.instances.precision import resolve_bf16
     from seglearn.instances.tiling import predict_tiles
 
     t0 = time.perf_counter()
@@ -190,7 +249,8 @@ def train(cfg) -> dict:
     module = StarDistModule(net, sampler=sampler, val_data=va_data, lr=float(p["lr"]), batch_size=int(p["batch_size"]),
                             steps_per_epoch=int(p["steps_per_epoch"]), epochs=int(p["epochs"]),
                             dist_weight=float(p["dist_weight"]), background_reg=float(p["background_reg"]),
-                            max_seconds=60.0 * float(p["max_minutes"]))
+                            max_seconds=60.0 * float(p["max_minutes"]), bf16=p["bf16"],
+                            channels_last=bool(p["channels_last"]))
     trainer = L.Trainer(max_epochs=int(p["epochs"]), accelerator="auto", devices=1, logger=False,
                         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
                         max_time={"minutes": float(p["max_minutes"])}, enable_progress_bar=bool(_get(cfg, "progress", True)),
@@ -199,14 +259,17 @@ def train(cfg) -> dict:
     net.load_state_dict(module.best_state)
     net.eval().cpu()
     t_train = time.perf_counter() - t0
-    # thresholds on the validation slices
-    prob, dist = predict_tiles(net, va_x, tile=(256, 256), context=64)
+    # thresholds on the validation slices, predicted as predict.py will (bf16 or not)
+    predict_p = dict(p.get("predict") or {})
+    predict_bf16 = resolve_bf16(predict_p.get("bf16", "auto"), "cpu")
+    prob, dist = predict_tiles(net, va_x, tile=(256, 256), context=64, bf16=predict_bf16)
     thr = optimize_thresholds(list(prob), list(dist), [np.pad(s, ((0, hp - h), (0, wp - w))) for s in va_lbl2],
                               grid=p["grid"], prob_grid=p["prob_grid"], nms_grid=p["nms_grid"])
     preds = np.stack([instances_2d(pp, dd, (hp, wp), grid=p["grid"], prob_thresh=thr["prob_thresh"],
                                    nms_thresh=thr["nms_thresh"])[:h, :w] for pp, dd in zip(prob, dist)])
     val_scores = instance_scores_2d(np.stack(va_lbl2), preds)
     net_meta = {k: p[k] for k in ("n_rays", "grid", "depth", "base_filters", "head_filters")}
+    net_meta.update({k: p[k] for k in NET_DEFAULTS if p.get(k) is not None})  # optional architecture keys
     meta = {
         "net": {**net_meta, "in_channels": int(images.shape[0])},
         "channels": list(ds.detectors),
@@ -216,7 +279,8 @@ def train(cfg) -> dict:
         "views": list(views),
         "predict": {"threads": p.get("threads"), **dict(p.get("predict") or {})},
         "train": {"dataset": str(root), "seed": seed, "epochs_run": int(trainer.current_epoch),
-                  "best_val_loss": float(module.best_loss), "validation": where},
+                  "best_val_loss": float(module.best_loss), "validation": where,
+                  "steps": int(trainer.global_step), "bf16": bool(module.use_bf16), "seconds": round(t_train, 1)},
     }
     save_checkpoint(ckpt_path, kind="stardist", state_dict=net.state_dict(), meta=meta, overwrite=True)
     metrics = {"checkpoint": str(ckpt_path), "thresholds": meta["thresholds"], "val_scores": val_scores,

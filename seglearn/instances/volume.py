@@ -43,7 +43,7 @@ def upsample_grid(a: np.ndarray, grid: Sequence[int], shape: Sequence[int]) -> n
 
 def predict_view(net, images: np.ndarray, view: str, *, prob_thresh: float, nms_thresh: float,
                  tile: Sequence[int] = (256, 256), context: int = 64, batch_size: int = 8,
-                 want_labels: bool = True, progress: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+                 want_labels: bool = True, progress: bool = True, bf16: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Probability map and per-slice 2D instances of a volume seen in one view.
 
     Parameters
@@ -56,6 +56,8 @@ def predict_view(net, images: np.ndarray, view: str, *, prob_thresh: float, nms_
         Post-processing thresholds (from the checkpoint).
     want_labels : bool
         Also run NMS and draw the polygons of every slice.
+    bf16 : bool
+        Network under bfloat16 autocast (:func:`~seglearn.instances.tiling.predict_tiles`).
 
     Returns
     -------
@@ -74,7 +76,7 @@ def predict_view(net, images: np.ndarray, view: str, *, prob_thresh: float, nms_
     hp, wp = -(-h // grid[0]) * grid[0], -(-w // grid[1]) * grid[1]
     for i0 in tqdm(range(0, s, batch_size), desc=f"particles {view}", disable=not progress, leave=False):
         batch = np.ascontiguousarray(np.moveaxis(stack[:, i0:i0 + batch_size], 0, 1))
-        p, d = predict_tiles(net, batch, tile=tile, context=context, batch_size=batch_size)
+        p, d = predict_tiles(net, batch, tile=tile, context=context, batch_size=batch_size, bf16=bf16)
         prob[i0:i0 + len(p)] = upsample_grid(p, grid, (h, w))
         if want_labels:
             for j in range(len(p)):

@@ -1,7 +1,9 @@
 """FIB-SEM stack preprocessing before any method (seed 001): slice registration (phase
-correlation or TV-L1) with a crop to the common area, brightness equalisation (histogram
-matching, CLAHE), curtaining removal, non-local-means denoising, rotation and manual crop,
-chained in a :class:`Pipeline` that is stored as a plain list of step configs.
+correlation or TV-L1, chained or solved over several lags) with a crop to the common area,
+brightness equalisation (histogram matching, CLAHE), curtaining removal (wavelet-FFT, FFT
+notch, opening + median), non-local-means denoising, rotation and manual crop, chained in a
+:class:`Pipeline` that is stored as a plain list of step configs. :mod:`.stage` runs it inside
+train / predict / benchmark.
 
 Steps (``{"step": name, ...}``): ``register``, ``match_histograms``, ``clahe``, ``destripe``,
 ``nl_means``, ``rotate``, ``crop``.

@@ -1,6 +1,8 @@
-"""Slice registration: drift between consecutive slices by sub-pixel phase correlation or
-TV-L1 optical flow, estimated on one detector, applied to every detector and to label volumes,
-then a crop to the area common to all slices.
+"""Slice registration: drift between slices by sub-pixel phase correlation (refined by
+re-estimation) or TV-L1 optical flow, estimated on one detector, applied to every detector and to
+label volumes, then a crop to the area common to all slices. Consecutive-slice estimates are
+chained; with ``lags`` the estimates between slices further apart are added and all of them are
+solved for the slice positions by weighted least squares.
 
 The shifts depend on the whole stack (not a per-slice function): a pipeline re-applied at
 prediction time re-estimates them on the new stack; only the parameters are stored.
@@ -33,7 +35,8 @@ def _inner(image: np.ndarray, margin: float) -> np.ndarray:
 
 
 def pair_shift(reference: np.ndarray, moving: np.ndarray, *, method: str = "phase", upsample: int = 20,
-               margin: float = 0.1, tvl1_downsample: int = 1) -> np.ndarray:
+               margin: float = 0.1, tvl1_downsample: int = 1, refine: int = 1,
+               return_error: bool = False) -> np.ndarray | tuple[np.ndarray, float]:
     """Translation that registers ``moving`` onto ``reference``.
 
     Parameters
@@ -49,21 +52,46 @@ def pair_shift(reference: np.ndarray, moving: np.ndarray, *, method: str = "phas
         Share of each border left out of the estimate (edge effects, drifted-in borders).
     tvl1_downsample : int
         Block-average both slices by this factor before TV-L1 (it is slow on large slices).
+    refine : int
+        Re-estimation passes: ``moving`` is shifted by the estimate (cubic spline) and the
+        remaining shift is added. A single estimate between two crops of the same window is
+        pulled towards 0 (the window does not move with the content; on phantoms it recovers
+        only 75-85 % of the true step); one pass removes most of that bias
+        (``docs/bench_preprocess.md``).
+    return_error : bool
+        Also return the phase-correlation error (``1 - normalised peak``, 0..1; 0 for TV-L1),
+        used as a confidence weight.
 
     Returns
     -------
     (2,) ndarray
         ``(dy, dx)``: ``scipy.ndimage.shift(moving, shift)`` matches ``reference``.
     """
+    moving = np.asarray(moving, dtype=np.float32)
+    shift, error = _pair_shift_once(reference, moving, method=method, upsample=upsample, margin=margin,
+                                    tvl1_downsample=tvl1_downsample)
+    for _ in range(max(int(refine), 0)):
+        if not np.any(shift):
+            break
+        moved = ndi.shift(moving, shift, order=3, mode="nearest")
+        delta, error = _pair_shift_once(reference, moved, method=method, upsample=upsample, margin=margin,
+                                        tvl1_downsample=tvl1_downsample)
+        shift = shift + delta
+        if np.abs(delta).max() < 0.5 / max(int(upsample), 1):
+            break
+    return (shift, error) if return_error else shift
+
+
+def _pair_shift_once(reference, moving, *, method, upsample, margin, tvl1_downsample) -> tuple[np.ndarray, float]:
     a = _inner(np.asarray(reference, dtype=np.float32), margin)
     b = _inner(np.asarray(moving, dtype=np.float32), margin)
     if method == "phase":
         from skimage.registration import phase_cross_correlation
 
         if a.std() == 0 or b.std() == 0:
-            return np.zeros(2)
-        shift, _, _ = phase_cross_correlation(a, b, upsample_factor=upsample, normalization=None)
-        return np.asarray(shift, dtype=np.float64)
+            return np.zeros(2), 1.0
+        shift, error, _ = phase_cross_correlation(a, b, upsample_factor=upsample, normalization=None)
+        return np.asarray(shift, dtype=np.float64), float(np.clip(error, 0.0, 1.0))
     if method == "tvl1":
         from skimage.registration import optical_flow_tvl1
         from skimage.transform import downscale_local_mean
@@ -72,8 +100,75 @@ def pair_shift(reference: np.ndarray, moving: np.ndarray, *, method: str = "phas
         if f > 1:
             a, b = downscale_local_mean(a, (f, f)), downscale_local_mean(b, (f, f))
         v, u = optical_flow_tvl1(a, b)
-        return -np.array([np.median(v), np.median(u)], dtype=np.float64) * f
+        return -np.array([np.median(v), np.median(u)], dtype=np.float64) * f, 0.0
     raise InputError(f"registration method must be one of {METHODS}, got {method!r}")
+
+
+def solve_positions(pairs: list[tuple[int, int, np.ndarray, float]], n: int, *, tolerance: float = 1.0) -> np.ndarray:
+    """Per-slice shifts from pairwise estimates by weighted least squares.
+
+    Parameters
+    ----------
+    pairs : list of (i, j, s, w)
+        ``s`` (2,): shift registering slice j onto slice i (``shift[j] - shift[i] = s``), weight
+        ``w`` >= 0. The consecutive pairs ``(i, i + 1)`` must all be present (they chain the
+        stack); longer lags add redundant constraints.
+    n : int
+        Number of slices.
+    tolerance : float
+        A pair ``(i, j)`` with ``j - i > 1`` whose estimate differs from the sum of the
+        consecutive estimates over the same span by more than ``tolerance * sqrt(j - i)`` px is
+        dropped (a failed match between slices whose structure has changed too much).
+
+    Returns
+    -------
+    (n, 2) ndarray
+        Shifts with ``shift[0] = 0`` (re-anchor afterwards). With consecutive pairs only this
+        is their cumulative sum.
+    """
+    from scipy import sparse
+    from scipy.sparse.linalg import spsolve
+
+    if n <= 1:
+        return np.zeros((max(n, 0), 2))
+    chain = np.zeros((n, 2))
+    have = np.zeros(n, bool)
+    for i, j, s, _ in pairs:
+        if j == i + 1:
+            chain[j] = s
+            have[j] = True
+    if not have[1:].all():
+        raise InputError(f"registration: consecutive-slice estimates missing for slices {np.flatnonzero(~have[1:]) + 1}")
+    chain = np.cumsum(chain, axis=0)
+    rows, cols, vals, rhs, dropped = [], [], [], [], 0
+    for i, j, s, w in pairs:
+        if w <= 0:
+            if j - i > 1:
+                continue
+            w = 1e-6  # a consecutive pair keeps the stack connected, however unreliable
+        if j - i > 1 and np.abs(np.asarray(s) - (chain[j] - chain[i])).max() > tolerance * math.sqrt(j - i):
+            dropped += 1
+            continue
+        r = len(rhs)
+        rows += [r, r]
+        cols += [i, j]
+        vals += [-math.sqrt(w), math.sqrt(w)]
+        rhs.append(math.sqrt(w) * np.asarray(s, float))
+    if all(j - i == 1 for i, j, _, _ in pairs):
+        return chain  # consecutive pairs only: the least-squares solution is the chain itself
+    # gauge: slice 0 at 0
+    r = len(rhs)
+    rows.append(r)
+    cols.append(0)
+    vals.append(1.0)
+    rhs.append(np.zeros(2))
+    a = sparse.csr_matrix((vals, (rows, cols)), shape=(r + 1, n))
+    b = np.asarray(rhs)
+    ata = (a.T @ a).tocsc()
+    out = np.column_stack([spsolve(ata, a.T @ b[:, k]) for k in range(2)])
+    if dropped:
+        log.info("register: %d long-lag estimate(s) disagreed with the consecutive chain and were dropped", dropped)
+    return out - out[0]
 
 
 def common_crop(shifts: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -163,7 +258,7 @@ class Register(Step):
     Parameters
     ----------
     method : {"phase", "tvl1"}
-        Shift estimator between consecutive slices (see :func:`pair_shift`).
+        Shift estimator between two slices (see :func:`pair_shift`).
     channel : int, str or "auto"
         Detector the drift is estimated on (index or name); the shifts move every detector.
         ``auto``: InLens when the stack has it (surface-sensitive, its estimates drift least on
@@ -180,6 +275,18 @@ class Register(Step):
         Interpolation order of the image shifts (labels always use nearest neighbour).
     tvl1_downsample : int
         Block-average factor before TV-L1 (speed).
+    refine : int
+        Re-estimation passes per pair (see :func:`pair_shift`); 0 = a single estimate.
+    lags : list of int
+        Slice distances whose shifts are estimated: ``[1]`` chains consecutive slices; e.g.
+        ``[1, 2, 4]`` adds pairs 2 and 4 slices apart and solves all of them by weighted least
+        squares (:func:`solve_positions`; weight ``(1 - phase-correlation error) / lag**2``),
+        keeping the last ``max(lags)`` slices of one detector in memory. It only helps when the
+        structure changes little over the longest lag (thin slices; see
+        ``docs/bench_preprocess.md``: on the default 30 nm phantoms it does not).
+    tolerance : float
+        Long-lag estimates further than ``tolerance * sqrt(lag)`` px from the consecutive chain
+        are dropped.
     max_shift : float
         Largest plausible shift between consecutive slices (px); larger estimates are logged
         and replaced by 0 (a failed match on a blank slice must not shift the whole stack).
@@ -197,7 +304,18 @@ class Register(Step):
     crop: bool = True
     order: int = 1
     tvl1_downsample: int = 1
+    refine: int = 1
+    lags: Any = (1,)
+    tolerance: float = 1.0
     max_shift: float = 50.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lags, int):
+            self.lags = (self.lags,)
+        try:
+            self.lags = tuple(sorted({int(v) for v in self.lags} | {1})) if self.lags is not None else (1,)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"register: lags must be a list of slice distances, got {self.lags!r}") from exc
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -208,34 +326,48 @@ class Register(Step):
             raise InputError("register: upsample and tvl1_downsample must be >= 1")
         if int(self.order) not in range(6):
             raise InputError(f"register: order must be 0..5, got {self.order}")
+        if int(self.refine) < 0 or min(self.lags) < 1 or float(self.tolerance) <= 0:
+            raise InputError(f"register: refine must be >= 0, lags >= 1 and tolerance > 0, got refine={self.refine}, "
+                             f"lags={list(self.lags)}, tolerance={self.tolerance}")
         if not (self.anchor in ("middle", "first") or isinstance(self.anchor, int)):
             raise InputError(f"register: anchor must be 'middle', 'first' or a slice index, got {self.anchor!r}")
 
-    # fitting: one pass, keeping only the previous slice of the chosen channel
+    # fitting: one pass, keeping only the last max(lags) slices of the chosen channel
     def fit_start(self, shape, dtype, detectors) -> None:
         channel = self.channel
         if channel == "auto":
             channel = "InLens" if detectors and "InLens" in detectors else 0
         self._c = resolve_channel(channel, detectors, shape[0])
         self._shape = tuple(shape)
-        self._pairs = np.zeros((shape[1], 2))
-        self._prev: np.ndarray | None = None
+        self._pairs: list[tuple[int, int, np.ndarray, float]] = []
+        self._recent: dict[int, np.ndarray] = {}
 
     def fit_block(self, block: np.ndarray, z0: int) -> None:
+        keep = max(self.lags)
         for i in range(block.shape[1]):
+            z = z0 + i
             cur = np.asarray(block[self._c, i], dtype=np.float32)
-            if self._prev is not None:
-                s = pair_shift(self._prev, cur, method=self.method, upsample=int(self.upsample),
-                               margin=float(self.margin), tvl1_downsample=int(self.tvl1_downsample))
-                if np.abs(s).max() > float(self.max_shift):
-                    log.warning("register: slice %d shift %s px exceeds max_shift; set to 0", z0 + i, s.round(2))
-                    s = np.zeros(2)
-                self._pairs[z0 + i] = s
-            self._prev = cur
+            for lag in self.lags:
+                ref = self._recent.get(z - lag)
+                if ref is None:
+                    continue
+                s, err = pair_shift(ref, cur, method=self.method, upsample=int(self.upsample), margin=float(self.margin),
+                                    tvl1_downsample=int(self.tvl1_downsample), refine=int(self.refine),
+                                    return_error=True)
+                w = max(1.0 - err, 1e-3) / lag ** 2
+                if np.abs(s).max() > float(self.max_shift) * lag:
+                    if lag == 1:
+                        log.warning("register: slice %d shift %s px exceeds max_shift; set to 0", z, s.round(2))
+                        s, w = np.zeros(2), 1e-3
+                    else:
+                        continue
+                self._pairs.append((z - lag, z, s, w))
+            self._recent[z] = cur
+            self._recent.pop(z - keep, None)
 
     def fit_end(self) -> None:
-        self.set_shifts(np.cumsum(self._pairs, axis=0), anchor=True)
-        self._prev = None
+        self.set_shifts(solve_positions(self._pairs, self._shape[1], tolerance=float(self.tolerance)), anchor=True)
+        self._recent = {}
 
     def set_shifts(self, shifts: np.ndarray, *, anchor: bool = False) -> None:
         """Use given per-slice shifts ``(Z, 2)`` (re-anchored when ``anchor``) and derive the crop."""

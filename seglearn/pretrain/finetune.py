@@ -45,7 +45,8 @@ DEFAULTS: dict[str, Any] = {
     "max_steps": 300, "max_minutes": 8.0, "lr": 3e-4, "weight_decay": 1e-4, "batch_size": 8,
     "synth_fraction": 0.5, "synth_weight": 1.0, "freeze_encoder": False, "val_every": 25, "patience": 6,
     "patch": 80, "detector": None, "val_fraction": 0.25, "val_tile": 32, "seed": 0, "threads": 0, "bf16": True,
-    "phantom_shape": [20, 80, 80], "cache": 4, "reuse": 64, "keep_best": True,
+    "phantom_shape": [20, 80, 80], "cache": 4, "reuse": 64, "keep_best": True, "match": 0.0,
+    "match_geometry": False, "ranges": None,
 }
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "finetune.yaml"
 
@@ -101,6 +102,29 @@ def grey_ranges(images: np.ndarray, n_derived: int) -> list[list[float]]:
     r = fit_normalisation(images, (0.1, 99.9))
     span = float(np.mean([hi - lo for lo, hi in r]))
     return r + [[-span / 2, span / 2] for _ in range(n_derived)]
+
+
+def class_medians(x: np.ndarray, labels: np.ndarray, n_classes: int, *, min_voxels: int = 20) -> np.ndarray:
+    """Median grey value (0..255 on the base model's scale) of each class's scribbles per detector.
+
+    Parameters
+    ----------
+    x : (C, Z, Y, X) float
+        Detector channels normalised to [0, 1] (the base model's 8-bit scale / 255).
+    labels : (Z, Y, X) int
+        Scribbles ``1..n_classes``.
+
+    Returns
+    -------
+    (C, n_classes) float
+        NaN for a class with fewer than ``min_voxels`` scribbled voxels.
+    """
+    out = np.full((x.shape[0], n_classes), np.nan)
+    for k in range(n_classes):
+        sel = labels == k + 1
+        if sel.sum() >= min_voxels:
+            out[:, k] = [float(np.median(x[c][sel])) * 255.0 for c in range(x.shape[0])]
+    return out
 
 
 def split_scribbles(train: np.ndarray, *, fraction: float, tile: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -359,11 +383,19 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
     stream = None
     if n_syn > 0:
         pre = dict(base_meta.get("pretrain") or {})
-        rnd = make_randomiser({"detectors": base_dets, "ranges": pre.get("ranges") or {}, "sources": None,
+        syn_ranges = {**dict(pre.get("ranges") or {}), **dict(s.get("ranges") or {})}
+        if s.get("match_geometry") and voxel_size_nm is not None:
+            # the dataset's voxel size is known: draw phantoms at it (in-plane size and anisotropy)
+            vz, vy, vx = (float(v) for v in voxel_size_nm)
+            xy = 0.5 * (vy + vx)
+            syn_ranges.update(voxel_xy_nm=[xy, xy], anisotropy=[vz / xy, vz / xy])
+        rnd = make_randomiser({"detectors": base_dets, "ranges": syn_ranges, "sources": None,
                                "p_real": pre.get("p_real", 0.3), "p_flat": pre.get("p_flat", 0.15),
                                "phantom_shape": s["phantom_shape"]})
+        target = class_medians(x[:len(base_dets)], fit_labels, len(base_classes)) if same_head else None
         stream = iter(PhantomPatchStream(rnd, derived=derived, patch=min(patch, *rnd.shape[1:]), halo=halo,
-                                         cache=int(s["cache"]), reuse=int(s["reuse"]), seed=int(s["seed"]) + 1))
+                                         cache=int(s["cache"]), reuse=int(s["reuse"]), seed=int(s["seed"]) + 1,
+                                         match=target, p_match=float(s["match"])))
         patch = min(patch, *rnd.shape[1:])
     coords = np.argwhere(fit_labels > 0)
     bf16 = bool(s["bf16"])

@@ -35,6 +35,53 @@ def to_channels(images: np.ndarray, detectors: Sequence[str], derived: Sequence[
                                base_ranges(detectors, derived))
 
 
+def match_contrast(images: np.ndarray, truth: np.ndarray, target: np.ndarray, rng: np.random.Generator, *,
+                   jitter: float = 4.0) -> np.ndarray:
+    """Map each synthetic detector image monotonically so its class medians land on ``target``.
+
+    A piecewise-linear grey-value map per detector through ``(0, 0)``, the synthetic phantom's
+    median grey value of each class (from its dense truth) -> the target median, and
+    ``(255, 255)``: a global, monotone acquisition change, so the physics of the phantom (shine-
+    through, glow, noise, stripes) is kept while its contrast becomes the user's.
+
+    Parameters
+    ----------
+    images : (C, Z, Y, X) uint8
+        Synthetic detector images.
+    truth : (Z, Y, X) uint8
+        Its classes ``1..K``.
+    target : (C, K) float
+        The user's median grey value (0..255) of class ``k`` on detector ``c``, estimated from the
+        scribbles; NaN rows leave that detector unchanged.
+    jitter : float
+        Standard deviation (grey values) of a random offset added to each target, so the network
+        does not learn one exact contrast.
+
+    Returns
+    -------
+    (C, Z, Y, X) uint8
+        Detectors whose class order differs between phantom and target are left as they are.
+    """
+    out = images.copy()
+    for c in range(images.shape[0]):
+        tgt = np.asarray(target[c], dtype=np.float64)
+        if not np.all(np.isfinite(tgt)):
+            continue
+        src = np.array([np.median(images[c][truth == k + 1]) if (truth == k + 1).any() else np.nan
+                        for k in range(len(tgt))], dtype=np.float64)
+        ok = np.isfinite(src)
+        if ok.sum() < 2:
+            continue
+        src, tgt = src[ok], np.clip(tgt[ok] + rng.normal(0.0, jitter, ok.sum()), 1.0, 254.0)
+        order = np.argsort(src)
+        src, tgt = src[order], tgt[order]
+        if np.any(np.diff(src) <= 0) or np.any(np.diff(tgt) <= 0):
+            continue
+        lut = np.interp(np.arange(256), np.r_[0.0, src, 255.0], np.r_[0.0, tgt, 255.0])
+        out[c] = np.round(lut).astype(np.uint8)[images[c]]
+    return out
+
+
 def augment_patch(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Random in-plane rot90/flips of ``x (C, Z, P, P)`` and ``y (Z', P, P)`` together."""
     k = int(rng.integers(4))
@@ -59,20 +106,28 @@ class PhantomPatchStream:
     cache, reuse : int
         Phantoms kept in memory; patches cut before the oldest phantom is replaced.
     seed : int
+    match : (C, K) ndarray, optional
+        Class medians (0..255) per detector of the data to adapt to; a share ``p_match`` of the
+        phantoms gets its contrast mapped onto them (:func:`match_contrast`).
     """
 
     def __init__(self, randomiser: Randomiser, *, derived: Sequence[str] = (), patch: int = 96, halo: int = 2,
-                 cache: int = 4, reuse: int = 24, seed: int = 0):
+                 cache: int = 4, reuse: int = 24, seed: int = 0, match: np.ndarray | None = None,
+                 p_match: float = 0.0):
         self.randomiser = randomiser
         self.derived = list(derived)
         self.patch, self.halo = int(patch), int(halo)
         self.cache, self.reuse, self.seed = int(cache), int(reuse), int(seed)
+        self.match = None if match is None else np.asarray(match, dtype=np.float64)
+        self.p_match = float(p_match) if match is not None else 0.0
         z, yy, xx = randomiser.shape
         if self.patch > min(yy, xx) or z < 2 * self.halo + 1:
             raise ValueError(f"patch {self.patch} / halo {self.halo} do not fit phantoms of shape {tuple(randomiser.shape)}")
 
     def _phantom(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         images, truth, _ = self.randomiser.draw(rng)
+        if self.p_match > 0 and rng.random() < self.p_match:
+            images = match_contrast(images, truth, self.match, rng)
         return to_channels(images, self.randomiser.detectors, self.derived), truth
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -100,7 +100,7 @@ class SegModule(L.LightningModule):
             loss = F.cross_entropy(logits.float(), y, weight=w, ignore_index=-1)
             if self.dice > 0:
                 loss = loss + self.dice * masked_dice_loss(logits, y)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):

@@ -94,23 +94,39 @@ def sliding_window(x: np.ndarray, net_fn: Callable[[np.ndarray], np.ndarray], *,
     wsum = np.zeros(padded, dtype=np.float32)
     tiles = list(itertools.product(*starts))
     bar = tqdm(total=len(tiles), desc="tiles", unit="tile", leave=False, disable=not progress) if tqdm else None
+    weights: dict = {}  # a tile's weight depends only on which of its edges are inner: at most 27 kinds
+
+    def weight(start) -> np.ndarray:
+        key = tuple((s0 > 0, s0 + t < n) for s0, t, n in zip(start, tile, padded))
+        if key not in weights:
+            ws = [_axis_weight(t, sigma_scale, b, lo, hi, g)
+                  for t, b, (lo, hi), g in zip(tile, border, key, (gaussian_z, True, True))]
+            weights[key] = ws[0][:, None, None] * ws[1][None, :, None] * ws[2][None, None, :]
+        return weights[key]
+
+    batch = None
     for i in range(0, len(tiles), batch_size):
         chunk = tiles[i:i + batch_size]
-        batch = np.stack([x[:, s[0]:s[0] + tile[0] + 2 * halo_z, s[1]:s[1] + tile[1], s[2]:s[2] + tile[2]]
-                          for s in chunk])
+        if batch is None or len(chunk) != batch.shape[0]:
+            batch = np.empty((len(chunk), c, tile[0] + 2 * halo_z, tile[1], tile[2]), dtype=x.dtype)
+        for j, s in enumerate(chunk):
+            batch[j] = x[:, s[0]:s[0] + tile[0] + 2 * halo_z, s[1]:s[1] + tile[1], s[2]:s[2] + tile[2]]
         probs = net_fn(batch)
         for (sz, sy, sx), p in zip(chunk, probs):
-            ws = [_axis_weight(t, sigma_scale, b, s0 > 0, s0 + t < n, g)
-                  for t, b, s0, n, g in zip(tile, border, (sz, sy, sx), padded, (gaussian_z, True, True))]
-            w = ws[0][:, None, None] * ws[1][None, :, None] * ws[2][None, None, :]
+            w = weight((sz, sy, sx))
             sl = (slice(sz, sz + tile[0]), slice(sy, sy + tile[1]), slice(sx, sx + tile[2]))
-            out[(slice(None), *sl)] += p * w
+            if p.flags.writeable and p.dtype == np.float32:
+                p *= w  # in place: the network's fresh output
+            else:
+                p = p * w
+            out[(slice(None), *sl)] += p
             wsum[sl] += w
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
-    out /= np.maximum(wsum, 1e-12)
+    np.maximum(wsum, 1e-12, out=wsum)
+    out /= wsum
     return out[:, :z, :yy, :xx]
 
 

@@ -29,6 +29,10 @@ def _resolve_auto(cfg_trainer: dict, channels_last) -> tuple[dict, bool]:
     if tr.get("precision", "auto") in ("auto", None):
         # bf16 autocast: 2.1x (2.5D) to 3.6x (3D) faster training steps on this AMX CPU (docs/bench_unet.md)
         tr["precision"] = "bf16-mixed" if (torch.cuda.is_bf16_supported() if gpu else cpu_bf16()) else "32-true"
+    if tr.get("sync_batchnorm") and not gpu:
+        # torch's SyncBatchNorm runs on GPUs only; CPU DDP (gloo) keeps per-process batch statistics
+        log.info("trainer.sync_batchnorm=true needs GPUs; turned off for CPU training")
+        tr["sync_batchnorm"] = False
     if channels_last in ("auto", None):
         channels_last = True  # faster with bf16 on the CPU and on GPUs (docs/bench_unet.md)
     return tr, bool(channels_last)
@@ -53,7 +57,7 @@ def _check_out_dir(out_dir: Path, overwrite: bool, resume: str | None, clean: bo
         return
     if existing and overwrite and not resume:
         for p in existing:
-            p.unlink()
+            p.unlink(missing_ok=True)  # every DDP process runs this; under torchrun they start together
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -120,6 +124,8 @@ def fit(cfg, ds) -> dict:
         "train": {"dataset": str(ds.root), "dataset_name": ds.name, "patch": patch, "seed": int(cfg.seed),
                   "val_source": dm.val_source, "class_counts": dm.class_counts.astype(int).tolist()},
         "seglearn_version": seglearn.__version__,
+        # steps re-applied (re-fitted) by predict; None when the data was used as it is
+        "preprocess": ds.extra.get("preprocess"),
     }
     loss = _plain(m.get("loss")) or {}
     max_steps = int(trainer_cfg.get("max_steps", -1))
@@ -178,6 +184,7 @@ def train(cfg) -> dict:
     """Entry point of ``train.py`` for ``model.kind=unet``: load ``cfg.data.root`` and :func:`fit`."""
     from seglearn.cli import setup_logging
     from seglearn.data import load_dataset
+    from seglearn.preprocess.stage import preprocess_loaded, stage_config
 
     setup_logging()
     root = cfg.data.get("root")
@@ -186,4 +193,7 @@ def train(cfg) -> dict:
     resume = cfg.get("ckpt_path")
     _check_out_dir(Path(str(cfg.out_dir)), bool(cfg.get("overwrite", False)), resume, clean=False)
     ds = load_dataset(root, labels=("train", "test"), require=("train",))
+    steps, frame = stage_config(cfg)
+    if steps:
+        ds, _ = preprocess_loaded(ds, steps, labels_frame=frame)
     return fit(cfg, ds)
