@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["baselines", "unet", "pretrain", "instances", "characterise", "preprocess", "tofsims", "ct",
+ORDER = ["baselines", "unet", "pretrain", "instances", "stardist_tf", "characterise", "preprocess", "tofsims", "ct",
          "perf", "flops", "predict_memory"]
 
 

@@ -1,7 +1,9 @@
 """Random forest (scikit-learn) on ilastik-style or tailored z-evolution features (seed 002, 3.4-3.6).
 
 Trained on the labelled voxels only (features of the labelled slices); predicted z-chunk by
-z-chunk so memory stays bounded.
+z-chunk so memory stays bounded. ``engine`` picks how the fitted forest predicts: ``sklearn``
+(``clf.predict``), ``compiled`` (the same trees in a numba kernel, same labels, see
+:mod:`seglearn.baselines.forest_engine`) or ``auto`` (compiled where numba is installed).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 import numpy as np
 
 from seglearn.baselines.common import need_labels
+from seglearn.baselines.forest_engine import check_engine, make_predictor
 from seglearn.features.stack import FeatureStack, predict_volume, training_samples
 
 log = logging.getLogger("seglearn")
@@ -19,7 +22,8 @@ log = logging.getLogger("seglearn")
 
 def fit(channels, detectors, train_labels=None, *, features: dict, n_estimators: int = 100, max_depth=None,
         min_samples_leaf: int = 1, max_features="sqrt", class_weight=None, n_jobs: int = -1, seed: int = 0,
-        max_samples: int | None = None, max_chunk_mb: float = 1024.0, voxel_size_nm=None) -> dict:
+        max_samples: int | None = None, max_chunk_mb: float = 1024.0, voxel_size_nm=None,
+        engine: str = "auto") -> dict:
     """Fit a random forest on the features of the labelled voxels.
 
     Parameters
@@ -28,10 +32,13 @@ def fit(channels, detectors, train_labels=None, *, features: dict, n_estimators:
         Feature spec (see :mod:`seglearn.features.stack`).
     voxel_size_nm : (z, y, x), optional
         Sets the z-sigma of 3D features.
+    engine : {"auto", "sklearn", "compiled"}
+        How :func:`predict` evaluates the forest (same labels either way).
     """
     from sklearn.ensemble import RandomForestClassifier
 
     lab = need_labels(train_labels, "random forest")
+    check_engine(engine)  # an unknown engine fails before the work
     stack = FeatureStack(channels, detectors, features, voxel_size_nm)
     t0 = time.perf_counter()
     x, y = training_samples(stack, lab, max_chunk_mb=max_chunk_mb, max_samples=max_samples, seed=seed)
@@ -44,12 +51,13 @@ def fit(channels, detectors, train_labels=None, *, features: dict, n_estimators:
              time.perf_counter() - t1)
     imp = sorted(zip(stack.names, clf.feature_importances_.tolist()), key=lambda t: -t[1])
     return {"clf": clf, "features": features, "voxel_size_nm": voxel_size_nm, "max_chunk_mb": float(max_chunk_mb),
-            "n_jobs": n_jobs, "importances": imp[:20], "n_features": x.shape[1]}
+            "n_jobs": n_jobs, "engine": engine, "importances": imp[:20], "n_features": x.shape[1]}
 
 
 def predict(model, channels, detectors, slices=None) -> np.ndarray:
     """Labels ``(Z, Y, X)``; with ``slices`` only those slices are predicted (others stay 0)."""
     stack = FeatureStack(channels, detectors, model["features"], model["voxel_size_nm"])
     clf = model["clf"]
-    return predict_volume(stack, lambda x: clf.predict(x).astype(np.uint8), max_chunk_mb=model["max_chunk_mb"],
+    pred = make_predictor(clf, model.get("engine", "auto"), n_jobs=model.get("n_jobs", -1))
+    return predict_volume(stack, lambda x: np.asarray(pred(x)).astype(np.uint8), max_chunk_mb=model["max_chunk_mb"],
                           slices=slices)

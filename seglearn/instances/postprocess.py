@@ -38,7 +38,8 @@ def instances_2d(prob: np.ndarray, dist: np.ndarray, shape: Sequence[int], *, gr
     from stardist import non_maximum_suppression, polygons_to_label
 
     prob = np.ascontiguousarray(prob, dtype=np.float32)
-    d = np.ascontiguousarray(np.moveaxis(np.asarray(dist, np.float32), 0, -1))
+    # distances below 1e-3 clipped as in stardist's predict (degenerate polygons upset the NMS)
+    d = np.maximum(np.moveaxis(np.asarray(dist, np.float32), 0, -1), np.float32(1e-3))
     if not np.any(prob > prob_thresh):
         return np.zeros(tuple(shape), np.int32)
     points, scores, d = non_maximum_suppression(d, prob, grid=tuple(grid), b=border, nms_thresh=nms_thresh,
