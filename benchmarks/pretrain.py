@@ -135,7 +135,7 @@ def run_finetune(case: dict, out: Path, base: Path, kind: str) -> dict:
     if kind == "zeroshot":
         settings = {"max_steps": 0, "synth_fraction": 0}
     elif kind == "naive":
-        settings = {"max_steps": STEPS, "max_minutes": 4.0, "synth_fraction": 0, "lr": 3e-3, "keep_best": False,
+        settings = {"max_steps": STEPS, "max_minutes": 4.0, "synth_fraction": 0, "lr": 3e-3, "keep_best": False, "distill": 0.0,
                     "patience": 0}
     t0 = time.perf_counter()
     d = out / f"{kind}_{case['name']}"

@@ -34,7 +34,7 @@ log = logging.getLogger("seglearn")
 #: stardist's thresholds when a model folder has no ``thresholds.json`` (``StarDist2D.thresholds``)
 DEFAULT_THRESHOLDS = {"prob": 0.5, "nms": 0.4}
 #: prediction defaults written into an imported checkpoint (those of ``configs/model/stardist.yaml``)
-PREDICT_DEFAULTS = {"method": "auto", "bf16": "auto", "tile": [256, 256], "context": 64, "batch_size": 8,
+PREDICT_DEFAULTS = {"method": "auto", "bf16": "auto", "tile": [1024, 1024], "context": 64, "batch_size": 8,
                     "threads": 1}
 
 

@@ -45,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "max_steps": 300, "max_minutes": 8.0, "lr": 3e-4, "weight_decay": 1e-4, "batch_size": 8,
     "synth_fraction": 0.5, "synth_weight": 1.0, "freeze_encoder": False, "val_every": 25, "patience": 6,
     "patch": 80, "detector": None, "val_fraction": 0.25, "val_tile": 32, "seed": 0, "threads": 0, "bf16": True,
-    "phantom_shape": [20, 80, 80], "cache": 4, "reuse": 64, "keep_best": True, "match": 0.0,
+    "phantom_shape": [20, 80, 80], "cache": 4, "reuse": 64, "keep_best": True, "match": 0.0, "distill": 1.0,
     "match_geometry": False, "ranges": None,
 }
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "finetune.yaml"
@@ -410,6 +410,7 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
         return float(score(pred, val_labels[val_z], k_user)["awe"])
 
     budget = float(s["max_minutes"]) * 60.0
+    distill = float(s["distill"]) if same_head else 0.0
     max_steps, every, patience = int(s["max_steps"]), int(s["val_every"]), int(s["patience"])
     zero_shot = validate()
     best, best_step, best_state, bad = zero_shot, 0, copy.deepcopy(net.state_dict()), 0
@@ -428,6 +429,15 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = net(xb)
         loss = torch.nn.functional.cross_entropy(logits[:n_user].float(), yu, ignore_index=-1)
+        if distill > 0:
+            # learning without forgetting: on the user's unlabelled voxels stay close to the base model
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                teacher = base_net(xb[:n_user])
+            log_t = torch.log_softmax(teacher.float(), 1)
+            log_s = torch.log_softmax(logits[:n_user].float(), 1)
+            kl = (log_t.exp() * (log_t - log_s)).sum(1)  # (n_user, Z', Y, X)
+            free = (yu < 0).float()
+            loss = loss + distill * (kl * free).sum() / free.sum().clamp_min(1.0)
         if sb:
             ys = torch.from_numpy(np.stack([b[1] for b in sb])) - 1
             if aux is None:
