@@ -17,6 +17,12 @@ from seglearn.errors import InputError
 from seglearn.preprocess.steps import Step, per_slice, register_step, restore_dtype
 
 
+
+def _reflect_pad(x: np.ndarray, pad: float) -> tuple[np.ndarray, int, int]:
+    """``x (Y, X)`` reflect-padded by ``pad`` of each side; returns ``(padded, py, px)``."""
+    py, px = int(x.shape[0] * pad), int(x.shape[1] * pad)
+    return np.pad(x, ((py, py), (px, px)), mode="reflect"), py, px
+
 def fft_destripe(image: np.ndarray, *, band: float = 1.0, keep: float = 1.0, pad: float = 0.125) -> np.ndarray:
     """Remove vertical stripes with a notch on the ``k_y = 0`` axis of the 2D spectrum.
 
@@ -37,10 +43,8 @@ def fft_destripe(image: np.ndarray, *, band: float = 1.0, keep: float = 1.0, pad
     (Y, X) ndarray, same dtype.
     """
     image = np.asarray(image)
-    x = image.astype(np.float32)
-    ny, nx = x.shape
-    py, px = int(ny * pad), int(nx * pad)
-    xp = np.pad(x, ((py, py), (px, px)), mode="reflect")
+    ny, nx = image.shape
+    xp, py, px = _reflect_pad(image.astype(np.float32), pad)
     f = np.fft.rfft2(xp)
     ky = np.fft.fftfreq(xp.shape[0]) * ny  # cycles per original image height
     kx = np.fft.rfftfreq(xp.shape[1]) * nx  # cycles per original image width
@@ -80,10 +84,8 @@ def wavelet_fft_destripe(image: np.ndarray, *, wavelet: str = "sym8", level: int
     import pywt
 
     image = np.asarray(image)
-    x = image.astype(np.float64)
-    ny, nx = x.shape
-    py, px = int(ny * pad), int(nx * pad)
-    xp = np.pad(x, ((py, py), (px, px)), mode="reflect")
+    ny, nx = image.shape
+    xp, py, px = _reflect_pad(image.astype(np.float64), pad)
     w = pywt.Wavelet(wavelet)
     level = max(1, min(int(level), pywt.dwt_max_level(min(xp.shape), w.dec_len)))
     coeffs = pywt.wavedec2(xp, w, level=level)
