@@ -37,7 +37,7 @@ def _f1(true, pred, t="0.5"):
 
 
 def _bf16(net, params) -> bool:
-    from seglearn.instances.precision import resolve_bf16
+    from seglearn.precision import resolve_bf16
 
     return resolve_bf16(params.get("bf16", "auto"), next(net.parameters()).device)
 

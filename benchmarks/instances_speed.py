@@ -17,7 +17,7 @@ def step_time(*, bf16: bool, channels_last: bool, batch: int, patch: int, steps:
 
     from seglearn.instances.loss import stardist_loss
     from seglearn.instances.model import StarDistNet
-    from seglearn.instances.precision import autocast, to_channels_last
+    from seglearn.precision import autocast, to_channels_last
 
     torch.manual_seed(0)
     net = StarDistNet(2, n_rays=32, grid=(2, 2), depth=3, base_filters=32, head_filters=64).to(device)

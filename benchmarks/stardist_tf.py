@@ -154,7 +154,7 @@ def main(argv=None) -> dict | None:
         for k, fn in runs.items():
             times[k].append(median_time(fn, 1))
     med = {k: float(np.median(v)) for k, v in times.items()}
-    from seglearn.instances.precision import resolve_bf16
+    from seglearn.precision import resolve_bf16
 
     res = {
         "size": a.size, "repeats": a.repeats, "threads": a.threads,

@@ -11,16 +11,11 @@ from seglearn.instances.metrics import instance_scores, instance_scores_2d
 from seglearn.instances.postprocess import instances_2d, optimize_thresholds
 from seglearn.instances.targets import slice_targets, unview_stack, view_stack
 from seglearn.instances.watershed import distance_watershed
+from disks import disks
 
 
 def _disks(shape=(64, 64), spec=((16, 16, 10), (40, 40, 12), (18, 44, 8))):
-    from skimage.draw import disk
-
-    lbl = np.zeros(shape, np.int32)
-    for k, (cy, cx, r) in enumerate(spec, 1):
-        rr, cc = disk((cy, cx), r, shape=shape)
-        lbl[rr, cc] = k
-    return lbl
+    return disks(shape, spec)
 
 
 def _spheres(shape, centres, radii):

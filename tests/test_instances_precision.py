@@ -8,21 +8,16 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from seglearn.instances.model import StarDistNet  # noqa: E402
-from seglearn.instances.precision import autocast, bf16_supported, resolve_bf16, to_channels_last  # noqa: E402
+from seglearn.precision import autocast, bf16_supported, resolve_bf16, to_channels_last  # noqa: E402
 from seglearn.instances.targets import slice_targets  # noqa: E402
 from seglearn.instances.train import PatchSampler, ray_permutation  # noqa: E402
+from disks import disks  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def _disks(shape=(64, 64), spec=((16, 20, 9), (40, 42, 12), (20, 47, 7))):
-    from skimage.draw import disk
-
-    lbl = np.zeros(shape, np.int32)
-    for k, (cy, cx, r) in enumerate(spec, 1):
-        rr, cc = disk((cy, cx), r, shape=shape)
-        lbl[rr, cc] = k
-    return lbl
+    return disks(shape, spec)
 
 
 def _net(seed=0):

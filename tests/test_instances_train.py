@@ -46,7 +46,7 @@ def test_train_writes_checkpoint(trained):
     assert len(meta["normalisation"]["lo"]) == 2 and all(h > l for l, h in zip(meta["normalisation"]["lo"], meta["normalisation"]["hi"]))
     assert meta["thresholds"]["prob"] in (0.5, 0.7) and meta["thresholds"]["nms"] == 0.4
     assert meta["views"] == ["xy", "xz", "yz"] and meta["predict"]["context"] == 16
-    from seglearn.instances.precision import bf16_supported
+    from seglearn.precision import bf16_supported
 
     assert meta["train"]["steps"] == 2 and meta["train"]["bf16"] == bf16_supported("cpu")  # bf16: auto
     assert set(metrics["val_scores"]) == {"0.5", "0.6", "0.7", "0.8", "0.9"}

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from seglearn.instances.loss import stardist_loss
-from seglearn.instances.precision import autocast, resolve_bf16, to_channels_last
+from seglearn.precision import autocast, resolve_bf16, to_channels_last
 
 log = logging.getLogger("seglearn")
 
@@ -52,7 +52,7 @@ class StarDistModule(L.LightningModule):
         Whole validation slices.
     bf16 : bool or "auto"
         Run the network under bfloat16 autocast (``auto``: where the device supports it natively,
-        :mod:`seglearn.instances.precision`); the loss is always computed in float32.
+        :mod:`seglearn.precision`); the loss is always computed in float32.
     channels_last : bool
         Keep weights and inputs in channels-last memory format (faster convolutions with bf16).
     """

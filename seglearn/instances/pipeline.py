@@ -77,7 +77,7 @@ def segment_particles(net, images: np.ndarray, *, method: str = "auto", prob_thr
     """
     from seglearn.instances.fusion import fuse_views
     from seglearn.instances.linking import link_slices
-    from seglearn.instances.precision import resolve_bf16
+    from seglearn.precision import resolve_bf16
     from seglearn.instances.volume import predict_view
 
     params = dict(params or {})

@@ -32,7 +32,7 @@ def predict_tiles(net, images: np.ndarray, *, tile: Sequence[int] = (256, 256), 
     context : int
         Pixels of context on each side of a block (rounded up to the divisor).
     bf16 : bool
-        Run the network under bfloat16 autocast, channels-last (:mod:`seglearn.instances.precision`);
+        Run the network under bfloat16 autocast, channels-last (:mod:`seglearn.precision`);
         the results are float32 either way.
 
     Returns
@@ -43,7 +43,7 @@ def predict_tiles(net, images: np.ndarray, *, tile: Sequence[int] = (256, 256), 
     """
     import torch
 
-    from seglearn.instances.precision import autocast, to_channels_last
+    from seglearn.precision import autocast, to_channels_last
 
     images = np.asarray(images, dtype=np.float32)
     n, c, h, w = images.shape

@@ -205,7 +205,7 @@ def train(cfg) -> dict:
     from seglearn.instances.metrics import instance_scores_2d
     from seglearn.instances.model import NET_DEFAULTS, build_model
     from seglearn.instances.postprocess import instances_2d, optimize_thresholds
-    from seglearn.instances.precision import resolve_bf16
+    from seglearn.precision import resolve_bf16
     from seglearn.instances.tiling import predict_tiles
 
     t0 = time.perf_counter()

@@ -95,7 +95,7 @@ class Segmenter:
     def __init__(self, net, meta: Mapping, *, device: str = "auto", bf16: bool | str | None = None):
         import torch
 
-        from seglearn.instances.precision import resolve_bf16
+        from seglearn.precision import resolve_bf16
         from seglearn.segment.net import inference_copy
 
         self.meta = dict(meta)

@@ -28,7 +28,9 @@ def _resolve_auto(cfg_trainer: dict, channels_last) -> tuple[dict, bool]:
     gpu = torch.cuda.is_available() and tr.get("accelerator", "auto") in ("auto", "gpu", "cuda")
     if tr.get("precision", "auto") in ("auto", None):
         # bf16 autocast: 2.1x (2.5D) to 3.6x (3D) faster training steps on this AMX CPU (docs/bench_unet.md)
-        tr["precision"] = "bf16-mixed" if (torch.cuda.is_bf16_supported() if gpu else cpu_bf16()) else "32-true"
+        from seglearn.precision import bf16_supported
+
+        tr["precision"] = "bf16-mixed" if bf16_supported("cuda" if gpu else "cpu") else "32-true"
     if tr.get("sync_batchnorm") and not gpu:
         # torch's SyncBatchNorm runs on GPUs only; CPU DDP (gloo) keeps per-process batch statistics
         log.info("trainer.sync_batchnorm=true needs GPUs; turned off for CPU training")
@@ -36,16 +38,6 @@ def _resolve_auto(cfg_trainer: dict, channels_last) -> tuple[dict, bool]:
     if channels_last in ("auto", None):
         channels_last = True  # faster with bf16 on the CPU and on GPUs (docs/bench_unet.md)
     return tr, bool(channels_last)
-
-
-def cpu_bf16() -> bool:
-    """True when the CPU has native bfloat16 (AVX512-BF16 / AMX), where bf16 autocast is faster."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool, resume: str | None, clean: bool = True) -> None:

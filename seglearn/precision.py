@@ -1,4 +1,4 @@
-"""bfloat16 autocast and channels-last layout for the particle network, on any device.
+"""bfloat16 autocast and channels-last layout for seglearn's networks (U-Net, particle model), on any device.
 
 On a CPU with AMX / AVX512-BF16 (oneDNN reports bf16 support) or a CUDA GPU with bf16, the
 convolutions run in bfloat16 under :func:`torch.autocast` and the activations are kept
