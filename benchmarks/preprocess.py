@@ -1,6 +1,7 @@
 """Benchmarks of the preprocessing stage (results go to docs/bench_preprocess.md).
 
     python benchmarks/preprocess.py drift    [--z 96 --size 256 --drift 0 0.3 0.7 --voxel-z 30]   residual vs drift.csv
+             [--fiducial 24 --band-inset 8 --variants 'chain, refined' 'fiducial band roi' ...]  with a fiducial band
     python benchmarks/preprocess.py drift-awe                                       threshold awe raw vs registered
     python benchmarks/preprocess.py curtain  [--z 96 --size 256 --curtain 0.25 --seed 11 --pipelines none wavelet ...]
                                              awe before/after destriping (threshold baselines + random forest)
@@ -38,7 +39,20 @@ REGISTER_VARIANTS = {
     "chain, refined": {},
     "chain, refined x2": {"refine": 2},
     "lags 1,2,4,8 LSQ": {"lags": [1, 2, 4, 8]},
+    # on phantoms with --fiducial H: the shifts estimated on the cap band only (see band_roi)
+    "fiducial band roi": {"roi": "band"},
+    "fiducial band roi, inset": {"roi": "inset"},
+    "fiducial band roi, inset, lags 1,2,4,8": {"roi": "inset", "lags": [1, 2, 4, 8]},
 }
+
+
+def band_roi(spec: str, height: int, width: int, inset: int) -> list[int]:
+    """``roi`` of a REGISTER_VARIANTS entry: ``band`` = the whole fiducial band ``[0, H, 0, X]``;
+    ``inset`` = the band less its ``inset`` bottom rows ``[0, H - inset, 0, X]`` (the drift lifts
+    the sample into the bottom rows of the band in some slices)."""
+    if not height:
+        raise SystemExit("the fiducial variants need --fiducial H (rows of the band)")
+    return [0, height - (inset if spec == "inset" else 0), 0, width]
 
 
 def bench_drift(args) -> list[dict]:
@@ -48,9 +62,10 @@ def bench_drift(args) -> list[dict]:
     rows = []
     vz = args.voxel_z
     for drift in args.drift:
-        name = f"drift{drift}_z{args.z}" + (f"_vz{vz:g}" if vz != 30 else "")
+        name = f"drift{drift}_z{args.z}" + (f"_vz{vz:g}" if vz != 30 else "") + (
+            f"_fid{args.fiducial}" if args.fiducial else "")
         root = phantom(args.work, name, seed=args.seed, shape=[args.z, args.size, args.size], drift_px=drift,
-                       voxel_size_nm=[vz, 15.0, 15.0])
+                       voxel_size_nm=[vz, 15.0, 15.0], **({"fiducial": args.fiducial} if args.fiducial else {}))
         ds = load_dataset(root)
         true = read_shifts_csv(root / "drift.csv") if drift > 0 else np.zeros((ds.shape[0], 2))
         if args.linear:  # add a steady drift of args.linear px per slice along x (moved like the phantom does)
@@ -63,15 +78,19 @@ def bench_drift(args) -> list[dict]:
                                             for z in range(len(ch))]) for ch in ds.images])
             true = true + lin
         for variant in args.variants:
+            params = dict(REGISTER_VARIANTS[variant])
+            if isinstance(params.get("roi"), str):
+                params["roi"] = band_roi(params["roi"], args.fiducial, ds.shape[-1], args.band_inset)
             for det in ds.detectors:
                 pipe = Pipeline.from_config([{"step": "register", "method": args.methods[0], "channel": det,
-                                              "tvl1_downsample": 1, **REGISTER_VARIANTS[variant]}])
+                                              "tvl1_downsample": 1, **params}])
                 t0 = time.perf_counter()
                 pipe.fit(ds.images, detectors=ds.detectors, progress=False)
                 dt = time.perf_counter() - t0
                 res = residual_rms(pipe.steps[0].shifts, true)
                 raw = residual_rms(np.zeros_like(true), true)
-                rows.append({"drift_px": drift, "linear_px": args.linear, "voxel_z_nm": vz, "variant": variant, "detector": det,
+                rows.append({"drift_px": drift, "linear_px": args.linear, "voxel_z_nm": vz, "fiducial": args.fiducial,
+                             "variant": variant, "roi": params.get("roi"), "detector": det,
                              "seconds": round(dt, 1), "raw_rms": round(raw["absolute_rms"], 3),
                              "raw_pairwise": round(raw["pairwise_rms"], 3),
                              **{k: round(v, 3) for k, v in res.items()}})
@@ -139,6 +158,8 @@ def _scores(ds, images, train, test, *, rf: bool = True) -> dict:
 CURTAIN_PIPELINES = {
     "wavelet": [{"step": "destripe", "method": "wavelet"}],
     "fft": [{"step": "destripe", "method": "fft"}],
+    "wavelet_joint": [{"step": "destripe", "method": "wavelet", "joint": True}],
+    "fft_joint": [{"step": "destripe", "method": "fft", "joint": True}],
     "open_median": [{"step": "destripe", "method": "open_median"}],
     "fft+clahe": [{"step": "destripe", "method": "fft"}, {"step": "clahe"}],
 }
@@ -152,7 +173,10 @@ def curtain_pipeline(name: str) -> list[dict]:
     step = {"step": "destripe", "method": method}
     for kv in filter(None, opts.split(",")):
         k, v = kv.split("=")
-        step[k] = v if k == "wavelet" else float(v) if "." in v else int(v)
+        if v in ("true", "false"):
+            step[k] = v == "true"
+        else:
+            step[k] = v if k in ("wavelet", "estimator") else float(v) if "." in v else int(v)
     return [step]
 
 
@@ -249,9 +273,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--drift", type=float, nargs="+", default=[0.3, 0.7])
     ap.add_argument("--methods", nargs="+", default=["phase"])
-    ap.add_argument("--variants", nargs="+", default=list(REGISTER_VARIANTS), choices=list(REGISTER_VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=[v for v in REGISTER_VARIANTS if "fiducial" not in v],
+                    choices=list(REGISTER_VARIANTS))
     ap.add_argument("--linear", type=float, default=0.0, help="add a steady x drift of this many px per slice")
     ap.add_argument("--voxel-z", type=float, default=30.0, help="slice thickness of the drift phantoms (nm; xy 15)")
+    ap.add_argument("--fiducial", type=int, default=0,
+                    help="drift phantoms with a fiducial band of this many rows at the top (phantom option fiducial)")
+    ap.add_argument("--band-inset", type=int, default=8,
+                    help="bottom rows of the band left out by the variant 'fiducial band roi, inset'")
     ap.add_argument("--curtain", type=float, default=0.25)
     ap.add_argument("--pipelines", nargs="+", default=["none", *CURTAIN_PIPELINES],
                     help="names of CURTAIN_PIPELINES, 'none', or METHOD:key=value,... (e.g. wavelet:level=5,sigma=1)")

@@ -39,12 +39,12 @@ def train(cfg) -> dict:
 
     check_targets(cfg)
     kind = str(cfg.model.get("kind", "unet"))
-    if kind != "unet" or cfg.get("init"):
+    if kind != "unet":
         from seglearn.preprocess.stage import stage_config
 
         if stage_config(cfg)[0]:
-            raise InputError(f"preprocess: the preprocessing stage is wired into U-Net training from scratch only "
-                             f"(model.kind={kind}, init={cfg.get('init')}); preprocess the dataset first with "
+            raise InputError(f"preprocess: the preprocessing stage is wired into U-Net training and fine-tuning "
+                             f"(model.kind=unet), not model.kind={kind}; preprocess the dataset first with "
                              f"python preprocess.py input=DATASET output=NEW_DATASET")
     if cfg.get("init") and kind == "unet":
         return _resolve({"finetune": FINETUNE}, "finetune", "fine-tuning")(cfg)

@@ -87,6 +87,45 @@ def test_register_phantom_drift_against_drift_csv_values():
     assert res["absolute_rms"] < raw["absolute_rms"]
 
 
+def test_register_on_fiducial_roi_recovers_phantom_drift():
+    from seglearn.synth import make_phantom
+
+    # a 32-row Pt cap with a milled mark; the drift moves the band by -4.2..+3.4 px in y, so rows
+    # 6..26 show the cap in every slice (the region a user would pick around the mark)
+    ph = make_phantom({"shape": [24, 96, 96], "seed": 4, "voxel_size_nm": [40.0, 20.0, 20.0],
+                       "particle_radius_nm": 260.0, "drift_px": 0.7, "fiducial": 32, "n_train_slices": 3})
+    true = np.asarray(ph.info["drift_px"])
+    raw = residual_rms(np.zeros_like(true), true)
+    pipe = Pipeline.from_config([{"step": "register", "channel": "InLens", "roi": [6, 26, 0, 96]}])
+    out = pipe.apply(ph.channels(), detectors=list(ph.config.detectors))
+    res = residual_rms(pipe.steps[0].shifts, true)
+    assert res["absolute_rms"] < 0.5 < 2.0 < raw["absolute_rms"]
+    assert res["pairwise_rms"] < 0.2 < raw["pairwise_rms"]
+    # the shifts move the whole slice: registered, the band is still, the raw band jitters
+    y0, y1, x0, x1 = pipe.steps[0].box
+    band = out[1][:, 6 - y0: 26 - y0].astype(np.float32)
+    raw_band = ph.channels()[1][:, 6:26, x0:x1].astype(np.float32)
+    assert np.abs(np.diff(band, axis=0)).mean() < 0.8 * np.abs(np.diff(raw_band, axis=0)).mean()
+    assert pipe.to_config()[0]["roi"] == [6, 26, 0, 96]
+
+
+@pytest.mark.parametrize("roi, msg", [("top", "4 ints"), ([0, 20, 0], "4 ints"), ([0, 20.5, 0, 32], "4 ints"),
+                                      ([0, 8, 0, 32], ">= 16"), ([20, 4, 0, 32], ">= 16"), ([-2, 20, 0, 32], "0 <= y0"),
+                                      ([0, 20, 0, 64], "does not fit in slices of 32 x 32")])
+def test_register_bad_roi_raises_input_error(roi, msg):
+    img, _ = drifted_stack(nz=3, size=32)
+    with pytest.raises(InputError, match=msg):
+        Pipeline.from_config([{"step": "register", "roi": roi}]).fit(img, progress=False)
+
+
+def test_pair_shift_on_roi_ignores_the_rest():
+    a = texture((64, 64), 5, 1.0).astype(np.float32)
+    b = ndi.shift(a, (1.25, -0.75), order=3, mode="nearest")
+    b[32:] = texture((32, 64), 6, 1.0)  # the lower half changes completely
+    s = pair_shift(a, b, roi=(4, 28, 4, 60), upsample=20)
+    np.testing.assert_allclose(s, (-1.25, 0.75), atol=0.1)
+
+
 def test_tvl1_mode_matches_translation():
     a = texture((64, 64), 3, 1.0).astype(np.float32)
     b = ndi.shift(a, (1.5, -2.0), order=3, mode="nearest")

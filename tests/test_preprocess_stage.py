@@ -128,6 +128,26 @@ def test_train_stores_preprocess_and_predict_reapplies_it(tiny_dataset, tmp_path
     assert (out / "registration_shifts.csv").exists() and not list(out.glob(".preprocess.tmp-*"))
 
 
+@pytest.mark.slow
+def test_finetune_stores_preprocess_and_predict_reapplies_it(tiny_dataset, tmp_path):
+    from seglearn.ckpt import load_checkpoint
+    from seglearn.runner import predict, train
+
+    steps = json.dumps(STEPS).replace('"', "")
+    cfg = _compose("train", [f"data.root={tiny_dataset}", f"out_dir={tmp_path / 'ft'}", f"init={ROOT / 'checkpoints' / 'fibsem_base.ckpt'}",
+                             "+finetune.max_steps=2", "+finetune.val_every=1", "+finetune.synth_fraction=0",
+                             "+finetune.patch=32", "+finetune.batch_size=2", "+finetune.threads=1", f"preprocess.steps={steps}"])
+    train(cfg)
+    meta = load_checkpoint(tmp_path / "ft" / "best.ckpt")["meta"]
+    assert [s["step"] for s in meta["preprocess"]["steps"]] == ["register", "crop"]
+    assert meta["finetune"]["init"].endswith("fibsem_base.ckpt")
+    out = tmp_path / "pred"
+    summary = predict(_compose("predict", [f"ckpt={tmp_path / 'ft' / 'best.ckpt'}", f"input={tiny_dataset}",
+                                           f"output={out}", "device=cpu", "preview=false"]))
+    assert summary["shape"] == summary["preprocess"]["shape"] == [22, 54, 58]
+    assert (out / "registration_shifts.csv").exists()
+
+
 def test_train_refuses_preprocess_for_other_model_kinds(tiny_dataset, tmp_path):
     from seglearn.runner import train
 
@@ -149,3 +169,37 @@ def test_benchmark_applies_the_stage_before_the_methods(tiny_dataset, tmp_path):
     res = run_benchmark(cfg)
     assert res["shape"] == [22, 54, 58] and res["preprocess"]["steps"][0]["step"] == "crop"
     assert "error" not in res["methods"][0] and "preprocessing: ['crop']" in (tmp_path / "results.md").read_text()
+
+
+def _two_detector_slice(rng):
+    """Two detectors of one slice: own contrasts of one structure, shared stripes (amplitudes 1 and 0.6)."""
+    yy, xx = np.mgrid[:128, :128]
+    blobs = sum(np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 150.0) for cy, cx in rng.uniform(10, 118, (12, 2)))
+    clean = np.stack([90 + 60 * blobs, 140 - 50 * blobs])
+    noise = np.convolve(rng.normal(0, 1, 160), np.ones(2) / 2, "same")
+    stripes = (noise - np.convolve(noise, np.ones(9) / 9, "same"))[16:144]  # narrow curtains (< 8 px)
+    stripes = (18 * stripes / stripes.std())[None, :] * (1 - 0.4 * yy / 128)
+    return clean, clean + np.stack([1.0, 0.6])[:, None, None] * stripes[None]
+
+
+def test_joint_destripe_keeps_the_detector_difference(rng):
+    from seglearn.preprocess import Pipeline
+
+    clean, img = _two_detector_slice(rng)
+    joint = Pipeline.from_config([{"step": "destripe", "method": "wavelet", "joint": True}]).apply(img[:, None])[:, 0]
+    sep = Pipeline.from_config([{"step": "destripe", "method": "wavelet", "joint": False}]).apply(img[:, None])[:, 0]
+    for c in range(2):  # both remove most of each detector's stripes
+        before = np.sqrt(np.mean((img[c] - clean[c]) ** 2))
+        assert np.sqrt(np.mean((joint[c] - clean[c]) ** 2)) < 0.5 * before
+    # the difference image, whose stripes are (1 - 0.6) of one field, is damaged less by one shared estimate
+    diff = clean[0] - clean[1]
+    err_joint = np.sqrt(np.mean(((joint[0] - joint[1]) - diff) ** 2))
+    err_sep = np.sqrt(np.mean(((sep[0] - sep[1]) - diff) ** 2))
+    assert err_joint < err_sep
+    one = Pipeline.from_config([{"step": "destripe", "method": "wavelet", "joint": True}]).apply(img[:1, None])
+    np.testing.assert_array_equal(one, Pipeline.from_config([{"step": "destripe", "method": "wavelet", "joint": False}])
+                                  .apply(img[:1, None]))
+    # the line filter has no stripe estimate to share: per detector whatever joint says
+    u8 = np.clip(img, 0, 255).astype(np.uint8)[:, None]
+    np.testing.assert_array_equal(Pipeline.from_config([{"step": "destripe", "method": "open_median"}]).apply(u8),
+                                  Pipeline.from_config([{"step": "destripe", "method": "open_median", "joint": False}]).apply(u8))

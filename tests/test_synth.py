@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from seglearn.baselines.threshold_fit import apply_double_threshold, best_double_threshold
+from seglearn.errors import InputError
 from seglearn.metrics import score
 from seglearn.synth import make_phantom
 from seglearn.synth.forward import depth_behind
@@ -107,3 +108,29 @@ def test_deep_glow_brightens_deep_pores_only_when_asked():
     assert np.array_equal(glow.truth, plain.truth)
     assert np.all(diff[~deep] == 0)  # the rest of the phantom is drawn identically
     assert diff[deep].mean() > 5
+
+
+_SMALL = {"shape": [12, 48, 48], "seed": 7, "voxel_size_nm": [40.0, 20.0, 20.0], "particle_radius_nm": 260.0,
+          "n_train_slices": 3}
+
+
+def test_fiducial_band_is_unlabelled_z_invariant_and_leaves_the_rest_alone():
+    h = 16
+    plain = make_phantom(_SMALL)
+    ph = make_phantom({**_SMALL, "fiducial": h})
+    assert plain.config.fiducial == 0 and "fiducial_rows" not in plain.info
+    assert ph.channels().shape == plain.channels().shape  # the band overwrites rows, the shape stays
+    assert ph.info["fiducial_rows"] == [0, h]
+    for vol in (ph.truth, ph.instances, ph.train, ph.test):
+        assert not vol[:, :h].any()  # not sample: unlabelled, unscored, no scribbles
+    assert ph.truth[:, h:].min() >= 1 and ph.train[:, h:].any() and ph.test[:, h:].any()
+    # below the band everything is drawn as without it (own random stream for the band)
+    np.testing.assert_array_equal(ph.truth[:, h:], plain.truth[:, h:])
+    for det in ph.images:
+        np.testing.assert_array_equal(ph.images[det][:, h:], plain.images[det][:, h:])
+        band = ph.images[det][:, :h].astype(np.float32)
+        # the same mark in every slice (up to noise and gain), unlike the sample under it
+        assert np.corrcoef(band[0].ravel(), band[-1].ravel())[0, 1] > 0.6
+        assert band.mean() > plain.images[det][:, :h].mean()  # bright Pt cap
+    with pytest.raises(InputError, match="fiducial"):
+        make_phantom({**_SMALL, "fiducial": 40})  # leaves fewer than 16 rows of sample

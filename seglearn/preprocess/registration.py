@@ -26,16 +26,21 @@ from seglearn.preprocess.steps import Step, register_step, resolve_channel, rest
 log = logging.getLogger("seglearn")
 
 METHODS = ("phase", "tvl1")
+ROI_MIN = 16  # smallest side (px) of a registration roi
 
 
-def _inner(image: np.ndarray, margin: float) -> np.ndarray:
-    """The central part of a slice (a ``margin`` share of each side left out)."""
+def _inner(image: np.ndarray, margin: float, roi=None) -> np.ndarray:
+    """The rectangle ``roi = (y0, y1, x0, x1)`` of a slice, or its central part (a ``margin``
+    share of each side left out) when ``roi`` is None."""
+    if roi is not None:
+        y0, y1, x0, x1 = roi
+        return image[y0:y1, x0:x1]
     my, mx = int(image.shape[0] * margin), int(image.shape[1] * margin)
     return image[my: image.shape[0] - my or None, mx: image.shape[1] - mx or None]
 
 
 def pair_shift(reference: np.ndarray, moving: np.ndarray, *, method: str = "phase", upsample: int = 20,
-               margin: float = 0.1, tvl1_downsample: int = 1, refine: int = 1,
+               margin: float = 0.1, roi=None, tvl1_downsample: int = 1, refine: int = 1,
                return_error: bool = False) -> np.ndarray | tuple[np.ndarray, float]:
     """Translation that registers ``moving`` onto ``reference``.
 
@@ -50,6 +55,9 @@ def pair_shift(reference: np.ndarray, moving: np.ndarray, *, method: str = "phas
         dense flow reduced to its median (a rigid translation robust to local structure change).
     margin : float
         Share of each border left out of the estimate (edge effects, drifted-in borders).
+    roi : (4,) sequence of int or None
+        ``(y0, y1, x0, x1)``: estimate on this rectangle of both slices only (e.g. around a
+        fiducial mark that does not change with depth) instead of the ``margin`` crop.
     tvl1_downsample : int
         Block-average both slices by this factor before TV-L1 (it is slow on large slices).
     refine : int
@@ -68,13 +76,13 @@ def pair_shift(reference: np.ndarray, moving: np.ndarray, *, method: str = "phas
         ``(dy, dx)``: ``scipy.ndimage.shift(moving, shift)`` matches ``reference``.
     """
     moving = np.asarray(moving, dtype=np.float32)
-    shift, error = _pair_shift_once(reference, moving, method=method, upsample=upsample, margin=margin,
+    shift, error = _pair_shift_once(reference, moving, method=method, upsample=upsample, margin=margin, roi=roi,
                                     tvl1_downsample=tvl1_downsample)
     for _ in range(max(int(refine), 0)):
         if not np.any(shift):
             break
         moved = ndi.shift(moving, shift, order=3, mode="nearest")
-        delta, error = _pair_shift_once(reference, moved, method=method, upsample=upsample, margin=margin,
+        delta, error = _pair_shift_once(reference, moved, method=method, upsample=upsample, margin=margin, roi=roi,
                                         tvl1_downsample=tvl1_downsample)
         shift = shift + delta
         if np.abs(delta).max() < 0.5 / max(int(upsample), 1):
@@ -82,9 +90,9 @@ def pair_shift(reference: np.ndarray, moving: np.ndarray, *, method: str = "phas
     return (shift, error) if return_error else shift
 
 
-def _pair_shift_once(reference, moving, *, method, upsample, margin, tvl1_downsample) -> tuple[np.ndarray, float]:
-    a = _inner(np.asarray(reference, dtype=np.float32), margin)
-    b = _inner(np.asarray(moving, dtype=np.float32), margin)
+def _pair_shift_once(reference, moving, *, method, upsample, margin, roi, tvl1_downsample) -> tuple[np.ndarray, float]:
+    a = _inner(np.asarray(reference, dtype=np.float32), margin, roi)
+    b = _inner(np.asarray(moving, dtype=np.float32), margin, roi)
     if method == "phase":
         from skimage.registration import phase_cross_correlation
 
@@ -267,6 +275,14 @@ class Register(Step):
         Sub-pixel precision of phase correlation (1/upsample px).
     margin : float
         Share of each border left out of the estimate.
+    roi : None or [y0, y1, x0, x1]
+        Estimate the shifts on this rectangle of each slice only (``y0:y1, x0:x1``, at least
+        ``ROI_MIN`` px each way, in pixels of the slices this step receives: the raw slices when
+        it comes first in the pipeline) instead of the central part left by
+        ``margin``: a region around a fiducial mark milled into the protective cap above the
+        face, which does not change with depth (the microstructure does, and registration on it
+        accumulates the apparent motion of inclined interfaces; ``docs/bench_preprocess.md``).
+        The shifts still move the whole slice of every detector and the labels.
     anchor : "middle", "first" or int
         Slice that keeps its position (shift 0); the others are moved onto its frame.
     crop : bool
@@ -282,8 +298,9 @@ class Register(Step):
         ``[1, 2, 4]`` adds pairs 2 and 4 slices apart and solves all of them by weighted least
         squares (:func:`solve_positions`; weight ``(1 - phase-correlation error) / lag**2``),
         keeping the last ``max(lags)`` slices of one detector in memory. It only helps when the
-        structure changes little over the longest lag (thin slices; see
-        ``docs/bench_preprocess.md``: on the default 30 nm phantoms it does not).
+        structure changes little over the longest lag (thin slices, or a fiducial ``roi``; see
+        ``docs/bench_preprocess.md``: on the microstructure of the default 30 nm phantoms it
+        does not).
     tolerance : float
         Long-lag estimates further than ``tolerance * sqrt(lag)`` px from the consecutive chain
         are dropped.
@@ -300,6 +317,7 @@ class Register(Step):
     channel: Any = "auto"
     upsample: int = 20
     margin: float = 0.1
+    roi: Any = None
     anchor: Any = "middle"
     crop: bool = True
     order: int = 1
@@ -331,6 +349,24 @@ class Register(Step):
                              f"lags={list(self.lags)}, tolerance={self.tolerance}")
         if not (self.anchor in ("middle", "first") or isinstance(self.anchor, int)):
             raise InputError(f"register: anchor must be 'middle', 'first' or a slice index, got {self.anchor!r}")
+        if self.roi is not None:
+            self._check_roi(None)
+
+    def _check_roi(self, shape_yx: tuple[int, int] | None) -> None:
+        """Raise :class:`InputError` unless ``roi`` is ``[y0, y1, x0, x1]`` inside a ``shape_yx`` slice."""
+        roi = self.roi
+        ok = isinstance(roi, (list, tuple)) and len(roi) == 4 and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in roi)
+        if not ok:
+            raise InputError(f"register: roi must be null or [y0, y1, x0, x1] (4 ints, px of the raw slice), "
+                             f"got {roi!r}")
+        y0, y1, x0, x1 = (int(v) for v in roi)
+        if min(y0, x0) < 0 or y1 - y0 < ROI_MIN or x1 - x0 < ROI_MIN:
+            raise InputError(f"register: roi [y0, y1, x0, x1] needs 0 <= y0, 0 <= x0, y1 - y0 >= {ROI_MIN} and "
+                             f"x1 - x0 >= {ROI_MIN} px, got {list(roi)}")
+        if shape_yx is not None and (y1 > shape_yx[0] or x1 > shape_yx[1]):
+            raise InputError(f"register: roi {list(roi)} does not fit in slices of {shape_yx[0]} x {shape_yx[1]} px "
+                             f"(y1 <= {shape_yx[0]}, x1 <= {shape_yx[1]})")
 
     # fitting: one pass, keeping only the last max(lags) slices of the chosen channel
     def fit_start(self, shape, dtype, detectors) -> None:
@@ -339,6 +375,9 @@ class Register(Step):
             channel = "InLens" if detectors and "InLens" in detectors else 0
         self._c = resolve_channel(channel, detectors, shape[0])
         self._shape = tuple(shape)
+        if self.roi is not None:
+            self._check_roi(tuple(shape[2:]))
+        self._roi = None if self.roi is None else tuple(int(v) for v in self.roi)
         self._pairs: list[tuple[int, int, np.ndarray, float]] = []
         self._recent: dict[int, np.ndarray] = {}
 
@@ -351,7 +390,8 @@ class Register(Step):
                 ref = self._recent.get(z - lag)
                 if ref is None:
                     continue
-                s, err = pair_shift(ref, cur, method=self.method, upsample=int(self.upsample), margin=float(self.margin),
+                s, err = pair_shift(ref, cur, method=self.method, upsample=int(self.upsample),
+                                    margin=float(self.margin), roi=self._roi,
                                     tvl1_downsample=int(self.tvl1_downsample), refine=int(self.refine),
                                     return_error=True)
                 w = max(1.0 - err, 1e-3) / lag ** 2

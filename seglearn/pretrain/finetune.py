@@ -38,13 +38,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from seglearn.errors import InputError, OutputExistsError
+from seglearn.precision import resolve_bf16
 
 log = logging.getLogger("seglearn")
 
 DEFAULTS: dict[str, Any] = {
     "max_steps": 300, "max_minutes": 8.0, "lr": 3e-4, "weight_decay": 1e-4, "batch_size": 8,
     "synth_fraction": 0.5, "synth_weight": 1.0, "freeze_encoder": False, "val_every": 25, "patience": 6,
-    "patch": 80, "detector": None, "val_fraction": 0.25, "val_tile": 32, "seed": 0, "threads": 0, "bf16": True,
+    "patch": 80, "detector": None, "val_fraction": 0.25, "val_tile": 32, "seed": 0, "threads": 0, "bf16": "auto",
     "phantom_shape": [20, 80, 80], "cache": 4, "reuse": 64, "keep_best": True, "match": 0.0, "distill": 1.0,
     "match_geometry": False, "ranges": None,
 }
@@ -261,7 +262,7 @@ def _user_patch(x: np.ndarray, labels: np.ndarray, coords: np.ndarray, p: int, h
 def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], train: np.ndarray, out_dir: str | Path, *,
              classes: Sequence[str] | None = None, voxel_size_nm: Sequence[float] | None = None,
              test: np.ndarray | None = None, settings: Mapping | None = None, overwrite: bool = False,
-             name: str = "arrays") -> dict:
+             name: str = "arrays", preprocess: Mapping | None = None) -> dict:
     """Fine-tune a base model on sparse labels; writes ``out_dir/best.ckpt`` (``kind="unet"``).
 
     Parameters
@@ -281,6 +282,9 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
         Dense validation labels (a test slice); else scribbles are held out.
     settings : mapping, optional
         Keys of :data:`DEFAULTS`.
+    preprocess : mapping, optional
+        The checkpoint entry of the preprocessing already applied to ``images`` and the labels
+        (:func:`seglearn.preprocess.stage.preprocess_loaded`); ``predict.py`` re-applies it.
 
     Returns
     -------
@@ -398,7 +402,7 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
                                          match=target, p_match=float(s["match"])))
         patch = min(patch, *rnd.shape[1:])
     coords = np.argwhere(fit_labels > 0)
-    bf16 = bool(s["bf16"])
+    bf16 = resolve_bf16(s["bf16"], "cpu")  # auto: only where the CPU runs bf16 natively
 
     def validate() -> float:
         net.eval()
@@ -486,6 +490,7 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
                      "val": {"awe": round(best, 3)}, "global_step": step}
     meta["finetune"] = {"init": str(init), "settings": {k: v for k, v in s.items()}, **{k: v for k, v in result.items()
                                                                                           if k != "best_ckpt"}}
+    meta["preprocess"] = dict(preprocess) if preprocess else None
     out_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out_dir / "best.ckpt", kind="unet", state_dict=net.state_dict(), meta=meta, overwrite=True)
     (out_dir / "finetune_summary.json").write_text(json.dumps(result, indent=2))
@@ -501,6 +506,7 @@ def train(cfg) -> dict:
 
     from seglearn.cli import setup_logging
     from seglearn.data import load_dataset
+    from seglearn.preprocess.stage import preprocess_loaded, stage_config
 
     setup_logging()
     root = cfg.data.get("root")
@@ -513,10 +519,15 @@ def train(cfg) -> dict:
     if cfg.get("seed") is not None:
         s["seed"] = int(cfg.seed)
     ds = load_dataset(root, labels=("train", "test"), require=("train",))
+    pre_steps, frame = stage_config(cfg)
+    entry = None
+    if pre_steps:  # the same stage as training from scratch; predict.py re-applies it from the checkpoint
+        ds, entry = preprocess_loaded(ds, pre_steps, labels_frame=frame)
     dets = list(cfg.data.get("detectors") or ds.detectors)
     images = ds.images[[ds.detectors.index(d) for d in dets]] if dets != list(ds.detectors) else ds.images
     out_dir = Path(str(cfg.out_dir))
     if str(cfg.out_dir) == "runs/unet":
         out_dir = Path("runs/finetune")
     return finetune(str(cfg.init), images, dets, ds.train, out_dir, classes=ds.classes, voxel_size_nm=ds.voxel_size_nm,
-                    test=ds.test, settings=s, overwrite=bool(cfg.get("overwrite", False)), name=str(root))
+                    test=ds.test, settings=s, overwrite=bool(cfg.get("overwrite", False)), name=str(root),
+                    preprocess=entry)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
+import numpy as np
+
 from seglearn.errors import InputError
 
 
@@ -99,6 +101,7 @@ class PhantomConfig:
     redeposition: float = 0.25  # grey level of re-deposited material in deep pores at the last slice
     redeposition_depth: float = 6.0  # slices of depth from which a pore counts as deep
     drift_px: float = 0.0  # std of the per-slice drift random walk (0 = registered stack)
+    fiducial: int = 0  # rows at the top of each slice showing the Pt cap with a milled mark (0 = none)
     bit_depth: int = 8
     # annotations
     test_slice: int | None = None  # default: the middle slice
@@ -142,6 +145,10 @@ class PhantomConfig:
         unknown = set(self.detectors) - {"SE2", "InLens"}
         if unknown or not self.detectors:
             raise InputError(f"phantom config: detectors must be a subset of [SE2, InLens], got {list(self.detectors)}")
+        if not isinstance(self.fiducial, (int, np.integer)) or isinstance(self.fiducial, bool) \
+                or not 0 <= self.fiducial <= self.shape[1] - 16:
+            raise InputError(f"phantom config: fiducial must be an int of rows in [0, Y - 16] = "
+                             f"[0, {self.shape[1] - 16}], got {self.fiducial!r}")
         if self.bit_depth not in (8, 16):
             raise InputError(f"phantom config: bit_depth must be 8 or 16, got {self.bit_depth}")
 

@@ -11,6 +11,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from seglearn.synth.config import DetectorModel, PhantomConfig
+from seglearn.synth.fiducial import fiducial_band
 from seglearn.synth.fields import smooth_noise
 from seglearn.synth.microstructure import AM, CBD, PORE
 
@@ -86,6 +87,8 @@ def render_detector(labels: np.ndarray, depth: np.ndarray, z_hit: np.ndarray, le
         img = img + det.deep_glow * shared["bright"] * deep
     # curtaining stripes, brightness gradient over the face and between slices
     img = img + det.curtain * shared["curtain"]
+    if shared.get("fiducial") is not None:  # the Pt cap above the face: no sample, no curtains
+        img[:, : cfg.fiducial] = shared["fiducial"]
     img = img * shared["gain"]
     # noise (signal-dependent)
     img = img + det.noise * np.sqrt(np.clip(img, 0.02, None)) * rng.standard_normal(img.shape, dtype=np.float32)
@@ -93,7 +96,7 @@ def render_detector(labels: np.ndarray, depth: np.ndarray, z_hit: np.ndarray, le
 
 
 def shared_fields(labels: np.ndarray, cfg: PhantomConfig, rng: np.random.Generator) -> dict:
-    """Artefact fields common to both detectors (edges, re-deposition, curtains, gains)."""
+    """Artefact fields common to both detectors (edges, re-deposition, curtains, gains, fiducial band)."""
     z_n, y_n, x_n = labels.shape
     solid = (labels != PORE).astype(np.float32)
     sm = ndi.gaussian_filter(solid, (0, 1.0, 1.0))
@@ -129,8 +132,9 @@ def shared_fields(labels: np.ndarray, cfg: PhantomConfig, rng: np.random.Generat
         own = np.random.default_rng([cfg.seed, 2024])
         bright = np.minimum(np.clip(smooth_noise(labels.shape, (4, 12, 12), own) - 0.4, 0, None) * 2.5, 1.0)
         bright = bright.astype(np.float32)
+    fid = fiducial_band(cfg.fiducial, x_n, cfg.seed) if cfg.fiducial > 0 else None
     return {"edge": edge.astype(np.float32), "redep": redep, "bright": bright, "curtain": curtain.astype(np.float32),
-            "gain": (face * walk).astype(np.float32)}
+            "gain": (face * walk).astype(np.float32), "fiducial": fid}
 
 
 def apply_drift(images: dict[str, np.ndarray], drift_px: float, rng: np.random.Generator) -> np.ndarray:
@@ -147,6 +151,10 @@ def apply_drift(images: dict[str, np.ndarray], drift_px: float, rng: np.random.G
 def render(labels: np.ndarray, instances: np.ndarray, cfg: PhantomConfig,
            rng: np.random.Generator) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Render every configured detector.
+
+    With ``cfg.fiducial > 0`` the top ``cfg.fiducial`` rows of every slice show the Pt cap with a
+    milled mark (:func:`~seglearn.synth.fiducial.fiducial_band`, the same in every slice) with the
+    detector's gain and noise, drawn before the drift so that it drifts with the slice.
 
     Returns
     -------

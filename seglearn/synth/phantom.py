@@ -26,9 +26,13 @@ class Phantom:
     ----------
     images : dict of str to (Z, Y, X) ndarray
     truth : (Z, Y, X) uint8, ids 1 pore, 2 carbon-binder, 3 active material
+        (0 in the fiducial band, rows ``info["fiducial_rows"]``, when ``config.fiducial > 0``)
     instances : (Z, Y, X) uint32
     train, test : (Z, Y, X) uint8
     info : dict
+        ``test_slice``, ``train_slices``, ``fractions`` (of the sample voxels), ``drift_px`` (the
+        per-slice drift ``(Z, 2)`` when ``config.drift_px > 0``), ``fiducial_rows`` (``[0, H]``
+        when ``config.fiducial > 0``), ...
     """
 
     images: dict
@@ -64,21 +68,27 @@ def make_phantom(cfg: PhantomConfig | dict | None = None) -> Phantom:
         vol = vol[: cfg.shape[0], : cfg.shape[1], : cfg.shape[2]]
         truth, inst = microstructure_from_volume(vol, cfg, str(cfg.source))
         cfg.shape = tuple(truth.shape)
+        cfg.validate()
     else:
         truth, inst = generate_microstructure(cfg, rng)
     t1 = time.perf_counter()
     images, shifts = render(truth, inst, cfg, rng)
+    if cfg.fiducial > 0:  # the cap band holds no sample: unlabelled, unscored, no scribbles
+        truth[:, : cfg.fiducial] = 0
+        inst[:, : cfg.fiducial] = 0
     t2 = time.perf_counter()
     test_slice = cfg.test_slice if cfg.test_slice is not None else truth.shape[0] // 2
     train, test, info = make_annotations(truth, 3, test_slice=test_slice, gap=cfg.test_gap,
                                          n_train=cfg.n_train_slices, coverage=cfg.scribble_coverage,
                                          erosion=cfg.scribble_erosion_px, rng=rng)
-    fr = np.bincount(truth.ravel(), minlength=4)[1:] / truth.size
+    fr = np.bincount(truth.ravel(), minlength=4)[1:] / max(int(np.count_nonzero(truth)), 1)
     info.update({"fractions": {c: float(f) for c, f in zip(DEFAULT_CLASSES, fr)},
                  "n_particles": int(inst.max()), "seconds": {"microstructure": t1 - t0, "render": t2 - t1,
                                                              "annotate": time.perf_counter() - t2}})
     if shifts is not None:
         info["drift_px"] = shifts.round(4).tolist()
+    if cfg.fiducial > 0:
+        info["fiducial_rows"] = [0, int(cfg.fiducial)]
     log.info("phantom %s: fractions pore %.3f, carbon-binder %.3f, active %.3f; %d particles",
              "x".join(map(str, truth.shape)), *fr, info["n_particles"])
     return Phantom(images=images, truth=truth, instances=inst, train=train, test=test, config=cfg, info=info)
@@ -90,6 +100,8 @@ def write_phantom(out: str | Path, cfg: PhantomConfig | dict | None = None, *, o
     ph = make_phantom(cfg)
     extra = {"synthetic": True, "test_slice": ph.info["test_slice"], "train_slices": ph.info["train_slices"],
              "phantom": ph.config.to_dict()}
+    if "fiducial_rows" in ph.info:
+        extra["fiducial_rows"] = ph.info["fiducial_rows"]
     write_dataset(out, ph.images, classes=DEFAULT_CLASSES, voxel_size_nm=ph.config.voxel_size_nm, name=name,
                   train=ph.train, test=ph.test, instances=ph.instances, truth=ph.truth, extra=extra,
                   overwrite=overwrite)
