@@ -81,8 +81,9 @@ def score_slices(pred: np.ndarray, case: dict) -> dict:
     return {"awe": round(r["awe"], 2), "iou": [None if v is None else round(v, 4) for v in r["iou"]]}
 
 
-def predict_unet(ckpt: str, case: dict) -> np.ndarray:
-    """Labels of the scored slices with a U-Net checkpoint (each slice with its full 2.5D context)."""
+def predict_unet(ckpt: str, case: dict, tta: str | None = None) -> np.ndarray:
+    """Labels of the scored slices with a U-Net checkpoint (each slice with its full 2.5D context);
+    ``tta`` = test-time augmentation (seglearn.segment.tta)."""
     from seglearn.segment.api import load_segmenter
 
     seg = load_segmenter(ckpt, device="cpu")
@@ -91,7 +92,7 @@ def predict_unet(ckpt: str, case: dict) -> np.ndarray:
     out = []
     for z in case["score_z"]:
         a, b = max(0, z - h - 8), min(n, z + h + 9)  # generous context for the block's edge replication
-        p = seg.predict(case["images"][:, a:b], case["detectors"])
+        p = seg.predict(case["images"][:, a:b], case["detectors"], tta=tta)
         out.append(p[z - a])
     return np.stack(out)
 
@@ -128,7 +129,14 @@ def run_scratch(case: dict, out: Path) -> dict:
     return {**score_slices(predict_unet(str(ck), case), case), "seconds": round(secs, 1), "steps": STEPS}
 
 
-def run_finetune(case: dict, out: Path, base: Path, kind: str) -> dict:
+def with_tta(res: dict, ckpt: str, case: dict, tta: str | None) -> dict:
+    """``res`` plus ``tta: {mode, awe, iou}``: the same checkpoint scored with test-time augmentation."""
+    if tta and tta != "none":
+        res["tta"] = {"mode": tta, **score_slices(predict_unet(ckpt, case, tta), case)}
+    return res
+
+
+def run_finetune(case: dict, out: Path, base: Path, kind: str, tta: str | None = None) -> dict:
     from seglearn.pretrain.finetune import finetune
 
     settings = {"max_steps": STEPS}
@@ -143,9 +151,10 @@ def run_finetune(case: dict, out: Path, base: Path, kind: str) -> dict:
                  voxel_size_nm=case["voxel"], settings=settings, overwrite=True, name=case["name"])
     secs = time.perf_counter() - t0
     pred = predict_unet(r["best_ckpt"], case)
-    return {**score_slices(pred, case), "seconds": round(secs, 1), "steps": r["steps"], "best_step": r["best_step"],
-            "val_awe_zero_shot": r["val_awe_zero_shot"], "best_val_awe": r["best_val_awe"], "class_map": r["class_map"],
-            "base": case["base"]}
+    res = {**score_slices(pred, case), "seconds": round(secs, 1), "steps": r["steps"], "best_step": r["best_step"],
+           "val_awe_zero_shot": r["val_awe_zero_shot"], "best_val_awe": r["best_val_awe"], "class_map": r["class_map"],
+           "base": case["base"]}
+    return with_tta(res, r["best_ckpt"], case, tta)
 
 
 def report(results: dict) -> str:
@@ -161,6 +170,9 @@ def report(results: dict) -> str:
                 if m in ("finetune", "naive", "zeroshot") and "best_step" in r:
                     steps = f"{r['steps']} (kept step {r['best_step']})"
                 lines.append(f"| {case} | {names[m]} | {r['awe']:.2f} | {r['iou']} | {r['seconds']} | {steps} |")
+                if "tta" in r:
+                    t = r["tta"]
+                    lines.append(f"| {case} | {names[m]}, test-time augmentation ({t['mode']}) | {t['awe']:.2f} | {t['iou']} | | |")
     return "\n".join(lines)
 
 
@@ -171,6 +183,8 @@ def main(argv=None) -> None:
     ap.add_argument("--base-dir", default=str(ROOT / "checkpoints"))
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_pretrain"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tta", default="none", choices=["none", "flips", "dihedral"],
+                    help="also score the U-Nets with this test-time augmentation")
     ap.add_argument("--report", action="store_true", help="print the markdown table of OUT/results.json and exit")
     a = ap.parse_args(argv)
     if a.report:
@@ -194,7 +208,7 @@ def main(argv=None) -> None:
             elif m == "scratch":
                 r = run_scratch(case, out)
             else:
-                r = run_finetune(case, out, Path(a.base_dir), m)
+                r = run_finetune(case, out, Path(a.base_dir), m, a.tta)
             r["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
             results = json.loads(res_path.read_text()) if res_path.exists() else {}  # merge: stages may run in parallel
             results.setdefault(cname, {})[m] = r

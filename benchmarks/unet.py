@@ -35,7 +35,7 @@ def _overrides(pairs):
     return out
 
 
-def score_on_test(seg, ds) -> dict:
+def score_on_test(seg, ds, tta: str | None = None) -> dict:
     """Predict only the slabs around the test slices (exactly what a whole-volume run gives there in 2D/2.5D)."""
     from seglearn.metrics import score
     from seglearn.segment.tiling import contiguous_runs
@@ -46,7 +46,7 @@ def score_on_test(seg, ds) -> dict:
     t0 = time.perf_counter()
     for z0, z1 in contiguous_runs(zs):
         a, b = max(0, z0 - margin), min(ds.shape[0], z1 + margin)
-        lab = seg.predict(ds.images[:, a:b], ds.detectors)
+        lab = seg.predict(ds.images[:, a:b], ds.detectors, tta=tta)
         preds.append(lab[z0 - a: z1 - a])
         truths.append(ds.test[z0:z1])
     s = score(np.concatenate(preds), np.concatenate(truths), ds.n_classes, class_names=ds.classes)
@@ -74,6 +74,8 @@ def phantom(args) -> dict:
         info["train"] = json.loads((Path(args.out) / "train_summary.json").read_text())
     seg = load_segmenter(ckpt, device="cpu")
     info.update(mode=seg.mode, ckpt=str(ckpt), test=score_on_test(seg, ds))
+    if args.tta != "none":
+        info["test_tta"] = {"mode": args.tta, **score_on_test(seg, ds, args.tta)}
     return info
 
 
@@ -137,6 +139,8 @@ def main(argv=None) -> None:
     ap.add_argument("--mode", default="2.5d")
     ap.add_argument("--ckpt", default=None)
     ap.add_argument("--png", default=None)
+    ap.add_argument("--tta", default="none", choices=["none", "flips", "dihedral"],
+                    help="phantom: also score with this test-time augmentation")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
     args = ap.parse_args(argv)
     from seglearn.cli import setup_logging

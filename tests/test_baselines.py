@@ -164,7 +164,8 @@ def test_unet_method_calls_the_segment_api(tiny, tmp_path, monkeypatch):
             calls["load"] = str(path)
 
             class Seg:
-                def predict(self, images, detectors):
+                def predict(self, images, detectors, tta=None):
+                    calls["tta"] = tta
                     return np.full(images.shape[1:], 3, dtype=np.uint8)
             return Seg()
 
@@ -172,10 +173,13 @@ def test_unet_method_calls_the_segment_api(tiny, tmp_path, monkeypatch):
     pred = registry.segment("unet", ch, det, ph.train, out_dir=str(tmp_path), voxel_size_nm=[40, 20, 20])
     assert calls["fit"] == (ch.shape, 3, det, str(tmp_path), {"voxel_size_nm": [40, 20, 20]})
     assert calls["load"] == str(tmp_path / "best.ckpt") and pred.shape == ph.truth.shape
-    pred = registry.segment("unet", ch, det, None, ckpt="given.ckpt")
-    assert calls["load"] == "given.ckpt"
+    assert calls["tta"] == "none"
+    pred = registry.segment("unet", ch, det, None, ckpt="given.ckpt", tta="dihedral")
+    assert calls["load"] == "given.ckpt" and calls["tta"] == "dihedral"
     with pytest.raises(InputError, match="unet"):
         registry.segment("unet", ch, det, None)
+    with pytest.raises(InputError, match="tta"):
+        registry.segment("unet", ch, det, None, ckpt="given.ckpt", tta="rot45")
 
 
 def test_unet_api_has_the_expected_signature():

@@ -205,3 +205,26 @@ def test_class_medians_from_scribbles():
     m = class_medians(x, lab, 3)
     np.testing.assert_allclose(m[0, [0, 2]], [0.2 * 255, 0.6 * 255], rtol=1e-5)
     assert np.isnan(m[0, 1])
+
+
+@pytest.mark.slow
+def test_pretraining_continues_from_a_base_model(base_ckpt, tmp_path):
+    """model.init warm-starts from an earlier base model (same net) and records it; another net is refused."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from seglearn.ckpt import load_checkpoint
+    from seglearn.pretrain.train import pretrain, settings_from
+
+    s = settings_from(OmegaConf.from_dotlist([k.removeprefix("model.") for k in TINY]))
+    s.update(detectors=["SE2", "InLens"], context=1, init=str(base_ckpt), max_steps=1, val_every=1, lr=0.0)
+    res = pretrain(s, tmp_path / "more")
+    old = load_checkpoint(base_ckpt)
+    new = load_checkpoint(res["best_ckpt"])
+    assert new["meta"]["pretrain"]["continued_from"]["steps"] == old["meta"]["pretrain"]["steps"] == 2
+    # lr 0: the weights are the base model's (batch-norm running statistics aside)
+    for k, v in old["state_dict"].items():
+        if "running" not in k and "num_batches" not in k:
+            torch.testing.assert_close(new["state_dict"][k], v)
+    with pytest.raises(InputError, match="same network"):
+        pretrain({**s, "net": {**s["net"], "base": 8}}, tmp_path / "other")

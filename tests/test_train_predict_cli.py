@@ -122,3 +122,15 @@ def test_shipped_demo_checkpoint_predicts(tiny_dataset, tmp_path):
     no_skill = float(np.min(1.0 - p**2) * 100.0)
     assert summary["test"]["awe"] < no_skill - 10.0
     assert all(f > 0.01 for f in summary["fractions"].values())
+
+
+def test_predict_cli_test_time_augmentation(trained, tiny_dataset, tmp_path):
+    res = run("predict.py", f"ckpt={trained / 'best.ckpt'}", f"input={tiny_dataset}", f"output={tmp_path / 'bad'}",
+              "tta=rot45")
+    assert res.returncode == 2 and "tta must be one of" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "bad").exists()
+    res = run("predict.py", f"ckpt={trained / 'best.ckpt'}", f"input={tiny_dataset}", f"output={tmp_path / 'tta'}",
+              "tta=flips", "preview=false")
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "tta" / "summary.json").read_text())
+    assert summary["tta"] == "flips" and "awe" in summary["test"]

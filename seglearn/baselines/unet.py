@@ -23,12 +23,16 @@ def _api():
 
 def fit(channels, detectors, train_labels=None, *, ckpt: str | None = None, init: str | None = None,
         out_dir: str | None = None, overrides: dict | None = None, finetune: dict | None = None, val_labels=None,
-        voxel_size_nm=None) -> dict:
+        voxel_size_nm=None, tta: str | None = None) -> dict:
     """Use ``ckpt`` as it is (e.g. a base model zero-shot); or fine-tune the base model ``init`` on the
     training labels (``seglearn.pretrain.finetune``, settings ``finetune``; validation on held-out
-    scribbles, never on the test labels); or train from scratch with ``fit_segmenter`` into ``out_dir``."""
+    scribbles, never on the test labels); or train from scratch with ``fit_segmenter`` into ``out_dir``.
+    ``tta`` (none, flips, dihedral) is the test-time augmentation of the predictions."""
+    from seglearn.segment.tta import check_mode
+
+    tta = check_mode(tta)
     if ckpt:
-        return {"ckpt": str(ckpt)}
+        return {"ckpt": str(ckpt), "tta": tta}
     if train_labels is None or not np.any(train_labels):
         raise InputError("unet: needs unet.ckpt=PATH or training labels to train one")
     out_dir = out_dir or tempfile.mkdtemp(prefix="seglearn_unet_")
@@ -37,15 +41,15 @@ def fit(channels, detectors, train_labels=None, *, ckpt: str | None = None, init
 
         res = run_finetune(str(init), np.asarray(channels), list(detectors), np.asarray(train_labels), out_dir,
                            voxel_size_nm=voxel_size_nm, test=val_labels, settings=finetune, overwrite=True)
-        return {"ckpt": str(res["best_ckpt"])}
+        return {"ckpt": str(res["best_ckpt"]), "tta": tta}
     ov = dict(overrides or {})
     if voxel_size_nm is not None:
         ov.setdefault("voxel_size_nm", list(voxel_size_nm))
     path = _api().fit_segmenter(channels, train_labels, list(detectors), out_dir, overrides=ov or None,
                                 val_labels=val_labels)
-    return {"ckpt": str(path)}
+    return {"ckpt": str(path), "tta": tta}
 
 
 def predict(model, channels, detectors) -> np.ndarray:
     seg = _api().load_segmenter(model["ckpt"])
-    return np.asarray(seg.predict(channels, list(detectors))).astype(np.uint8)
+    return np.asarray(seg.predict(channels, list(detectors), tta=model.get("tta"))).astype(np.uint8)

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from seglearn.errors import InputError, OutputExistsError
+from seglearn.precision import resolve_bf16
 
 log = logging.getLogger("seglearn")
 
@@ -27,8 +28,8 @@ DEFAULTS: dict[str, Any] = {
     "detectors": ["SE2", "InLens"], "derived": "auto", "mode": "2.5d", "context": 2,
     "net": {"base": 16, "depth": 3, "dropout": 0.0}, "phantom_shape": [20, 80, 80], "patch": 64,
     "batch_size": 8, "lr": 0.002, "weight_decay": 1e-4, "max_steps": 3000, "max_minutes": 30.0,
-    "val_every": 100, "n_val": 3, "cache": 6, "reuse": 96, "threads": 0, "bf16": True, "ranges": {},
-    "p_real": 0.3, "p_flat": 0.15, "sources": None, "seed": 0,
+    "val_every": 100, "n_val": 3, "cache": 6, "reuse": 96, "threads": 0, "bf16": "auto", "ranges": {},
+    "p_real": 0.3, "p_flat": 0.15, "sources": None, "seed": 0, "init": None, "warmup": 50,
 }
 
 
@@ -120,6 +121,26 @@ def lr_at(lr: float, step: int, max_steps: int, time_frac: float, warmup: int = 
     return lr * min(1.0, (step + 1) / warmup) * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * frac)))
 
 
+def warm_start(net, meta: Mapping, path: str) -> dict:
+    """Load the weights of an earlier base model into ``net`` (continued pretraining).
+
+    The checkpoint must have been pretrained with the same network and inputs; its budget is
+    returned (and recorded in the new checkpoint's ``meta.pretrain.continued_from``).
+    """
+    from seglearn.ckpt import load_checkpoint
+
+    ck = load_checkpoint(path, kind="unet")
+    old = ck["meta"]
+    for key in ("net", "channels"):
+        if old.get(key) != meta[key]:
+            raise InputError(f"{path}: its {key} {old.get(key)} differ from this pretraining's {meta[key]}; "
+                             "continued pretraining needs the same network and inputs")
+    net.load_state_dict(ck["state_dict"])
+    prev = dict(old.get("pretrain") or {})
+    return {"checkpoint": Path(path).name, "steps": prev.get("steps"), "seconds": prev.get("seconds"),
+            "val_awe": prev.get("val_awe"), "continued_from": prev.get("continued_from")}
+
+
 def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False) -> dict:
     """Train a base model on the phantom stream; writes ``out_dir/best.ckpt``, ``last.ckpt``, ``log.csv``.
 
@@ -152,13 +173,15 @@ def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False)
     rnd = make_randomiser(s)
     meta = base_meta(s, rnd)
     net = build_net(meta["net"])
+    if s.get("init"):
+        meta["pretrain"]["continued_from"] = warm_start(net, meta, str(s["init"]))
     halo = int(meta["net"]["context"])
     stream = iter(PhantomPatchStream(rnd, derived=meta["derived"], patch=int(s["patch"]), halo=halo,
                                      cache=int(s["cache"]), reuse=int(s["reuse"]), seed=int(s["seed"])))
     val = validation_set(s, int(s["n_val"]))
     max_steps, budget = int(s["max_steps"]), float(s["max_minutes"]) * 60.0
     opt = torch.optim.AdamW(net.parameters(), lr=float(s["lr"]), weight_decay=float(s["weight_decay"]))
-    bf16 = bool(s["bf16"])
+    bf16 = resolve_bf16(s["bf16"], "cpu")  # auto: only where the CPU runs bf16 natively
     best, best_step, step, t0 = float("inf"), 0, 0, time.perf_counter()
     rows = []
 
@@ -181,7 +204,7 @@ def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False)
         loss.backward()
         elapsed = time.perf_counter() - t0
         for g in opt.param_groups:  # warm-up, then cosine decay over the step or time budget, whichever ends first
-            g["lr"] = lr_at(float(s["lr"]), step, max_steps, elapsed / budget)
+            g["lr"] = lr_at(float(s["lr"]), step, max_steps, elapsed / budget, int(s["warmup"]))
         opt.step()
         step += 1
         losses.append(float(loss.detach()))

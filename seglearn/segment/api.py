@@ -141,7 +141,8 @@ class Segmenter:
 
     def iter_proba(self, read_raw: Callable[[int, int], np.ndarray], shape: Sequence[int], *,
                    block_slices: int | None = None, tile=None, overlap=None, border=None, batch_size=None,
-                   progress: bool = False, blocks: Sequence[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                   progress: bool = False, blocks: Sequence[int] | None = None,
+                   tta: str | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """Probabilities block by block of slices, reading the input on demand.
 
         Parameters
@@ -154,6 +155,9 @@ class Segmenter:
         blocks : sequence of int, optional
             Indices of the blocks to predict (block ``i`` is slices ``i * block_slices`` onwards);
             default all. Distributed prediction gives each process its share.
+        tta : {"none", "flips", "dihedral"}, optional
+            Test-time augmentation (:mod:`seglearn.segment.tta`; 4 or 8 passes per tile); default the
+            checkpoint's ``inference.tta``, else none.
 
         Yields
         ------
@@ -167,7 +171,10 @@ class Segmenter:
         context = 0
         if self.mode == "3d" and block_slices and block_slices < n:
             context = max(kw["tile"][0] // 2, 1)
-        fn = torch_net_fn(self.fast_net, self.device)
+        from seglearn.segment.tta import tta_net_fn
+
+        tta = tta if tta is not None else self.meta.get("inference", {}).get("tta")
+        fn = tta_net_fn(torch_net_fn(self.fast_net, self.device), tta)
         block = int(block_slices) if block_slices else n
         starts = list(range(0, n, block))
         if blocks is not None:
@@ -199,7 +206,7 @@ class Segmenter:
         detectors : sequence of str
             Names of the channels of ``images``; must include :attr:`detectors`.
         **kwargs
-            ``tile``, ``overlap``, ``border``, ``batch_size``, ``block_slices``, ``progress``.
+            ``tile``, ``overlap``, ``border``, ``batch_size``, ``block_slices``, ``progress``, ``tta``.
 
         Returns
         -------
