@@ -30,9 +30,15 @@ def fit(channels, detectors, train_labels=None, *, ckpt: str | None = None, init
     ``tta`` (none, flips, dihedral) is the test-time augmentation of the predictions."""
     from seglearn.segment.tta import check_mode
 
-    tta = check_mode(tta)
-    if ckpt:
-        return {"ckpt": str(ckpt), "tta": tta}
+    mode = check_mode(tta)  # before any training
+    return {"ckpt": str(ckpt) if ckpt else _train(channels, detectors, train_labels, init=init, out_dir=out_dir,
+                                                  overrides=overrides, finetune=finetune, val_labels=val_labels,
+                                                  voxel_size_nm=voxel_size_nm),
+            "tta": mode}
+
+
+def _train(channels, detectors, train_labels, *, init, out_dir, overrides, finetune, val_labels, voxel_size_nm) -> str:
+    """Path of a checkpoint fine-tuned from ``init``, or trained from scratch, on ``train_labels``."""
     if train_labels is None or not np.any(train_labels):
         raise InputError("unet: needs unet.ckpt=PATH or training labels to train one")
     out_dir = out_dir or tempfile.mkdtemp(prefix="seglearn_unet_")
@@ -41,13 +47,13 @@ def fit(channels, detectors, train_labels=None, *, ckpt: str | None = None, init
 
         res = run_finetune(str(init), np.asarray(channels), list(detectors), np.asarray(train_labels), out_dir,
                            voxel_size_nm=voxel_size_nm, test=val_labels, settings=finetune, overwrite=True)
-        return {"ckpt": str(res["best_ckpt"]), "tta": tta}
+        return str(res["best_ckpt"])
     ov = dict(overrides or {})
     if voxel_size_nm is not None:
         ov.setdefault("voxel_size_nm", list(voxel_size_nm))
     path = _api().fit_segmenter(channels, train_labels, list(detectors), out_dir, overrides=ov or None,
                                 val_labels=val_labels)
-    return {"ckpt": str(path), "tta": tta}
+    return str(path)
 
 
 def predict(model, channels, detectors) -> np.ndarray:

@@ -118,6 +118,12 @@ class Segmenter:
     def n_classes(self) -> int:
         return len(self.classes)
 
+    def tta_mode(self, tta: str | None = None) -> str:
+        """The test-time augmentation to use: ``tta``, else the checkpoint's ``inference.tta``, else none."""
+        from seglearn.segment.tta import check_mode
+
+        return check_mode(tta if tta is not None else self.meta.get("inference", {}).get("tta"))
+
     def channel_order(self, detectors: Sequence[str], where: str = "input") -> list[int]:
         """Indices into ``detectors`` of the detectors this model needs, in its order.
 
@@ -173,8 +179,7 @@ class Segmenter:
             context = max(kw["tile"][0] // 2, 1)
         from seglearn.segment.tta import tta_net_fn
 
-        tta = tta if tta is not None else self.meta.get("inference", {}).get("tta")
-        fn = tta_net_fn(torch_net_fn(self.fast_net, self.device), tta)
+        fn = tta_net_fn(torch_net_fn(self.fast_net, self.device), self.tta_mode(tta))
         block = int(block_slices) if block_slices else n
         starts = list(range(0, n, block))
         if blocks is not None:

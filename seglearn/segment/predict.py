@@ -179,11 +179,7 @@ def _raw_reader(paths, readers):
 
 
 def _iter_kwargs(cfg) -> dict:
-    from seglearn.segment.tta import check_mode
-
-    tta = cfg.get("tta")
-    return {"tta": None if tta is None else check_mode(tta),
-            "block_slices": cfg.get("block_slices"), "tile": _plain(cfg.get("tile")),
+    return {"tta": cfg.get("tta"), "block_slices": cfg.get("block_slices"), "tile": _plain(cfg.get("tile")),
             "overlap": _plain(cfg.get("overlap")), "batch_size": cfg.get("batch_size")}
 
 
@@ -204,7 +200,7 @@ def _finish(cfg, seg, src, where, out: Path, shape, voxel, stats: _Stats, reader
         "voxel_size_nm": voxel, "fractions": {c: float(f) for c, f in zip(seg.classes, fr)},
         "seconds": round(seconds, 2), "voxels_per_second": round(n_vox / max(seconds, 1e-9), 1),
         "device": str(seg.device), "labels": "labels.tif",
-        "tta": _iter_kwargs(cfg)["tta"] or seg.meta.get("inference", {}).get("tta") or "none",
+        "tta": seg.tta_mode(cfg.get("tta")),
         "probabilities": "probabilities.tif" if want_probs else None,
         **(extra or {}),
     }
@@ -329,6 +325,9 @@ def predict(cfg, ckpt: dict) -> dict:
     dict
         The summary written to OUT/summary.json.
     """
+    from seglearn.segment.tta import check_mode
+
+    check_mode(cfg.get("tta"))  # a bad setting fails before any output is made
     if _world()[1] > 1:
         if (ckpt.get("meta", {}).get("preprocess") or {}).get("steps"):
             raise InputError(f"{cfg.ckpt}: the checkpoint has preprocessing steps, which distributed prediction "
@@ -341,7 +340,6 @@ def predict(cfg, ckpt: dict) -> dict:
 
     setup_logging()
     t0 = time.perf_counter()
-    _iter_kwargs(cfg)  # bad settings fail before any output is made
     seg = segmenter_from_checkpoint(ckpt, device=str(cfg.get("device", "auto")), bf16=cfg.get("bf16"))
     src, where, paths, readers = _open_inputs(cfg, seg)
     try:
