@@ -18,6 +18,9 @@ alone, a from-scratch learning rate, last weights kept).
 Every method's result is appended to ``OUT/results.json`` so stages can run separately::
 
     python benchmarks/pretrain.py --cases phantom micro --methods rf scratch zeroshot finetune naive
+
+``--set KEY=VALUE ...`` overrides fine-tuning settings of the ``finetune`` method
+(``configs/pretrain/finetune.yaml`` keys), e.g. ``--set max_steps=1200 "ranges={noise: [0.12, 0.2]}"``.
 """
 
 from __future__ import annotations
@@ -136,15 +139,18 @@ def with_tta(res: dict, ckpt: str, case: dict, tta: str | None) -> dict:
     return res
 
 
-def run_finetune(case: dict, out: Path, base: Path, kind: str, tta: str | None = None) -> dict:
+def run_finetune(case: dict, out: Path, base: Path, kind: str, tta: str | None = None,
+                 extra: dict | None = None) -> dict:
+    """One base-model method on ``case``; ``extra`` overrides the fine-tuning settings of ``finetune``
+    (configs/pretrain/finetune.yaml keys)."""
     from seglearn.pretrain.finetune import finetune
 
-    settings = {"max_steps": STEPS}
+    settings = {"max_steps": STEPS, **(extra or {})}
     if kind == "zeroshot":
-        settings = {"max_steps": 0, "synth_fraction": 0}
+        settings = {"max_steps": 0, "synth_fraction": 0, "runs": 1}
     elif kind == "naive":
         settings = {"max_steps": STEPS, "max_minutes": 4.0, "synth_fraction": 0, "lr": 3e-3, "keep_best": False, "distill": 0.0,
-                    "patience": 0}
+                    "patience": 0, "runs": 1}
     t0 = time.perf_counter()
     d = out / f"{kind}_{case['name']}"
     r = finetune(str(base / case["base"]), case["images"], case["detectors"], case["train"], d, classes=case["classes"],
@@ -185,11 +191,16 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tta", default="none", choices=["none", "flips", "dihedral"],
                     help="also score the U-Nets with this test-time augmentation")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="settings",
+                    help="fine-tuning settings for the finetune method (configs/pretrain/finetune.yaml keys, YAML values)")
     ap.add_argument("--report", action="store_true", help="print the markdown table of OUT/results.json and exit")
     a = ap.parse_args(argv)
     if a.report:
         print(report(json.loads((Path(a.out) / "results.json").read_text())))
         return
+    from seglearn.config import parse_pairs
+
+    extra = parse_pairs(a.settings, "--set")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import torch
 
@@ -208,7 +219,9 @@ def main(argv=None) -> None:
             elif m == "scratch":
                 r = run_scratch(case, out)
             else:
-                r = run_finetune(case, out, Path(a.base_dir), m, a.tta)
+                r = run_finetune(case, out, Path(a.base_dir), m, a.tta, extra if m == "finetune" else None)
+                if extra and m == "finetune":
+                    r["settings"] = extra
             r["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
             results = json.loads(res_path.read_text()) if res_path.exists() else {}  # merge: stages may run in parallel
             results.setdefault(cname, {})[m] = r

@@ -25,16 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "real"
 
 
-def _overrides(pairs):
-    import yaml
-
-    out = {}
-    for p in pairs or []:
-        k, v = p.split("=", 1)
-        out[k] = yaml.safe_load(v)
-    return out
-
-
 def score_on_test(seg, ds, tta: str | None = None) -> dict:
     """Predict only the slabs around the test slices (exactly what a whole-volume run gives there in 2D/2.5D)."""
     from seglearn.metrics import score
@@ -65,7 +55,9 @@ def phantom(args) -> dict:
         if summ.exists():
             info["train"] = json.loads(summ.read_text())
     else:
-        ov = {"model.mode": args.mode, **_overrides(args.set)}
+        from seglearn.config import parse_pairs
+
+        ov = {"model.mode": args.mode, **parse_pairs(args.set, "--set")}
         t0 = time.perf_counter()
         # the benchmark validates on held-out strokes of the training labels, never on the test slice
         ckpt = fit_segmenter(ds.images, ds.train, ds.detectors, args.out,
@@ -92,7 +84,9 @@ def micrograph(args) -> dict:
         return np.select([v == 127, v == 254], [1, 2], 0).astype(np.uint8)
 
     train, gt = to_ids(scrib), to_ids(truth)
-    ov = {"model.mode": "2d", "data.derived": None, **_overrides(args.set)}
+    from seglearn.config import parse_pairs
+
+    ov = {"model.mode": "2d", "data.derived": None, **parse_pairs(args.set, "--set")}
     t0 = time.perf_counter()
     ckpt = fit_segmenter(img[None], train, ["SEM"], args.out,
                          overrides={"classes": ["phase_127", "phase_254"], "overwrite": True, **ov})

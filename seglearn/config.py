@@ -79,3 +79,29 @@ def merge_settings(defaults: dict, given: Any, where: str, *, ignore: tuple[str,
     if unknown:
         raise InputError(f"{where}: unknown key(s) {unknown}; known: {sorted(defaults)}")
     return {**defaults, **given}
+
+
+def parse_pairs(items: Any, where: str) -> dict:
+    """``["max_steps=900", "ranges={noise: [0.1, 0.2]}"]`` -> ``{"max_steps": 900, "ranges": {...}}``.
+
+    Values are parsed as YAML; an item without ``=`` is refused naming ``where`` (e.g. ``"--set"``).
+    """
+    import yaml
+
+    out = {}
+    for it in items or []:
+        key, sep, value = str(it).partition("=")
+        if not sep or not key:
+            raise InputError(f"{where}: expected KEY=VALUE, got {it!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def resolve_seed(cfg: Any, section: str, default: int = 0) -> int:
+    """The seed of a ``train.py`` run: ``SECTION.seed`` when the command line gave one
+    (``+finetune.seed=3``, ``+model.seed=3``), else the top-level ``seed``, else ``default``."""
+    sub = cfg.get(section) if cfg is not None else None
+    if sub is not None and sub.get("seed") is not None:
+        return int(sub.get("seed"))
+    top = cfg.get("seed") if cfg is not None else None
+    return int(default if top is None else top)

@@ -48,3 +48,21 @@ def test_bad_checkpoints_refused(tmp_path):
         load_checkpoint(c["ckpt_foreign"])
     with pytest.raises(InputError, match="not a readable checkpoint"):
         load_checkpoint(c["ckpt_garbage"])
+
+
+def test_parse_pairs_reads_yaml_values_and_refuses_a_pair_without_equals():
+    from seglearn.config import parse_pairs
+
+    assert parse_pairs(["max_steps=900", "ranges={noise: [0.1, 0.2]}", "tta=dihedral"], "--set") == {
+        "max_steps": 900, "ranges": {"noise": [0.1, 0.2]}, "tta": "dihedral"}
+    with pytest.raises(InputError, match="--set: expected KEY=VALUE"):
+        parse_pairs(["max_steps"], "--set")
+
+
+def test_resolve_seed_prefers_the_section_seed_given_on_the_command_line():
+    from seglearn.config import resolve_seed
+
+    assert resolve_seed(OmegaConf.create({"seed": 4, "finetune": {"seed": 9, "lr": 1}}), "finetune") == 9
+    assert resolve_seed(OmegaConf.create({"seed": 4, "finetune": {"lr": 1}}), "finetune") == 4
+    assert resolve_seed(OmegaConf.create({"seed": 4}), "finetune") == 4
+    assert resolve_seed(OmegaConf.create({"model": {}}), "model", default=7) == 7

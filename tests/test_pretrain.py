@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 import sys
 
 import numpy as np
@@ -16,7 +17,7 @@ TINY = ["model.max_steps=2", "model.val_every=2", "model.n_val=1", "model.phanto
         "model.batch_size=2", "model.net.base=4", "model.context=1", "model.cache=1", "model.reuse=4",
         "model.threads=1", "model.p_real=0"]
 TINY_FT = {"max_steps": 2, "val_every": 1, "batch_size": 2, "patch": 32, "phantom_shape": [8, 32, 32], "cache": 1,
-           "threads": 1}
+           "threads": 1, "runs": 1}
 
 
 def _cli(args, **kw):
@@ -151,8 +152,9 @@ def test_finetune_two_classes_gets_a_new_head(base_ckpt, tmp_path):
     lab[0, 24:40, 24:40] = 2
     images = np.stack([img, img])
     r = finetune(base_ckpt, images, ["SE2", "InLens"], lab, tmp_path / "ft2", classes=["dark", "bright"],
-                 settings={**TINY_FT, "val_fraction": 0.3, "val_tile": 8})
+                 settings={**TINY_FT, "val_fraction": 0.3, "val_tile": 8, "runs": "auto"})
     assert len(r["class_map"]) == 2 and r["val_source"] == "held-out scribbles"
+    assert "runs" not in r  # a new head: runs=auto fine-tunes once
     seg = load_segmenter(tmp_path / "ft2" / "best.ckpt", device="cpu")
     assert seg.classes == ["dark", "bright"] and seg.n_classes == 2
     assert set(np.unique(seg.predict(images, ["SE2", "InLens"]))) <= {1, 2}
@@ -228,3 +230,82 @@ def test_pretraining_continues_from_a_base_model(base_ckpt, tmp_path):
             torch.testing.assert_close(new["state_dict"][k], v)
     with pytest.raises(InputError, match="same network"):
         pretrain({**s, "net": {**s["net"], "base": 8}}, tmp_path / "other")
+
+
+def test_pretraining_ema_saves_the_moving_average_of_the_weights(tmp_path):
+    """model.ema=d validates and saves d * ema + (1 - d) * weights (first step: the weights)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from seglearn.ckpt import load_checkpoint
+    from seglearn.pretrain.train import pretrain, settings_from
+
+    s = settings_from(OmegaConf.from_dotlist([k.removeprefix("model.") for k in TINY]))
+    s.update(val_every=1, lr=0.01, warmup=1)
+    w1 = load_checkpoint(Path(pretrain({**s, "max_steps": 1}, tmp_path / "one")["best_ckpt"]).parent / "last.ckpt")
+    w2 = load_checkpoint(Path(pretrain({**s, "max_steps": 2}, tmp_path / "two")["best_ckpt"]).parent / "last.ckpt")
+    avg = load_checkpoint(Path(pretrain({**s, "max_steps": 2, "ema": 0.25}, tmp_path / "ema")["best_ckpt"]).parent
+                          / "last.ckpt")
+    assert avg["meta"]["pretrain"]["ema"] == 0.25
+    moved = 0
+    for k, v1 in w1["state_dict"].items():
+        if not v1.is_floating_point():
+            continue
+        v2 = w2["state_dict"][k]
+        torch.testing.assert_close(avg["state_dict"][k], 0.25 * v1 + 0.75 * v2, rtol=1e-4, atol=1e-5)
+        moved += int(not torch.allclose(v1, v2))
+    assert moved > 0  # the two steps did change the weights
+
+
+@pytest.mark.slow
+def test_soup_averages_weights_and_refuses_other_networks(base_ckpt, tmp_path):
+    """python -m seglearn.pretrain.soup: the mean of the float tensors, what each input saw in meta; -- validate scores all."""
+    import torch
+
+    from seglearn.ckpt import load_checkpoint, save_checkpoint
+    from seglearn.pretrain.soup import average_checkpoints
+
+    ck = load_checkpoint(base_ckpt)
+    moved = {k: v + 1.0 if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
+    other = save_checkpoint(tmp_path / "other.ckpt", kind="unet", state_dict=moved, meta=ck["meta"])
+    soup = average_checkpoints([base_ckpt, other], tmp_path / "soup.ckpt")
+    got = load_checkpoint(soup)
+    for k, v in ck["state_dict"].items():
+        want = v + 0.5 if v.is_floating_point() else v
+        torch.testing.assert_close(got["state_dict"][k], want)
+    assert [e["steps"] for e in got["meta"]["pretrain"]["soup"]] == [2, 2]
+    with pytest.raises(OutputExistsError):
+        average_checkpoints([base_ckpt, other], soup)
+    wide = save_checkpoint(tmp_path / "wide.ckpt", kind="unet", state_dict=moved,
+                           meta={**ck["meta"], "net": {**ck["meta"]["net"], "base": 8}})
+    with pytest.raises(InputError, match="same network"):
+        average_checkpoints([base_ckpt, wide], tmp_path / "bad.ckpt")
+    r = _cli(["-m", "seglearn.pretrain.soup", str(base_ckpt), str(other), "--out", str(tmp_path / "cli.ckpt"),
+              "--validate", "1"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert '"validation_phantoms": 1' in r.stdout and str(tmp_path / "cli.ckpt") in r.stdout
+    r = _cli(["-m", "seglearn.pretrain.soup", str(base_ckpt), str(other), "--out", str(tmp_path / "cli.ckpt")])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cli.ckpt" in r.stderr
+
+
+@pytest.mark.slow
+def test_finetune_runs_average_the_runs_into_one_model(base_ckpt, tiny_phantom, tmp_path):
+    """runs=auto with the base head kept: 3 fine-tunings (seeds 0, 1, 2) in out/runs, their mean in out/best.ckpt."""
+    import torch
+
+    from seglearn.ckpt import load_checkpoint
+    from seglearn.pretrain.finetune import finetune
+
+    ph = tiny_phantom
+    r = finetune(base_ckpt, ph.channels(), ["SE2", "InLens"], ph.train, tmp_path / "ft",
+                 settings={**TINY_FT, "runs": "auto", "lr": 0.01})
+    assert len(r["runs"]) == 3 and r["steps"] == 6 and len(r["best_step"]) == 3
+    runs = [load_checkpoint(tmp_path / "ft" / "runs" / f"run{i}" / "best.ckpt") for i in range(3)]
+    assert [c["meta"]["finetune"]["settings"]["seed"] for c in runs] == [0, 1, 2]
+    avg = load_checkpoint(tmp_path / "ft" / "best.ckpt", kind="unet")
+    assert len(avg["meta"]["finetune"]["soup"]) == 3
+    for k, v in avg["state_dict"].items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, sum(c["state_dict"][k] for c in runs) / 3)
+    with pytest.raises(OutputExistsError, match="already holds"):
+        finetune(base_ckpt, ph.channels(), ["SE2", "InLens"], ph.train, tmp_path / "ft", settings={**TINY_FT, "runs": 2})

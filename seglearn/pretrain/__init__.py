@@ -9,6 +9,8 @@ Modules, one job each:
 - :mod:`~seglearn.pretrain.train`: pretraining of a base model (``model.kind=unet_pretrain``).
 - :mod:`~seglearn.pretrain.finetune`: adaptation of a base model to a dataset's scribbles
   (``python train.py data.root=DATASET init=BASE.ckpt``).
+- :mod:`~seglearn.pretrain.soup`: weight averaging of base models continued from the same one,
+  and their scores on fresh randomised phantoms (``python -m seglearn.pretrain.soup``).
 
 Imports are lazy: importing this package does not import torch.
 """

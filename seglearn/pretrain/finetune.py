@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "synth_fraction": 0.5, "synth_weight": 1.0, "freeze_encoder": False, "val_every": 25, "patience": 6,
     "patch": 80, "detector": None, "val_fraction": 0.25, "val_tile": 32, "seed": 0, "threads": 0, "bf16": "auto",
     "phantom_shape": [20, 80, 80], "cache": 4, "reuse": 64, "keep_best": True, "match": 0.0, "distill": 1.0,
-    "match_geometry": False, "ranges": None,
+    "match_geometry": False, "ranges": None, "runs": "auto",
 }
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "finetune.yaml"
 
@@ -258,7 +258,61 @@ def _user_patch(x: np.ndarray, labels: np.ndarray, coords: np.ndarray, p: int, h
     return augment_patch(xp, yp, rng)
 
 
+#: fine-tuning runs averaged by ``runs: auto`` when the base model's head is kept
+AUTO_RUNS = 3
+
+
+def resolve_classes(base_classes: Sequence[str], train: np.ndarray, test: np.ndarray | None,
+                    classes: Sequence[str] | None) -> list[str]:
+    """The dataset's class names: ``classes``, else the base model's when the labels use as many
+    ids, else ``class1..classK``. Equal to ``base_classes`` exactly when the base head is kept."""
+    if classes is None:
+        k = int(max(np.max(train), 0 if test is None else np.asarray(test).max()))
+        classes = list(base_classes) if k == len(base_classes) else [f"class{i + 1}" for i in range(max(k, 2))]
+    return list(classes)
+
+
 # ----------------------------------------------------------------------------------- main
+def finetune_runs(init: str | Path, images: np.ndarray, detectors: Sequence[str], train: np.ndarray,
+                  out_dir: str | Path, *, settings: Mapping, overwrite: bool = False, **kwargs) -> dict:
+    """``settings["runs"]`` fine-tunings (seeds ``seed, seed + 1, ...``: each its own held-out
+    scribbles, patches and synthetic stream), averaged into ``out_dir/best.ckpt``.
+
+    The runs share the wall-clock budget (``max_minutes / runs`` each) and are kept in
+    ``out_dir/runs/run<i>``; the average is a "soup" of models fine-tuned from the same base
+    (:func:`seglearn.pretrain.soup.average_checkpoints`), one network at prediction time.
+    Arguments as :func:`finetune`; returns its keys, with ``steps`` summed, ``best_step`` a list,
+    ``val_awe_zero_shot`` and ``best_val_awe`` means over the runs, and ``runs`` each run's result.
+    """
+    from seglearn.pretrain.soup import average_checkpoints
+
+    s = settings_from(settings)
+    n = int(s["runs"])
+    out_dir = Path(out_dir)
+    if (out_dir / "best.ckpt").exists() and not overwrite:
+        raise OutputExistsError(f"{out_dir}: already holds best.ckpt; pass overwrite=true to replace it")
+    t0 = time.perf_counter()
+    results = []
+    for i in range(n):
+        log.info("fine-tuning run %d of %d (seed %d)", i + 1, n, int(s["seed"]) + i)
+        run = {**s, "runs": 1, "seed": int(s["seed"]) + i, "max_minutes": float(s["max_minutes"]) / n}
+        results.append(finetune(init, images, detectors, train, out_dir / "runs" / f"run{i}", settings=run,
+                                overwrite=True, **kwargs))
+    ck = average_checkpoints([r["best_ckpt"] for r in results], out_dir / "best.ckpt", overwrite=True,
+                             section="finetune")
+    keep = ("steps", "best_step", "best_val_awe", "val_awe_zero_shot", "seconds")
+    result = {"best_ckpt": str(ck), "val_source": results[0]["val_source"],
+              "val_awe_zero_shot": round(float(np.mean([r["val_awe_zero_shot"] for r in results])), 3),
+              "best_val_awe": round(float(np.mean([r["best_val_awe"] for r in results])), 3),
+              "best_step": [r["best_step"] for r in results], "steps": int(sum(r["steps"] for r in results)),
+              "seconds": round(time.perf_counter() - t0, 1), "class_map": results[0]["class_map"],
+              "runs": [{k: r[k] for k in keep} for r in results]}
+    (out_dir / "finetune_summary.json").write_text(json.dumps(result, indent=2))
+    log.info("averaged %d fine-tuned runs in %.0f s (best steps %s): wrote %s", n, result["seconds"],
+             result["best_step"], ck)
+    return result
+
+
 def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], train: np.ndarray, out_dir: str | Path, *,
              classes: Sequence[str] | None = None, voxel_size_nm: Sequence[float] | None = None,
              test: np.ndarray | None = None, settings: Mapping | None = None, overwrite: bool = False,
@@ -297,13 +351,23 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
     import torch
 
     from seglearn.ckpt import load_checkpoint, save_checkpoint
+
+    s = settings_from(settings)
+    ck = load_checkpoint(init, kind="unet")
+    base_meta = ck["meta"]
+    if s["runs"] == "auto":  # several runs averaged only where the base model's head is kept
+        base_classes = list(base_meta["classes"])
+        s["runs"] = AUTO_RUNS if resolve_classes(base_classes, np.asarray(train), test, classes) == base_classes else 1
+    if int(s["runs"]) > 1:
+        return finetune_runs(init, images, detectors, train, out_dir, classes=classes, voxel_size_nm=voxel_size_nm,
+                             test=test, settings=s, overwrite=overwrite, name=name, preprocess=preprocess)
+
     from seglearn.metrics import score
     from seglearn.pretrain.stream import PhantomPatchStream
     from seglearn.pretrain.train import make_randomiser
     from seglearn.segment.channels import apply_normalisation, compute_channels
     from seglearn.segment.net import build_net
 
-    s = settings_from(settings)
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     if (out_dir / "best.ckpt").exists() and not overwrite:
@@ -312,8 +376,6 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
         torch.set_num_threads(int(s["threads"]))
     torch.manual_seed(int(s["seed"]))
     rng = np.random.default_rng(int(s["seed"]))
-    ck = load_checkpoint(init, kind="unet")
-    base_meta = ck["meta"]
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[None]
@@ -324,11 +386,8 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
     if not (train > 0).any():
         raise InputError(f"{name}: the training labels hold no scribble (all 0)")
     idx, names = select_detectors(base_meta, detectors, detector=s["detector"], where=name)
-    k_user = int(max(train.max(), 0 if test is None else np.asarray(test).max()))
     base_classes = list(base_meta["classes"])
-    if classes is None:
-        classes = base_classes if k_user == len(base_classes) else [f"class{i + 1}" for i in range(max(k_user, 2))]
-    classes = list(classes)
+    classes = resolve_classes(base_classes, train, test, classes)
     k_user = len(classes)
     same_head = classes == base_classes
 
@@ -505,6 +564,7 @@ def train(cfg) -> dict:
     from omegaconf import OmegaConf
 
     from seglearn.cli import setup_logging
+    from seglearn.config import resolve_seed
     from seglearn.data import load_dataset
     from seglearn.preprocess.stage import preprocess_loaded, stage_config
 
@@ -516,8 +576,7 @@ def train(cfg) -> dict:
     s = dict(OmegaConf.to_container(OmegaConf.load(CONFIG), resolve=True)) if CONFIG.exists() else {}
     if cfg.get("finetune") is not None:
         s.update(OmegaConf.to_container(cfg.finetune, resolve=True))
-    if cfg.get("seed") is not None:
-        s["seed"] = int(cfg.seed)
+    s["seed"] = resolve_seed(cfg, "finetune", int(s.get("seed", 0)))
     ds = load_dataset(root, labels=("train", "test"), require=("train",))
     pre_steps, frame = stage_config(cfg)
     entry = None

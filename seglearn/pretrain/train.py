@@ -29,7 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "net": {"base": 16, "depth": 3, "dropout": 0.0}, "phantom_shape": [20, 80, 80], "patch": 64,
     "batch_size": 8, "lr": 0.002, "weight_decay": 1e-4, "max_steps": 3000, "max_minutes": 30.0,
     "val_every": 100, "n_val": 3, "cache": 6, "reuse": 96, "threads": 0, "bf16": "auto", "ranges": {},
-    "p_real": 0.3, "p_flat": 0.15, "sources": None, "seed": 0, "init": None, "warmup": 50,
+    "p_real": 0.3, "p_flat": 0.15, "sources": None, "seed": 0, "init": None, "warmup": 50, "ema": 0.0,
 }
 
 
@@ -176,6 +176,13 @@ def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False)
     if s.get("init"):
         meta["pretrain"]["continued_from"] = warm_start(net, meta, str(s["init"]))
     halo = int(meta["net"]["context"])
+    ema = None
+    if float(s.get("ema") or 0.0) > 0:
+        # exponential moving average of the weights: validated and saved instead of the raw weights
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(float(s["ema"])), use_buffers=True)
+    kept = net if ema is None else ema.module  # the weights that are validated and saved
     stream = iter(PhantomPatchStream(rnd, derived=meta["derived"], patch=int(s["patch"]), halo=halo,
                                      cache=int(s["cache"]), reuse=int(s["reuse"]), seed=int(s["seed"])))
     val = validation_set(s, int(s["n_val"]))
@@ -188,7 +195,7 @@ def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False)
     def save(name: str, extra: dict) -> Path:
         m = dict(meta)
         m["pretrain"] = {**meta["pretrain"], **extra}
-        return save_checkpoint(out_dir / name, kind="unet", state_dict=net.state_dict(), meta=m)
+        return save_checkpoint(out_dir / name, kind="unet", state_dict=kept.state_dict(), meta=m)
 
     log.info("pretraining a %s base model (%s) for at most %d steps / %.0f min on %s phantoms, out_dir %s",
              meta["mode"], "+".join(meta["channels"]), max_steps, budget / 60, "x".join(map(str, rnd.shape)), out_dir)
@@ -206,16 +213,19 @@ def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False)
         for g in opt.param_groups:  # warm-up, then cosine decay over the step or time budget, whichever ends first
             g["lr"] = lr_at(float(s["lr"]), step, max_steps, elapsed / budget, int(s["warmup"]))
         opt.step()
+        if ema is not None:
+            ema.update_parameters(net)
         step += 1
         losses.append(float(loss.detach()))
         last = step >= max_steps or elapsed > budget
         if step % int(s["val_every"]) == 0 or last:
-            awe = evaluate(net, val, halo, bf16=bf16)
+            awe = evaluate(kept, val, halo, bf16=bf16)
             rows.append({"step": step, "seconds": round(elapsed, 1), "loss": round(float(np.mean(losses)), 4),
                          "val_awe": round(awe, 3)})
             losses = []
             log.info("step %d (%.0f s): loss %.4f, validation awe %.2f %%", step, elapsed, rows[-1]["loss"], awe)
-            extra = {"steps": step, "seconds": round(elapsed, 1), "val_awe": round(awe, 3), "n_val": len(val)}
+            extra = {"steps": step, "seconds": round(elapsed, 1), "val_awe": round(awe, 3), "n_val": len(val),
+                     "ema": float(s.get("ema") or 0.0)}
             if awe < best:
                 best, best_step = awe, step
                 save("best.ckpt", extra)
@@ -241,7 +251,8 @@ def train(cfg) -> dict:
     from seglearn.cli import setup_logging
 
     setup_logging()
+    from seglearn.config import resolve_seed
+
     s = settings_from(cfg.model)
-    if cfg.get("seed") is not None:
-        s["seed"] = int(cfg.seed)
+    s["seed"] = resolve_seed(cfg, "model", int(s["seed"]))
     return pretrain(s, str(cfg.out_dir), overwrite=bool(cfg.get("overwrite", False)))
