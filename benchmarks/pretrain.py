@@ -147,10 +147,10 @@ def run_finetune(case: dict, out: Path, base: Path, kind: str, tta: str | None =
 
     settings = {"max_steps": STEPS, **(extra or {})}
     if kind == "zeroshot":
-        settings = {"max_steps": 0, "synth_fraction": 0, "runs": 1}
+        settings = {"max_steps": 0, "synth_fraction": 0, "runs": 1, "denoise": "off"}  # the base model as it is
     elif kind == "naive":
         settings = {"max_steps": STEPS, "max_minutes": 4.0, "synth_fraction": 0, "lr": 3e-3, "keep_best": False, "distill": 0.0,
-                    "patience": 0, "runs": 1}
+                    "patience": 0, "runs": 1, "denoise": "off"}
     t0 = time.perf_counter()
     d = out / f"{kind}_{case['name']}"
     r = finetune(str(base / case["base"]), case["images"], case["detectors"], case["train"], d, classes=case["classes"],
@@ -159,7 +159,7 @@ def run_finetune(case: dict, out: Path, base: Path, kind: str, tta: str | None =
     pred = predict_unet(r["best_ckpt"], case)
     res = {**score_slices(pred, case), "seconds": round(secs, 1), "steps": r["steps"], "best_step": r["best_step"],
            "val_awe_zero_shot": r["val_awe_zero_shot"], "best_val_awe": r["best_val_awe"], "class_map": r["class_map"],
-           "base": case["base"]}
+           "base": case["base"], "denoise": r.get("denoise")}
     return with_tta(res, r["best_ckpt"], case, tta)
 
 

@@ -158,6 +158,12 @@ def test_finetune_two_classes_gets_a_new_head(base_ckpt, tmp_path):
     seg = load_segmenter(tmp_path / "ft2" / "best.ckpt", device="cpu")
     assert seg.classes == ["dark", "bright"] and seg.n_classes == 2
     assert set(np.unique(seg.predict(images, ["SE2", "InLens"]))) <= {1, 2}
+    # freeze_bn=auto: a new head keeps the base model's BatchNorm statistics
+    from seglearn.ckpt import load_checkpoint
+
+    base, got = (load_checkpoint(p, kind="unet")["state_dict"] for p in (base_ckpt, tmp_path / "ft2" / "best.ckpt"))
+    assert r["freeze_bn"] is True
+    assert all(np.array_equal(got[k].numpy(), base[k].numpy()) for k in base if k.endswith("running_mean"))
 
 
 @pytest.mark.slow
@@ -309,3 +315,61 @@ def test_finetune_runs_average_the_runs_into_one_model(base_ckpt, tiny_phantom, 
             torch.testing.assert_close(v, sum(c["state_dict"][k] for c in runs) / 3)
     with pytest.raises(OutputExistsError, match="already holds"):
         finetune(base_ckpt, ph.channels(), ["SE2", "InLens"], ph.train, tmp_path / "ft", settings={**TINY_FT, "runs": 2})
+
+
+@pytest.mark.slow
+def test_finetune_smooths_noisy_data_and_prediction_repeats_it(base_ckpt, tmp_path):
+    """denoise=auto: a detector far noisier than the base model's phantoms is smoothed, the sigma is stored in
+    the checkpoint and the segmenter applies it; clean data and denoise=off are left alone."""
+    from seglearn.pretrain.finetune import finetune
+    from seglearn.segment.api import load_segmenter
+    from seglearn.segment.channels import apply_normalisation, compute_channels
+
+    def data(noise):
+        rng = np.random.default_rng(0)
+        img = np.full((3, 64, 64), 90.0)
+        img[:, 16:48, 16:48] = 130.0
+        img = np.clip(img + rng.normal(0, noise, img.shape), 0, 255).astype(np.uint8)
+        lab = np.zeros((3, 64, 64), np.uint8)
+        lab[:, 2:10, 2:60] = 1
+        lab[:, 24:40, 24:40] = 2
+        return np.stack([img, img]), lab
+
+    noisy, lab = data(30.0)  # noise / contrast 0.75, far above the phantoms' 90th percentile (~0.24)
+    r = finetune(base_ckpt, noisy, ["SE2", "InLens"], lab, tmp_path / "noisy", classes=["dark", "bright"],
+                 settings={**TINY_FT, "val_fraction": 0.3, "val_tile": 8})
+    sig = r["denoise"]["sigma"]
+    assert r["denoise"]["mode"] == "auto" and all(s > 0.8 for s in sig)
+    seg = load_segmenter(tmp_path / "noisy" / "best.ckpt", device="cpu")
+    assert seg.smooth == sig
+    want = apply_normalisation(compute_channels(noisy, seg.detectors, seg.derived, sig), seg.ranges)
+    np.testing.assert_allclose(seg.prepare(noisy), want)
+    assert not np.allclose(seg.prepare(noisy), apply_normalisation(compute_channels(noisy, seg.detectors, seg.derived),
+                                                                   seg.ranges))
+    for noise, setting, name in ((2.0, "auto", "clean"), (30.0, "off", "off")):
+        images, lab = data(noise)
+        r = finetune(base_ckpt, images, ["SE2", "InLens"], lab, tmp_path / name, classes=["dark", "bright"],
+                     settings={**TINY_FT, "val_fraction": 0.3, "val_tile": 8, "denoise": setting})
+        assert r["denoise"].get("sigma", [0.0, 0.0]) == [0.0, 0.0]
+        assert load_segmenter(tmp_path / name / "best.ckpt", device="cpu").smooth is None
+
+
+@pytest.mark.slow
+def test_freeze_bn_keeps_the_base_models_batchnorm_statistics(base_ckpt, tiny_phantom, tmp_path):
+    import torch
+
+    from seglearn.ckpt import load_checkpoint
+    from seglearn.pretrain.finetune import finetune
+
+    ph = tiny_phantom
+    base = load_checkpoint(base_ckpt, kind="unet")["state_dict"]
+    stats = [k for k in base if k.endswith(("running_mean", "running_var"))]
+    assert stats
+    for freeze, name in ((True, "frozen"), (False, "free")):
+        r = finetune(base_ckpt, ph.channels(), ["SE2", "InLens"], ph.train, tmp_path / name, test=ph.test,
+                     settings={**TINY_FT, "freeze_bn": freeze, "keep_best": False, "lr": 0.01})
+        assert r["steps"] == 2
+        got = load_checkpoint(tmp_path / name / "best.ckpt", kind="unet")["state_dict"]
+        same = [torch.equal(got[k], base[k]) for k in stats]
+        assert all(same) if freeze else not all(same)
+        assert any(not torch.equal(got[k], base[k]) for k in got if k.endswith("weight"))  # the weights still learn

@@ -25,6 +25,10 @@ Rules (documented in ``docs/pretrain.md``):
   stays as an auxiliary head trained on the synthetic batches.
 - **Grey levels.** Base models read 8-bit grey values on a fixed scale; other data (16-bit) are
   mapped to that scale by robust percentiles fitted on the dataset, stored in the checkpoint.
+- **Noise.** A detector noisier (relative to its class contrast under the scribbles) than 90 % of
+  the base model's phantoms is smoothed in-plane down to their median noise
+  (:mod:`seglearn.pretrain.noise`, ``denoise: auto``); the smoothing is stored in the checkpoint
+  and applied before every prediction.
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ DEFAULTS: dict[str, Any] = {
     "synth_fraction": 0.5, "synth_weight": 1.0, "freeze_encoder": False, "val_every": 25, "patience": 6,
     "patch": 80, "detector": None, "val_fraction": 0.25, "val_tile": 32, "seed": 0, "threads": 0, "bf16": "auto",
     "phantom_shape": [20, 80, 80], "cache": 4, "reuse": 64, "keep_best": True, "match": 0.0, "distill": 1.0,
-    "match_geometry": False, "ranges": None, "runs": "auto",
+    "match_geometry": False, "ranges": None, "runs": "auto", "denoise": "auto",
+    "freeze_bn": "auto",
 }
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "finetune.yaml"
 
@@ -306,7 +311,7 @@ def finetune_runs(init: str | Path, images: np.ndarray, detectors: Sequence[str]
               "best_val_awe": round(float(np.mean([r["best_val_awe"] for r in results])), 3),
               "best_step": [r["best_step"] for r in results], "steps": int(sum(r["steps"] for r in results)),
               "seconds": round(time.perf_counter() - t0, 1), "class_map": results[0]["class_map"],
-              "runs": [{k: r[k] for k in keep} for r in results]}
+              "denoise": results[0]["denoise"], "runs": [{k: r[k] for k in keep} for r in results]}
     (out_dir / "finetune_summary.json").write_text(json.dumps(result, indent=2))
     log.info("averaged %d fine-tuned runs in %.0f s (best steps %s): wrote %s", n, result["seconds"],
              result["best_step"], ck)
@@ -363,6 +368,7 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
                              test=test, settings=s, overwrite=overwrite, name=name, preprocess=preprocess)
 
     from seglearn.metrics import score
+    from seglearn.pretrain.noise import resolve_smoothing
     from seglearn.pretrain.stream import PhantomPatchStream
     from seglearn.pretrain.train import make_randomiser
     from seglearn.segment.channels import apply_normalisation, compute_channels
@@ -395,7 +401,11 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
     raw = images[idx]
     base_dets, derived = list(base_meta["detectors"]), list(base_meta.get("derived", []))
     ranges = grey_ranges(raw, len(derived))
-    x = apply_normalisation(compute_channels(raw, base_dets, derived), ranges)
+    smooth, noise_info = resolve_smoothing(s["denoise"], base_meta, raw, train)
+    if any(v > 0 for v in smooth):
+        log.info("%s: smoothing the detectors %s in-plane with sigma %s px (%s)", name, base_dets, smooth,
+                 ", ".join(f"{k} {v}" for k, v in noise_info.items() if k != "sigma"))
+    x = apply_normalisation(compute_channels(raw, base_dets, derived, smooth), ranges)
     net_cfg = dict(base_meta["net"])
     halo = int(net_cfg.get("context", 0)) if net_cfg.get("mode") == "2.5d" else 0
     if net_cfg.get("mode") == "3d":
@@ -463,13 +473,26 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
     coords = np.argwhere(fit_labels > 0)
     bf16 = resolve_bf16(s["bf16"], "cpu")  # auto: only where the CPU runs bf16 natively
 
+    bn_types = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+    # a new head (other classes, other imaging): batches half synthetic FIB-SEM, half the user's data give
+    # BatchNorm statistics that fit neither, and validation swung between 2 and 47 % on the micrograph
+    freeze_bn = (not same_head) if str(s["freeze_bn"]) == "auto" else bool(s["freeze_bn"])
+
+    def train_mode() -> None:
+        """Training mode, except the frozen encoder and (``freeze_bn``) the BatchNorm statistics."""
+        net.train()
+        for m in frozen:
+            m.eval()
+        if freeze_bn:
+            for m in net.modules():
+                if isinstance(m, bn_types):
+                    m.eval()
+
     def validate() -> float:
         net.eval()
         logits = predict_slices(net, x, val_z, halo, bf16=bf16)
         pred = (logits.argmax(1) + 1).astype(np.uint8)
-        net.train()
-        for m in frozen:
-            m.eval()
+        train_mode()
         return float(score(pred, val_labels[val_z], k_user)["awe"])
 
     budget = float(s["max_minutes"]) * 60.0
@@ -480,9 +503,7 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
     history = [{"step": 0, "val_awe": round(zero_shot, 3)}]
     log.info("fine-tuning %s on %s (%d classes, %s, val on %s): zero-shot validation awe %.2f %%", init, name, k_user,
              "same head" if same_head else f"new head (linear probe; resembles base classes {cmap})", val_source, zero_shot)
-    net.train()
-    for m in frozen:
-        m.eval()
+    train_mode()
     step = 0
     while step < max_steps and time.perf_counter() - t0 < budget:
         ub = [_user_patch(x, fit_labels, coords, patch, halo, rng) for _ in range(n_user)]
@@ -539,12 +560,15 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
                        (d.split("-") for d in derived)]
     meta["channels"] = meta["detectors"] + meta["derived"]
     meta["normalisation"] = {"method": "fixed", "percentiles": None, "ranges": ranges}
+    if any(v > 0 for v in smooth):
+        meta["normalisation"]["smooth"] = [float(v) for v in smooth]
     meta["classes"] = classes
     if voxel_size_nm is not None:
         meta["voxel_size_nm"] = [float(v) for v in voxel_size_nm]
     result = {"best_ckpt": str(out_dir / "best.ckpt"), "val_source": val_source, "val_awe_zero_shot": round(zero_shot, 3),
               "best_val_awe": round(best, 3), "best_step": best_step, "steps": step, "seconds": round(seconds, 1),
-              "class_map": None if same_head else [base_classes[c] for c in cmap], "history": history}
+              "class_map": None if same_head else [base_classes[c] for c in cmap], "history": history,
+              "denoise": noise_info, "freeze_bn": freeze_bn}
     meta["train"] = {"dataset": name, "seed": int(s["seed"]), "val_source": val_source,
                      "val": {"awe": round(best, 3)}, "global_step": step}
     meta["finetune"] = {"init": str(init), "settings": {k: v for k, v in s.items()}, **{k: v for k, v in result.items()

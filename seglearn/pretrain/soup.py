@@ -52,7 +52,7 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path, *, overwri
     cks = [load_checkpoint(p, kind="unet") for p in paths]
     first = cks[0]
     for p, ck in zip(paths[1:], cks[1:]):
-        for key in ("net", "channels", "classes"):
+        for key in ("net", "channels", "classes", "normalisation"):
             if ck["meta"].get(key) != first["meta"].get(key):
                 raise InputError(f"{p}: its {key} {ck['meta'].get(key)} differ from {paths[0]}'s "
                                  f"{first['meta'].get(key)}; only checkpoints of the same network can be averaged")

@@ -113,6 +113,8 @@ class Segmenter:
         self.mode = net.mode
         self.voxel_size_nm = meta.get("voxel_size_nm")
         self.ranges = [list(r) for r in meta["normalisation"]["ranges"]]
+        #: in-plane Gaussian sigma per detector applied before the network (set by noise-matched fine-tuning)
+        self.smooth = meta["normalisation"].get("smooth")
 
     @property
     def n_classes(self) -> int:
@@ -143,7 +145,7 @@ class Segmenter:
         """Raw detector images ``(C, z, Y, X)`` in :attr:`detectors` order -> normalised channels."""
         from seglearn.segment.channels import apply_normalisation, compute_channels
 
-        return apply_normalisation(compute_channels(raw, self.detectors, self.derived), self.ranges)
+        return apply_normalisation(compute_channels(raw, self.detectors, self.derived, self.smooth), self.ranges)
 
     def iter_proba(self, read_raw: Callable[[int, int], np.ndarray], shape: Sequence[int], *,
                    block_slices: int | None = None, tile=None, overlap=None, border=None, batch_size=None,

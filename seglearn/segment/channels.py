@@ -45,7 +45,8 @@ def resolve_derived(detectors: Sequence[str], derived) -> list[str]:
     return out
 
 
-def compute_channels(images: np.ndarray, detectors: Sequence[str], derived: Sequence[str]) -> np.ndarray:
+def compute_channels(images: np.ndarray, detectors: Sequence[str], derived: Sequence[str],
+                     smooth: Sequence[float] | None = None) -> np.ndarray:
     """Stack the detector images and the derived channels as float32.
 
     Parameters
@@ -54,6 +55,10 @@ def compute_channels(images: np.ndarray, detectors: Sequence[str], derived: Sequ
         Raw detector images in the order of ``detectors``.
     detectors : sequence of str
     derived : sequence of "A-B" str
+    smooth : sequence of float, optional
+        In-plane Gaussian ``sigma`` (px) per detector, applied before the differences (0 = none;
+        fine-tuning sets it for data noisier than the base model's phantoms,
+        :mod:`seglearn.pretrain.noise`).
 
     Returns
     -------
@@ -65,6 +70,14 @@ def compute_channels(images: np.ndarray, detectors: Sequence[str], derived: Sequ
                          f"got shape {images.shape}")
     out = np.empty((len(detectors) + len(derived), *images.shape[1:]), dtype=np.float32)
     out[: len(detectors)] = images
+    if smooth is not None and any(float(v) > 0 for v in smooth):
+        from scipy import ndimage as ndi
+
+        if len(smooth) != len(detectors):
+            raise InputError(f"smoothing has {len(smooth)} sigma(s), expected one per detector {list(detectors)}")
+        for i, sig in enumerate(smooth):
+            if float(sig) > 0:
+                out[i] = ndi.gaussian_filter(out[i], (0.0, float(sig), float(sig)))
     for i, name in enumerate(derived):
         a, b = name.split("-")
         np.subtract(out[detectors.index(a)], out[detectors.index(b)], out=out[len(detectors) + i])

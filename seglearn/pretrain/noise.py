@@ -1,0 +1,208 @@
+"""Noise matching for fine-tuning: how noisy a dataset is next to the phantoms a base model saw.
+
+A base model is pretrained on phantoms whose noise is drawn from a range. A dataset noisier than
+nearly all of them (the out-of-range phantom of ``benchmarks/pretrain.py``, the real
+micrograph) is read badly, and fine-tuning on interior scribbles does not teach the network the
+missing noise level. Fine-tuning therefore measures the dataset's *relative noise* per detector
+and, when it lies above the 90th percentile of the base model's phantoms, smooths that detector
+in-plane with a Gaussian whose noise reduction brings it to their median. The smoothing belongs
+to the fine-tuned model: it is stored in the checkpoint (``meta.normalisation.smooth``) and
+:meth:`seglearn.segment.api.Segmenter.prepare` applies it before every prediction.
+
+Relative noise = (standard deviation of the noise, Immerkaer's estimator on a slice) / (spread of
+the class medians of the labelled voxels). It does not depend on the grey-value scale.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from seglearn.errors import InputError
+
+#: phantoms drawn for the reference distribution (fixed seed: the same numbers on every run)
+REFERENCE_DRAWS = 64
+REFERENCE_SHAPE = (8, 96, 96)
+TRIGGER_PERCENTILE = 90.0  # smooth a detector only when it is noisier than this share of the phantoms
+TARGET_PERCENTILE = 50.0   # ... down to the phantoms' median
+
+
+def relative_noise(images: np.ndarray, labels: np.ndarray, *, max_slices: int = 8,
+                   min_voxels: int = 20) -> np.ndarray:
+    """Noise standard deviation over class contrast, per detector.
+
+    Parameters
+    ----------
+    images : (C, Z, Y, X) ndarray
+        Raw detector images.
+    labels : (Z, Y, X) int ndarray
+        Labels ``1..K`` (scribbles or dense truth), 0 = unlabelled.
+    max_slices : int
+        Labelled slices (evenly spread) on which the noise is estimated; the median is kept.
+    min_voxels : int
+        Classes with fewer labelled voxels are ignored.
+
+    Returns
+    -------
+    (C,) float ndarray
+        NaN where fewer than two classes are labelled or the classes have the same median.
+    """
+    from seglearn.preprocess.denoise import noise_sigma
+
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    if images.ndim != 4 or images.shape[1:] != labels.shape:
+        raise InputError(f"relative_noise: images {images.shape} and labels {labels.shape} do not agree; "
+                         f"expected (C, Z, Y, X) and (Z, Y, X)")
+    out = np.full(images.shape[0], np.nan)
+    ks = [k for k in np.unique(labels[labels > 0]) if (labels == k).sum() >= min_voxels]
+    zs = np.unique(np.nonzero(labels)[0])
+    if len(ks) < 2 or len(zs) == 0:
+        return out
+    zs = zs[np.unique(np.linspace(0, len(zs) - 1, min(max_slices, len(zs))).round().astype(int))]
+    for c in range(images.shape[0]):
+        med = [float(np.median(images[c][labels == k])) for k in ks]
+        spread = max(med) - min(med)
+        if spread > 0:
+            out[c] = float(np.median([noise_sigma(images[c, z]) for z in zs])) / spread
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _reference(key: str) -> np.ndarray:
+    from seglearn.pretrain.train import make_randomiser
+
+    s = json.loads(key)
+    rnd = make_randomiser({**s, "phantom_shape": list(REFERENCE_SHAPE)})
+    rng = np.random.default_rng(1)
+    vals = []
+    for _ in range(REFERENCE_DRAWS):
+        images, truth, _ = rnd.draw(rng)
+        z = images.shape[1] // 2  # one slice: the dataset's estimate is a median over slices too
+        vals.append(relative_noise(images[:, z:z + 1], truth[z:z + 1]))
+    return np.asarray(vals)
+
+
+def reference_noise(detectors: Sequence[str], pretrain: Mapping) -> np.ndarray:
+    """Relative noise of phantoms drawn like a base model's pretraining data.
+
+    Parameters
+    ----------
+    detectors : sequence of str
+        The base model's detectors.
+    pretrain : mapping
+        The checkpoint's ``meta.pretrain`` (``ranges``, ``p_real``, ``p_flat``).
+
+    Returns
+    -------
+    (REFERENCE_DRAWS, C) float ndarray
+        Cached per process; about 6 s on one CPU core the first time.
+    """
+    key = json.dumps({"detectors": list(detectors), "ranges": dict(pretrain.get("ranges") or {}), "sources": None,
+                      "p_real": float(pretrain.get("p_real", 0.3)), "p_flat": float(pretrain.get("p_flat", 0.15))},
+                     sort_keys=True)
+    return _reference(key).copy()
+
+
+def gaussian_noise_factor(sigma: float) -> float:
+    """Factor by which an in-plane Gaussian of ``sigma`` px lowers the std of white noise."""
+    if sigma <= 0:
+        return 1.0
+    from scipy import ndimage as ndi
+
+    r = int(4 * sigma + 1)
+    d = np.zeros((1, 2 * r + 1))
+    d[0, r] = 1.0
+    k = ndi.gaussian_filter1d(d, sigma, axis=1, mode="constant")
+    return float((k ** 2).sum())  # separable: ||k2d||_2 = ||k1d||_2 ** 2
+
+
+def sigma_for_factor(factor: float) -> float:
+    """The Gaussian ``sigma`` (px) whose :func:`gaussian_noise_factor` is ``factor`` (0 for >= 1)."""
+    if factor >= 1.0:
+        return 0.0
+    lo, hi = 0.0, 8.0
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if gaussian_noise_factor(mid) > factor else (lo, mid)
+    return round(0.5 * (lo + hi), 3)
+
+
+def choose_smoothing(rel: Sequence[float], reference: np.ndarray, *, trigger: float = TRIGGER_PERCENTILE,
+                     target: float = TARGET_PERCENTILE) -> list[float]:
+    """In-plane Gaussian ``sigma`` per detector (0 = none) from the dataset's relative noise.
+
+    Parameters
+    ----------
+    rel : (C,) floats
+        :func:`relative_noise` of the dataset (NaN = unknown: no smoothing).
+    reference : (N, C) ndarray
+        :func:`reference_noise` of the base model.
+    trigger, target : float
+        Percentiles of the reference: a detector noisier than ``trigger`` is smoothed down to ``target``.
+
+    Returns
+    -------
+    list of float
+    """
+    out = []
+    for c, r in enumerate(rel):
+        ref = reference[:, c][np.isfinite(reference[:, c])]
+        if not np.isfinite(r) or ref.size == 0 or r <= np.percentile(ref, trigger):
+            out.append(0.0)
+        else:
+            out.append(sigma_for_factor(float(np.percentile(ref, target)) / float(r)))
+    return out
+
+
+def resolve_smoothing(setting, base_meta: Mapping, images: np.ndarray, labels: np.ndarray) -> tuple[list[float], dict]:
+    """The smoothing of a fine-tuning run from its ``denoise`` setting.
+
+    Parameters
+    ----------
+    setting : "auto", False / "off" / None, a number or a list of numbers
+        ``auto``: :func:`choose_smoothing` (a base model that already smooths keeps its own);
+        a number: that ``sigma`` (px) for every detector; a list: one per base detector.
+    base_meta : mapping
+        Metadata of the checkpoint fine-tuned from.
+    images : (C, Z, Y, X) ndarray
+        The dataset's raw images in the base model's detector order.
+    labels : (Z, Y, X) int ndarray
+        The scribbles.
+
+    Returns
+    -------
+    sigma : list of float
+        One per detector.
+    info : dict
+        What was measured and chosen (for the checkpoint and the log).
+    """
+    n = len(base_meta["detectors"])
+    own = (base_meta.get("normalisation") or {}).get("smooth")
+    if setting is None or setting is False or str(setting).lower() in ("off", "false", "none", "0", "0.0"):
+        return [0.0] * n, {"mode": "off"}
+    if str(setting) == "auto":
+        if own:
+            return [float(v) for v in own], {"mode": "auto", "inherited": True}
+        rel = relative_noise(images, labels)
+        ref = reference_noise(base_meta["detectors"], base_meta.get("pretrain") or {})
+        sigma = choose_smoothing(rel, ref)
+        return sigma, {"mode": "auto", "relative_noise": [round(float(v), 4) for v in rel],
+                       "reference_median": [round(float(v), 4) for v in np.nanpercentile(ref, TARGET_PERCENTILE, 0)],
+                       "reference_trigger": [round(float(v), 4) for v in np.nanpercentile(ref, TRIGGER_PERCENTILE, 0)],
+                       "sigma": sigma}
+    vals = [setting] if isinstance(setting, (int, float)) else list(setting)
+    try:
+        vals = [float(v) for v in vals]
+    except (TypeError, ValueError):
+        raise InputError(f"finetune denoise={setting!r}: expected auto, off, a sigma in px or one sigma per "
+                         f"detector {list(base_meta['detectors'])}") from None
+    if len(vals) == 1:
+        vals = vals * n
+    if len(vals) != n or any(v < 0 for v in vals):
+        raise InputError(f"finetune denoise={setting!r}: expected {n} non-negative sigma(s), one per detector "
+                         f"{list(base_meta['detectors'])}")
+    return vals, {"mode": "given", "sigma": vals}
