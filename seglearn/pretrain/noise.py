@@ -58,16 +58,18 @@ def relative_noise(images: np.ndarray, labels: np.ndarray, *, max_slices: int = 
         raise InputError(f"relative_noise: images {images.shape} and labels {labels.shape} do not agree; "
                          f"expected (C, Z, Y, X) and (Z, Y, X)")
     out = np.full(images.shape[0], np.nan)
-    ks = [k for k in np.unique(labels[labels > 0]) if (labels == k).sum() >= min_voxels]
-    zs = np.unique(np.nonzero(labels)[0])
-    if len(ks) < 2 or len(zs) == 0:
+    zs = np.flatnonzero(labels.reshape(labels.shape[0], -1).any(1))  # only labelled slices are read
+    lab = labels[zs]
+    ks = [k for k in np.unique(lab[lab > 0]) if (lab == k).sum() >= min_voxels]
+    if len(ks) < 2:
         return out
-    zs = zs[np.unique(np.linspace(0, len(zs) - 1, min(max_slices, len(zs))).round().astype(int))]
+    pick = zs[np.unique(np.linspace(0, len(zs) - 1, min(max_slices, len(zs))).round().astype(int))]
     for c in range(images.shape[0]):
-        med = [float(np.median(images[c][labels == k])) for k in ks]
+        img = images[c, zs]
+        med = [float(np.median(img[lab == k])) for k in ks]
         spread = max(med) - min(med)
         if spread > 0:
-            out[c] = float(np.median([noise_sigma(images[c, z]) for z in zs])) / spread
+            out[c] = float(np.median([noise_sigma(images[c, z]) for z in pick])) / spread
     return out
 
 
