@@ -147,11 +147,16 @@ def main() -> None:
         "The fp32 rows compute the same thing (same network, tiles, weights), so their gap is the cost "
         "of the implementations: seglearn runs `inference_copy` (batch norm folded into the convolutions, "
         "convolution + ReLU fused in one oneDNN call, max pooling as maxima of strided views, channels-last), "
-        "caches tile weights and blends in place. Against MONAI under bf16 autocast the same holds, and "
-        "seglearn's weights are bf16 once instead of being re-cast on every forward pass. bf16 itself changes "
-        f"the label of {1 - np.mean(lab['ours'] == lab['ours_fp32']):.2%} of voxels against fp32 "
-        f"(MONAI's bf16 run: {1 - np.mean(lab['monai_bf16'] == lab['monai_fp32']):.2%}); `bf16=False` gives the "
-        "fp32 result. Before this "
+        "caches tile weights and blends in place. " + (
+            "Against MONAI under bf16 autocast the same holds, and "
+            "seglearn's weights are bf16 once instead of being re-cast on every forward pass. bf16 itself changes "
+            f"the label of {1 - np.mean(lab['ours'] == lab['ours_fp32']):.2%} of voxels against fp32 "
+            f"(MONAI's bf16 run: {1 - np.mean(lab['monai_bf16'] == lab['monai_fp32']):.2%}); `bf16=False` gives the "
+            "fp32 result." if seg.bf16 else
+            "This CPU has no native bf16, so seglearn's defaults (`bf16: auto`) run fp32 and its first two rows "
+            "compute the same thing: their gap is timing noise. bf16 autocast on such a CPU is emulated: MONAI "
+            f"under it runs at {vps['monai_bf16'] / vps['monai_fp32']:.2f}x its own fp32 speed, which is why "
+            "`auto` keeps fp32 here.") + " Before this "
         "work seglearn's fp32 prediction ran at 0.97x MONAI fp32 (2026-11-22 02:49, same command).",
         "",
     ]

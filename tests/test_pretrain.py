@@ -162,7 +162,7 @@ def test_finetune_two_classes_gets_a_new_head(base_ckpt, tmp_path):
     from seglearn.ckpt import load_checkpoint
 
     base, got = (load_checkpoint(p, kind="unet")["state_dict"] for p in (base_ckpt, tmp_path / "ft2" / "best.ckpt"))
-    assert r["freeze_bn"] is True
+    assert r["freeze_bn"] is True and r["adapt_bn"] is None  # and they are not moved afterwards
     assert all(np.array_equal(got[k].numpy(), base[k].numpy()) for k in base if k.endswith("running_mean"))
 
 
@@ -310,9 +310,14 @@ def test_finetune_runs_average_the_runs_into_one_model(base_ckpt, tiny_phantom, 
     assert [c["meta"]["finetune"]["settings"]["seed"] for c in runs] == [0, 1, 2]
     avg = load_checkpoint(tmp_path / "ft" / "best.ckpt", kind="unet")
     assert len(avg["meta"]["finetune"]["soup"]) == 3
+    # the runs are not adapted; the average is, once (adapt_bn: auto, the base head kept)
+    assert all("adapt_bn" not in c["meta"]["finetune"] for c in runs)
+    assert r["adapt_bn"]["alpha"] == 0.5 and avg["meta"]["finetune"]["adapt_bn"]["alpha"] == 0.5
     for k, v in avg["state_dict"].items():
-        if v.is_floating_point():
+        if v.is_floating_point() and not k.endswith(("running_mean", "running_var")):
             torch.testing.assert_close(v, sum(c["state_dict"][k] for c in runs) / 3)
+        elif k.endswith("running_mean"):
+            assert not torch.allclose(v, sum(c["state_dict"][k] for c in runs) / 3)
     with pytest.raises(OutputExistsError, match="already holds"):
         finetune(base_ckpt, ph.channels(), ["SE2", "InLens"], ph.train, tmp_path / "ft", settings={**TINY_FT, "runs": 2})
 
@@ -373,3 +378,46 @@ def test_freeze_bn_keeps_the_base_models_batchnorm_statistics(base_ckpt, tiny_ph
         same = [torch.equal(got[k], base[k]) for k in stats]
         assert all(same) if freeze else not all(same)
         assert any(not torch.equal(got[k], base[k]) for k in got if k.endswith("weight"))  # the weights still learn
+
+
+def test_adapt_bn_settings():
+    from seglearn.pretrain.adapt import AUTO_ALPHA, resolve_alpha
+
+    assert resolve_alpha("auto", frozen=False) == AUTO_ALPHA == 0.5
+    assert resolve_alpha("auto", frozen=True) == 0.0  # weights fitted under the base model's statistics
+    assert resolve_alpha("off", frozen=False) == resolve_alpha(False, frozen=False) == 0.0
+    assert resolve_alpha(0.25, frozen=True) == 0.25
+    for bad in ("half", 1.5, -0.1):
+        with pytest.raises(InputError, match="adapt_bn"):
+            resolve_alpha(bad, frozen=False)
+
+
+@pytest.mark.slow
+def test_adapt_bn_moves_only_the_statistics_part_of_the_way(base_ckpt, tiny_phantom, tmp_path):
+    import shutil
+
+    import torch
+
+    from seglearn.ckpt import load_checkpoint
+    from seglearn.pretrain.adapt import adapt_bn
+
+    ph = tiny_phantom
+    img = ph.channels()
+    paths = {}
+    for name in ("half", "full", "bright"):
+        paths[name] = tmp_path / f"{name}.ckpt"
+        shutil.copy(base_ckpt, paths[name])
+    info = adapt_bn(paths["half"], img, ["SE2", "InLens"], alpha=0.5, n_batches=4, batch_size=4, patch=32)
+    adapt_bn(paths["full"], img, ["SE2", "InLens"], alpha=1.0, n_batches=4, batch_size=4, patch=32)
+    bright = np.clip(img.astype(np.int16) + 60, 0, 255).astype(img.dtype)
+    adapt_bn(paths["bright"], bright, ["SE2", "InLens"], alpha=1.0, n_batches=4, batch_size=4, patch=32)
+    base = load_checkpoint(base_ckpt, kind="unet")["state_dict"]
+    half, full, brt = (load_checkpoint(paths[n], kind="unet") for n in ("half", "full", "bright"))
+    assert half["meta"]["finetune"]["adapt_bn"] == info and info["patches"] == 16 and info["shift"] > 0
+    stats = [k for k in base if k.endswith(("running_mean", "running_var"))]
+    for k in stats:  # halfway between the stored statistics and the dataset's
+        torch.testing.assert_close(half["state_dict"][k], 0.5 * (base[k] + full["state_dict"][k]))
+    assert any(not torch.allclose(full["state_dict"][k], brt["state_dict"][k]) for k in stats)  # they are the data's
+    for k, v in base.items():  # nothing else moves
+        if k not in stats and v.is_floating_point():
+            assert torch.equal(half["state_dict"][k], v)

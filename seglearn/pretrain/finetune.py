@@ -52,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "patch": 80, "detector": None, "val_fraction": 0.25, "val_tile": 32, "seed": 0, "threads": 0, "bf16": "auto",
     "phantom_shape": [20, 80, 80], "cache": 4, "reuse": 64, "keep_best": True, "match": 0.0, "distill": 1.0,
     "match_geometry": False, "ranges": None, "runs": "auto", "denoise": "auto",
-    "freeze_bn": "auto",
+    "freeze_bn": "auto", "adapt_bn": "auto",
 }
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "finetune.yaml"
 
@@ -278,6 +278,16 @@ def resolve_classes(base_classes: Sequence[str], train: np.ndarray, test: np.nda
 
 
 # ----------------------------------------------------------------------------------- main
+def _adapt(ckpt: Path, images: np.ndarray, detectors: Sequence[str], s: Mapping, *, frozen: bool) -> dict | None:
+    """``adapt_bn`` of the settings ``s`` applied to the written checkpoint (None when off)."""
+    from seglearn.pretrain.adapt import adapt_bn, resolve_alpha
+
+    alpha = resolve_alpha(s["adapt_bn"], frozen)
+    if alpha <= 0:
+        return None
+    return adapt_bn(ckpt, images, detectors, alpha=alpha, patch=int(s["patch"]), seed=int(s["seed"]))
+
+
 def finetune_runs(init: str | Path, images: np.ndarray, detectors: Sequence[str], train: np.ndarray,
                   out_dir: str | Path, *, settings: Mapping, overwrite: bool = False, **kwargs) -> dict:
     """``settings["runs"]`` fine-tunings (seeds ``seed, seed + 1, ...``: each its own held-out
@@ -300,18 +310,21 @@ def finetune_runs(init: str | Path, images: np.ndarray, detectors: Sequence[str]
     results = []
     for i in range(n):
         log.info("fine-tuning run %d of %d (seed %d)", i + 1, n, int(s["seed"]) + i)
-        run = {**s, "runs": 1, "seed": int(s["seed"]) + i, "max_minutes": float(s["max_minutes"]) / n}
+        run = {**s, "runs": 1, "seed": int(s["seed"]) + i, "max_minutes": float(s["max_minutes"]) / n,
+               "adapt_bn": "off"}  # the average is adapted once, below
         results.append(finetune(init, images, detectors, train, out_dir / "runs" / f"run{i}", settings=run,
                                 overwrite=True, **kwargs))
     ck = average_checkpoints([r["best_ckpt"] for r in results], out_dir / "best.ckpt", overwrite=True,
                              section="finetune")
+    adapted = _adapt(ck, images, detectors, s, frozen=bool(results[0]["freeze_bn"]))
     keep = ("steps", "best_step", "best_val_awe", "val_awe_zero_shot", "seconds")
     result = {"best_ckpt": str(ck), "val_source": results[0]["val_source"],
               "val_awe_zero_shot": round(float(np.mean([r["val_awe_zero_shot"] for r in results])), 3),
               "best_val_awe": round(float(np.mean([r["best_val_awe"] for r in results])), 3),
               "best_step": [r["best_step"] for r in results], "steps": int(sum(r["steps"] for r in results)),
               "seconds": round(time.perf_counter() - t0, 1), "class_map": results[0]["class_map"],
-              "denoise": results[0]["denoise"], "runs": [{k: r[k] for k in keep} for r in results]}
+              "denoise": results[0]["denoise"], "freeze_bn": results[0]["freeze_bn"], "adapt_bn": adapted,
+              "runs": [{k: r[k] for k in keep} for r in results]}
     (out_dir / "finetune_summary.json").write_text(json.dumps(result, indent=2))
     log.info("averaged %d fine-tuned runs in %.0f s (best steps %s): wrote %s", n, result["seconds"],
              result["best_step"], ck)
@@ -576,6 +589,7 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
     meta["preprocess"] = dict(preprocess) if preprocess else None
     out_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out_dir / "best.ckpt", kind="unet", state_dict=net.state_dict(), meta=meta, overwrite=True)
+    result["adapt_bn"] = _adapt(out_dir / "best.ckpt", images, detectors, s, frozen=freeze_bn)
     (out_dir / "finetune_summary.json").write_text(json.dumps(result, indent=2))
     log.info("fine-tuned in %.0f s (%d steps): validation awe %.2f %% (zero-shot %.2f %%, best at step %d); wrote %s",
              seconds, step, best, zero_shot, best_step, out_dir / "best.ckpt")
