@@ -29,6 +29,10 @@ Rules (documented in ``docs/pretrain.md``):
   the base model's phantoms is smoothed in-plane down to their median noise
   (:mod:`seglearn.pretrain.noise`, ``denoise: auto``); the smoothing is stored in the checkpoint
   and applied before every prediction.
+- **BatchNorm statistics.** With the base head kept, the running statistics end up describing
+  batches half synthetic; afterwards they are moved halfway to the dataset's own
+  (:mod:`seglearn.pretrain.adapt`, ``adapt_bn: auto``). With a new head they stay frozen at the
+  base model's (``freeze_bn: auto``) and are not moved.
 """
 
 from __future__ import annotations
