@@ -7,7 +7,7 @@ own volume (images only: no label is read) and moves the stored ones part of the
 ``running = alpha * dataset + (1 - alpha) * stored`` for every mean and variance. This is AdaBN
 (Li et al. 2016, "Revisiting batch normalization for practical domain adaptation"), partial as in
 Schneider et al. 2020 ("Improving robustness against common corruptions by covariate shift
-adaptation"), where a mix of source and target statistics beat either alone.
+adaptation"), which mixes the source and target statistics.
 
 The default ``alpha`` is 0.5 (docs/bench_pretrain.md, "BatchNorm statistics adapted to the
 dataset"). A model fine-tuned with frozen statistics (``freeze_bn``, the default with a new head)
