@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -49,8 +49,8 @@ def resolve_alpha(setting, frozen: bool) -> float:
 
 
 def sample_patches(seg, images: np.ndarray, detectors: Sequence[str], *, n: int, patch: int,
-                   seed: int = 0) -> np.ndarray:
-    """``n`` prepared network inputs cut at random places of the raw volume.
+                   seed: int = 0) -> Iterator[np.ndarray]:
+    """``n`` prepared network inputs cut at random places of the raw volume, one at a time.
 
     Parameters
     ----------
@@ -63,9 +63,9 @@ def sample_patches(seg, images: np.ndarray, detectors: Sequence[str], *, n: int,
     n, patch : int
         Number and in-plane size of the patches (``patch`` is clipped to the image).
 
-    Returns
-    -------
-    (n, C', 2h + 1, p, p) float32 ndarray
+    Yields
+    ------
+    (C', 2h + 1, py, px) float32 ndarray
         ``C'`` the model's channels, ``h`` its slice context.
     """
     order = seg.channel_order(detectors)
@@ -74,7 +74,6 @@ def sample_patches(seg, images: np.ndarray, detectors: Sequence[str], *, n: int,
     h = int(seg.net.halo)
     margin = int(math.ceil(4 * max([0.0, *(seg.smooth or [])])))  # the in-plane smoothing's reach
     rng = np.random.default_rng(seed)
-    out = []
     for _ in range(n):
         z = int(rng.integers(z_n))
         y0, x0 = int(rng.integers(y_n - py + 1)), int(rng.integers(x_n - px + 1))
@@ -83,8 +82,7 @@ def sample_patches(seg, images: np.ndarray, detectors: Sequence[str], *, n: int,
         zi = np.clip(np.arange(z - h, z + h + 1), 0, z_n - 1)
         raw = np.stack([np.asarray(images[i])[zi, a:b, c:d] for i in order])
         x = seg.prepare(raw)[:, :, y0 - a:y0 - a + py, x0 - c:x0 - c + px]
-        out.append(np.ascontiguousarray(x, dtype=np.float32))
-    return np.stack(out)
+        yield np.ascontiguousarray(x, dtype=np.float32)
 
 
 def adapt_bn(ckpt: str | Path, images: np.ndarray, detectors: Sequence[str], *, alpha: float = AUTO_ALPHA,
@@ -128,8 +126,9 @@ def adapt_bn(ckpt: str | Path, images: np.ndarray, detectors: Sequence[str], *, 
     net = build_net(meta["net"])
     net.load_state_dict(ck["state_dict"])
     stored = {k: v.clone() for k, v in net.state_dict().items() if k.endswith(("running_mean", "running_var"))}
-    x = sample_patches(seg, images, detectors, n=n_batches * batch_size, patch=patch, seed=seed)
-    batches = [torch.from_numpy(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    patches = sample_patches(seg, images, detectors, n=n_batches * batch_size, patch=patch, seed=seed)
+    # one batch in memory at a time (all 800 default patches of a 3-channel 2.5D model would be ~430 MB)
+    batches = (torch.from_numpy(np.stack([next(patches) for _ in range(batch_size)])) for _ in range(n_batches))
     with torch.no_grad():
         update_bn(batches, net)
     state = net.state_dict()
@@ -139,7 +138,7 @@ def adapt_bn(ckpt: str | Path, images: np.ndarray, detectors: Sequence[str], *, 
             var = stored[k[:-len("running_mean")] + "running_var"]
             shifts.append(float(((state[k] - old).abs() / var.clamp_min(1e-5).sqrt()).mean()))
         state[k] = alpha * state[k] + (1.0 - alpha) * old
-    info = {"alpha": alpha, "patches": int(len(x)), "patch": int(x.shape[-1]),
+    info = {"alpha": alpha, "patches": n_batches * batch_size, "patch": min(patch, images.shape[-1]),
             "shift": round(float(np.mean(shifts)), 4) if shifts else 0.0,
             "seconds": round(time.perf_counter() - t0, 1)}
     meta.setdefault("finetune", {})["adapt_bn"] = info
