@@ -11,13 +11,16 @@ Cases:
 Methods: ``rf`` (seglearn.baselines random forest, ``configs/method/rf_ilastik.yaml``),
 ``scratch`` (the U-Net from scratch on the scribbles, :func:`seglearn.segment.api.fit_segmenter`),
 ``zeroshot`` (base model, no training; for a class-count mismatch the new head is only
-initialised from the scribble class map), ``finetune`` (seglearn.pretrain.finetune, early
+initialised from the scribble class map), ``zeroshot_adapt`` (base model adapted to the volume
+without labels, as ``predict.py`` does by default: :func:`seglearn.pretrain.adapt.adapt_to_volume`;
+on the 2-class micrograph the 3 predicted classes are merged into 2, both ways, with and without
+adaptation), ``finetune`` (seglearn.pretrain.finetune, early
 stopping on held-out scribbles, never on the scored truth), ``naive`` (fine-tuning on the scribbles
 alone, a from-scratch learning rate, last weights kept).
 
 Every method's result is appended to ``OUT/results.json`` so stages can run separately::
 
-    python benchmarks/pretrain.py --cases phantom micro --methods rf scratch zeroshot finetune naive
+    python benchmarks/pretrain.py --cases phantom micro --methods rf scratch zeroshot zeroshot_adapt finetune naive
 
 ``--set KEY=VALUE ...`` overrides fine-tuning settings of the ``finetune`` method
 (``configs/pretrain/finetune.yaml`` keys), e.g. ``--set max_steps=1200 "ranges={noise: [0.12, 0.2]}"``.
@@ -143,6 +146,54 @@ def with_tta(res: dict, ckpt: str, case: dict, tta: str | None) -> dict:
     return res
 
 
+def run_zeroshot_adapt(case: dict, out: Path, base: Path, tta: str | None = None) -> dict:
+    """The base model adapted to the case's volume without labels (``predict.py adapt=auto``)."""
+    from seglearn.ckpt import load_checkpoint, save_checkpoint
+    from seglearn.pretrain.adapt import adapt_to_volume
+
+    ck = load_checkpoint(base / case["base"], kind="unet")
+    t0 = time.perf_counter()
+    if len(ck["meta"]["detectors"]) == 1 and len(case["detectors"]) == 1:  # a single-detector base takes any one
+        idx = [0]
+    else:
+        idx = [list(case["detectors"]).index(d) for d in ck["meta"]["detectors"]]
+    images = case["images"][idx]
+    if list(ck["meta"]["classes"]) != list(case["classes"]):
+        return merged_zeroshot(ck, images, case, t0)
+    new, info = adapt_to_volume(ck, lambda a, b: images[:, a:b], images.shape[1:], ck["meta"]["detectors"], "auto",
+                                where=case["base"])
+    path = out / f"zeroshot_adapt_{case['name']}.ckpt"
+    save_checkpoint(path, kind="unet", state_dict=new["state_dict"], meta=new["meta"], overwrite=True)
+    pred = predict_unet(str(path), case)
+    case.setdefault("preds", {})["zeroshot_adapt"] = pred
+    res = {**score_slices(pred, case), "seconds": round(time.perf_counter() - t0, 1), "base": case["base"], "adapt": info}
+    return with_tta(res, str(path), case, tta)
+
+
+def merged_zeroshot(ck: dict, images: np.ndarray, case: dict, t0: float) -> dict:
+    """A 3-class base model on a 2-class case, without labels: pore -> class 1, active material ->
+    class 2, and carbon-binder to either (both are scored: which one is right is not known without
+    labels), with ``adapt=off`` and ``adapt=auto``."""
+    from seglearn.pretrain.adapt import adapt_to_volume
+    from seglearn.segment.api import segmenter_from_checkpoint
+
+    if len(ck["meta"]["classes"]) != 3 or len(case["classes"]) != 2:
+        return {"skipped": f"the case's classes {case['classes']} are not the base model's {ck['meta']['classes']}"}
+    res: dict = {"merged": {}}
+    for setting in ("off", "auto"):
+        new, info = adapt_to_volume(ck, lambda a, b: images[:, a:b], images.shape[1:], ck["meta"]["detectors"],
+                                    setting)
+        seg = segmenter_from_checkpoint(new, device="cpu")
+        pred = np.stack([seg.predict(images[:, z:z + 1], seg.detectors)[0] for z in case["score_z"]])
+        for cb in (1, 2):
+            merged = np.select([pred == 1, pred == 2, pred == 3], [1, cb, 2], 0).astype(np.uint8)
+            res["merged"][f"adapt={setting}, carbon_binder->{case['classes'][cb - 1]}"] = score_slices(merged, case)["awe"]
+        if info:
+            res["adapt"] = info
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    return res
+
+
 def run_finetune(case: dict, out: Path, base: Path, kind: str, tta: str | None = None,
                  extra: dict | None = None) -> dict:
     """One base-model method on ``case``; ``extra`` overrides the fine-tuning settings of ``finetune``
@@ -162,20 +213,34 @@ def run_finetune(case: dict, out: Path, base: Path, kind: str, tta: str | None =
                  voxel_size_nm=case["voxel"], settings=settings, overwrite=True, name=case["name"])
     secs = time.perf_counter() - t0
     pred = predict_unet(r["best_ckpt"], case)
+    case.setdefault("preds", {})[kind] = pred
     res = {**score_slices(pred, case), "seconds": round(secs, 1), "steps": r["steps"], "best_step": r["best_step"],
            "val_awe_zero_shot": r["val_awe_zero_shot"], "best_val_awe": r["best_val_awe"], "class_map": r["class_map"],
            "base": case["base"], "denoise": r.get("denoise"), "adapt_bn": r.get("adapt_bn")}
     return with_tta(res, r["best_ckpt"], case, tta)
 
 
+def write_png(path: Path, case: dict, results: dict) -> None:
+    """Panels of the first scored slice: the image, its truth and each method's labels with its awe."""
+    from seglearn.io import write_preview
+
+    img = case["images"][0, case["score_z"][0]]
+    panels = [(f"{case['detectors'][0]} z={case['score_z'][0]}", img, None), ("truth", img, case["truth"][case["score_z"][0]])]
+    for m, pred in case.get("preds", {}).items():
+        panels.append((f"{m}: awe {results[m]['awe']:.2f} %", img, pred[0]))
+    write_preview(path, panels, case["classes"], overwrite=True, title=f"benchmarks/pretrain.py, case {case['name']}")
+
+
 def report(results: dict) -> str:
     """Markdown table of ``results`` (awe per case and method)."""
     names = {"rf": "random forest (rf_ilastik) on the scribbles", "scratch": "U-Net from scratch on the scribbles",
-             "zeroshot": "base model zero-shot", "finetune": "base model fine-tuned", "naive": "base model, naive fine-tuning"}
+             "zeroshot": "base model zero-shot",
+             "zeroshot_adapt": "base model zero-shot, adapted to the volume without labels (`predict.py` default)",
+             "finetune": "base model fine-tuned", "naive": "base model, naive fine-tuning"}
     lines = ["| case | method | awe % | IoU per class | seconds | steps |", "|---|---|---|---|---|---|"]
     for case, res in results.items():
-        for m in ("rf", "scratch", "zeroshot", "finetune", "naive"):
-            if m in res:
+        for m in ("rf", "scratch", "zeroshot", "zeroshot_adapt", "finetune", "naive"):
+            if m in res and "awe" in res[m]:
                 r = res[m]
                 steps = r.get("steps", "")
                 if m in ("finetune", "naive", "zeroshot") and "best_step" in r:
@@ -190,7 +255,7 @@ def report(results: dict) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="+", default=["phantom", "micro"])
-    ap.add_argument("--methods", nargs="+", default=["rf", "scratch", "zeroshot", "finetune", "naive"])
+    ap.add_argument("--methods", nargs="+", default=["rf", "scratch", "zeroshot", "zeroshot_adapt", "finetune", "naive"])
     ap.add_argument("--base-dir", default=str(ROOT / "checkpoints"))
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_pretrain"))
     ap.add_argument("--threads", type=int, default=2)
@@ -199,6 +264,8 @@ def main(argv=None) -> None:
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="settings",
                     help="fine-tuning settings for the finetune method (configs/pretrain/finetune.yaml keys, YAML values)")
     ap.add_argument("--report", action="store_true", help="print the markdown table of OUT/results.json and exit")
+    ap.add_argument("--png", default=None, metavar="PATH",
+                    help="picture of the scored slice with each U-Net method's labels (PATH gets the case name)")
     ap.add_argument("--phantom-seed", type=int, default=OOD["seed"],
                     help="seed of the out-of-range phantom (same parameters; default 101)")
     a = ap.parse_args(argv)
@@ -225,6 +292,8 @@ def main(argv=None) -> None:
                 r = run_rf(case, out)
             elif m == "scratch":
                 r = run_scratch(case, out)
+            elif m == "zeroshot_adapt":
+                r = run_zeroshot_adapt(case, out, Path(a.base_dir), a.tta)
             else:
                 r = run_finetune(case, out, Path(a.base_dir), m, a.tta, extra if m == "finetune" else None)
                 if extra and m == "finetune":
@@ -234,6 +303,9 @@ def main(argv=None) -> None:
             results.setdefault(cname, {})[m] = r
             res_path.write_text(json.dumps(results, indent=2))
             logging.info("%s / %s: %s", cname, m, json.dumps(r))
+        if a.png and case.get("preds"):
+            png = Path(a.png)
+            write_png(png.with_name(f"{png.stem}_{cname}{png.suffix or '.png'}"), case, results[cname])
     print(json.dumps(results, indent=2))
 
 

@@ -174,12 +174,14 @@ def test_unet_method_calls_the_segment_api(tiny, tmp_path, monkeypatch):
     assert calls["fit"] == (ch.shape, 3, det, str(tmp_path), {"voxel_size_nm": [40, 20, 20]})
     assert calls["load"] == str(tmp_path / "best.ckpt") and pred.shape == ph.truth.shape
     assert calls["tta"] == "none"
-    pred = registry.segment("unet", ch, det, None, ckpt="given.ckpt", tta="dihedral")
+    pred = registry.segment("unet", ch, det, None, ckpt="given.ckpt", tta="dihedral", adapt="off")
     assert calls["load"] == "given.ckpt" and calls["tta"] == "dihedral"
     with pytest.raises(InputError, match="unet"):
         registry.segment("unet", ch, det, None)
     with pytest.raises(InputError, match="tta"):
-        registry.segment("unet", ch, det, None, ckpt="given.ckpt", tta="rot45")
+        registry.segment("unet", ch, det, None, ckpt="given.ckpt", tta="rot45", adapt="off")
+    with pytest.raises(InputError, match="adapt="):
+        registry.segment("unet", ch, det, None, ckpt="given.ckpt", adapt="half")
 
 
 def test_unet_api_has_the_expected_signature():

@@ -80,3 +80,37 @@ def test_torchrun_prediction_equals_single_process(tiny_dataset, tmp_path):
     for i, c in enumerate(seg.classes):
         assert summary["fractions"][c] == pytest.approx(np.mean(labels == i + 1))
     assert (tmp_path / "two" / "preview.png").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_prediction_adapts_a_base_model_once_for_all_ranks(tiny_dataset, tmp_path):
+    """adapt=auto under torchrun: rank 0 adapts the base model and every rank predicts with its result,
+    which equals the adaptation done in one process."""
+    import tifffile
+    import torch
+
+    from seglearn.ckpt import load_checkpoint
+    from seglearn.io import read_stack
+    from seglearn.pretrain.adapt import adapt_to_volume
+    from seglearn.segment.api import segmenter_from_checkpoint
+
+    base = ROOT / "checkpoints" / "fibsem_base.ckpt"
+    res = run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "predict.py"),
+              f"ckpt={base}", f"input={tiny_dataset}", f"output={tmp_path / 'two'}", "block_slices=4", "device=cpu",
+              "preview=false")
+    assert res.returncode == 0, res.stderr[-3000:]
+    ck = load_checkpoint(base, kind="unet")
+    images = np.stack([read_stack(tiny_dataset / "images" / f"{d}.tif")[0] for d in ck["meta"]["detectors"]])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank
+    try:
+        new, info = adapt_to_volume(ck, lambda a, b: images[:, a:b], images.shape[1:], ck["meta"]["detectors"])
+        seg = segmenter_from_checkpoint(new, device="cpu")
+        labels = seg.predict(images, seg.detectors, block_slices=4)
+    finally:
+        torch.set_num_threads(threads)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["ranks"] == 2
+    assert {k: v for k, v in summary["adapt"].items() if k != "seconds"} == \
+        {k: v for k, v in info.items() if k != "seconds"}
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "two" / "labels.tif"), labels)

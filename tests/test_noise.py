@@ -61,3 +61,21 @@ def test_resolve_smoothing_settings():
     for bad in ([0.5, 0.5, 0.5], [-1.0], "strong"):
         with pytest.raises(InputError, match="denoise"):
             resolve_smoothing(bad, meta, images, scr)
+
+
+def test_relative_noise_unlabelled_needs_no_labels():
+    from seglearn.pretrain.noise import relative_noise_unlabelled
+
+    rng = np.random.default_rng(0)
+    truth = np.zeros((3, 96, 96), np.uint8)
+    truth[:, 24:72, 24:72] = 1
+    truth[:, 40:56, :] = 2
+    clean = 60.0 + 40.0 * truth  # three classes: spread of the class medians 80
+    for noise in (4.0, 12.0):
+        img = (clean + rng.normal(0, noise, clean.shape))[None]
+        got = relative_noise_unlabelled(img)[0]
+        assert got == pytest.approx(noise / 80.0, rel=0.15)
+        assert relative_noise_unlabelled(3.0 * img + 7.0)[0] == pytest.approx(got, rel=1e-6)  # no grey-value scale
+    assert np.isnan(relative_noise_unlabelled(np.full((1, 2, 32, 32), 9.0))[0])  # flat: no contrast
+    with pytest.raises(InputError, match=r"\(C, Z, Y, X\)"):
+        relative_noise_unlabelled(clean)

@@ -421,3 +421,98 @@ def test_adapt_bn_moves_only_the_statistics_part_of_the_way(base_ckpt, tiny_phan
     for k, v in base.items():  # nothing else moves
         if k not in stats and v.is_floating_point():
             assert torch.equal(half["state_dict"][k], v)
+
+
+def test_predict_adapt_settings():
+    from seglearn.pretrain.adapt import AUTO_ALPHA, resolve_predict_alpha
+
+    net = {"mode": "2.5d"}
+    base = {"net": net, "pretrain": {"ranges": {}}}
+    tuned = {**base, "finetune": {"freeze_bn": False}}
+    assert resolve_predict_alpha("auto", base) == resolve_predict_alpha(None, base) == AUTO_ALPHA
+    assert resolve_predict_alpha("auto", tuned) == 0.0  # adapted to its dataset when it was fine-tuned
+    assert resolve_predict_alpha("auto", {"net": net}) == 0.0  # trained from scratch on its dataset
+    assert resolve_predict_alpha("auto", {**base, "net": {"mode": "3d"}}) == 0.0
+    assert resolve_predict_alpha("off", base) == resolve_predict_alpha(False, base) == 0.0
+    assert resolve_predict_alpha(True, tuned) == resolve_predict_alpha("on", tuned) == AUTO_ALPHA
+    assert resolve_predict_alpha(0.25, {"net": net}) == 0.25
+    with pytest.raises(InputError, match="frozen"):
+        resolve_predict_alpha("on", {**base, "finetune": {"freeze_bn": True}}, "m.ckpt")
+    with pytest.raises(InputError, match="3d"):
+        resolve_predict_alpha(0.5, {"net": {"mode": "3d"}}, "m.ckpt")
+    for bad in ("half", 1.5, -0.1):
+        with pytest.raises(InputError, match="adapt="):
+            resolve_predict_alpha(bad, base)
+
+
+def test_read_slabs_reads_around_evenly_spread_slices():
+    from seglearn.pretrain.adapt import read_slabs
+
+    vol = np.arange(40)[None, :, None, None] * np.ones((2, 40, 4, 5))
+    calls = []
+
+    def read(a, b):
+        calls.append((a, b))
+        return vol[:, a:b]
+
+    slabs, centres = read_slabs(read, vol.shape[1:], 2, n=4)
+    assert slabs.shape == (2, 4 * 5, 4, 5) and centres == [2, 7, 12, 17]
+    mid = slabs[0, centres, 0, 0]
+    assert list(mid) == [8, 16, 23, 31]  # evenly spread, away from the ends
+    for c, z in zip(centres, mid):  # each slab is its centre's +-2 slices
+        assert list(slabs[0, c - 2:c + 3, 0, 0]) == list(range(int(z) - 2, int(z) + 3))
+    assert sum(b - a for a, b in calls) == 20
+    slabs, centres = read_slabs(lambda a, b: vol[:, a:b], (3, 4, 5), 2, n=16)  # a short volume: edges repeated
+    assert centres == [2, 7, 12] and list(slabs[0, 0:5, 0, 0]) == [0, 0, 0, 1, 2]
+    _, centres = read_slabs(lambda a, b: vol[:, a:b], vol.shape[1:], 2, n=16, max_bytes=3 * 5 * 4 * 5 * 4 * 2,
+                            channels=2)
+    assert len(centres) == 3  # as many slabs as max_bytes allows
+
+
+@pytest.mark.slow
+def test_zero_shot_prediction_adapts_to_the_volume_without_labels(base_ckpt, tmp_path):
+    """predict.py adapt=auto on a base model: noisy data are smoothed and the BatchNorm statistics move;
+    clean data are not smoothed; adapt=off and a fine-tuned model change nothing."""
+    import json
+
+    import torch
+
+    from seglearn.ckpt import load_checkpoint
+    from seglearn.data import write_dataset
+    from seglearn.pretrain.adapt import adapt_to_volume
+
+    rng = np.random.default_rng(0)
+    truth = np.zeros((6, 64, 64), np.uint8)
+    truth[:, 16:48, 16:48] = 1
+    truth[:, 28:36, :] = 2
+    clean = 70.0 + 50.0 * truth
+
+    def vol(noise):
+        img = np.clip(clean + rng.normal(0, noise, clean.shape), 0, 255).astype(np.uint8)
+        return np.stack([img, img])
+
+    ck = load_checkpoint(base_ckpt, kind="unet")
+    before = {k: v.clone() for k, v in ck["state_dict"].items()}
+    noisy = vol(40.0)  # noise / contrast 0.4, above the phantoms' 90th percentile (~0.2)
+    new, info = adapt_to_volume(ck, lambda a, b: noisy[:, a:b], noisy.shape[1:], ["SE2", "InLens"], "auto")
+    assert info["alpha"] == 0.5 and all(s > 0.5 for s in info["smooth"]) and info["shift"] > 0
+    assert new["meta"]["normalisation"]["smooth"] == info["smooth"] and new["meta"]["adapt"] == info
+    assert "smooth" not in ck["meta"]["normalisation"]  # the loaded checkpoint is left as it was
+    assert all(torch.equal(ck["state_dict"][k], v) for k, v in before.items())
+    moved = [k for k in before if k.endswith("running_mean") and not torch.equal(new["state_dict"][k], before[k])]
+    assert moved
+    quiet = vol(2.0)
+    _, info = adapt_to_volume(ck, lambda a, b: quiet[:, a:b], quiet.shape[1:], ["SE2", "InLens"], "auto")
+    assert info["smooth"] == [0.0, 0.0]
+    assert adapt_to_volume(ck, lambda a, b: quiet[:, a:b], quiet.shape[1:], ["SE2", "InLens"], "off") == (ck, None)
+
+    root = tmp_path / "noisy"
+    write_dataset(root, {"SE2": noisy[0], "InLens": noisy[1]}, name="noisy")
+    for setting, name in (("auto", "on"), ("off", "off")):
+        r = _cli(["predict.py", f"ckpt={base_ckpt}", f"input={root}", f"output={tmp_path / name}", "preview=false",
+                  f"adapt={setting}"])
+        assert r.returncode == 0, r.stderr[-2000:]
+    on, off = (json.loads((tmp_path / n / "summary.json").read_text()) for n in ("on", "off"))
+    assert on["adapt"]["smooth"][0] > 0.5 and "adapt" not in off
+    r = _cli(["predict.py", f"ckpt={base_ckpt}", f"input={root}", f"output={tmp_path / 'bad'}", "adapt=half"])
+    assert r.returncode == 2 and "adapt='half'" in r.stderr and not (tmp_path / "bad").exists()

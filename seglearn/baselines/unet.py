@@ -23,18 +23,28 @@ def _api():
 
 def fit(channels, detectors, train_labels=None, *, ckpt: str | None = None, init: str | None = None,
         out_dir: str | None = None, overrides: dict | None = None, finetune: dict | None = None, val_labels=None,
-        voxel_size_nm=None, tta: str | None = None) -> dict:
+        voxel_size_nm=None, tta: str | None = None, adapt="auto") -> dict:
     """Use ``ckpt`` as it is (e.g. a base model zero-shot); or fine-tune the base model ``init`` on the
     training labels (``seglearn.pretrain.finetune``, settings ``finetune``; validation on held-out
     scribbles, never on the test labels); or train from scratch with ``fit_segmenter`` into ``out_dir``.
-    ``tta`` (none, flips, dihedral) is the test-time augmentation of the predictions."""
+    ``tta`` (none, flips, dihedral) is the test-time augmentation of the predictions; ``adapt`` as
+    ``predict.py adapt=`` (``auto``: a base model is adapted to the predicted volume without labels,
+    :func:`seglearn.pretrain.adapt.adapt_to_volume`)."""
+    from seglearn.ckpt import load_checkpoint
+    from seglearn.pretrain.adapt import resolve_predict_alpha
     from seglearn.segment.tta import check_mode
 
     mode = check_mode(tta)  # before any training
-    return {"ckpt": str(ckpt) if ckpt else _train(channels, detectors, train_labels, init=init, out_dir=out_dir,
-                                                  overrides=overrides, finetune=finetune, val_labels=val_labels,
-                                                  voxel_size_nm=voxel_size_nm),
-            "tta": mode}
+    auto = adapt is None or str(adapt).lower() == "auto"
+    off = resolve_predict_alpha(adapt, {"net": {}}) == 0 and not auto  # a bad setting fails before any training
+    if ckpt:
+        path = str(ckpt)
+        alpha = 0.0 if off else resolve_predict_alpha(adapt, load_checkpoint(path, kind="unet")["meta"], path)
+    else:  # trained on this dataset: adapted already (fine-tuned) or fitted to it (from scratch)
+        path = _train(channels, detectors, train_labels, init=init, out_dir=out_dir, overrides=overrides,
+                      finetune=finetune, val_labels=val_labels, voxel_size_nm=voxel_size_nm)
+        alpha = 0.0 if auto or off else resolve_predict_alpha(adapt, load_checkpoint(path, kind="unet")["meta"], path)
+    return {"ckpt": path, "tta": mode, "adapt": alpha}
 
 
 def _train(channels, detectors, train_labels, *, init, out_dir, overrides, finetune, val_labels, voxel_size_nm) -> str:
@@ -57,5 +67,17 @@ def _train(channels, detectors, train_labels, *, init, out_dir, overrides, finet
 
 
 def predict(model, channels, detectors) -> np.ndarray:
-    seg = _api().load_segmenter(model["ckpt"])
+    api = _api()
+    if model.get("adapt", 0.0) > 0:  # the model adapted to these channels first, without labels
+        from seglearn.ckpt import load_checkpoint
+        from seglearn.pretrain.adapt import adapt_to_volume
+
+        ck = load_checkpoint(model["ckpt"], kind="unet")
+        channels = np.asarray(channels)
+        idx = api.segmenter_from_checkpoint(ck, device="cpu", bf16=False).channel_order(list(detectors), "channels")
+        ck, _ = adapt_to_volume(ck, lambda a, b: channels[idx, a:b], channels.shape[1:], ck["meta"]["detectors"],
+                                model["adapt"], where=str(model["ckpt"]))
+        seg = api.segmenter_from_checkpoint(ck)
+    else:
+        seg = api.load_segmenter(model["ckpt"])
     return np.asarray(seg.predict(channels, list(detectors), tta=model.get("tta"))).astype(np.uint8)

@@ -9,6 +9,10 @@ Modules, one job each:
 - :mod:`~seglearn.pretrain.train`: pretraining of a base model (``model.kind=unet_pretrain``).
 - :mod:`~seglearn.pretrain.finetune`: adaptation of a base model to a dataset's scribbles
   (``python train.py data.root=DATASET init=BASE.ckpt``).
+- :mod:`~seglearn.pretrain.noise`: how noisy a dataset is next to the base model's phantoms, and
+  the in-plane smoothing that brings it into their range.
+- :mod:`~seglearn.pretrain.adapt`: adaptation to a volume without labels (BatchNorm statistics
+  after fine-tuning; smoothing and statistics before zero-shot prediction).
 - :mod:`~seglearn.pretrain.soup`: weight averaging of base models continued from the same one,
   and their scores on fresh randomised phantoms (``python -m seglearn.pretrain.soup``).
 

@@ -11,6 +11,10 @@ to the fine-tuned model: it is stored in the checkpoint (``meta.normalisation.sm
 
 Relative noise = (standard deviation of the noise, Immerkaer's estimator on a slice) / (spread of
 the class medians of the labelled voxels). It does not depend on the grey-value scale.
+
+Without labels (zero-shot prediction with ``adapt``, :mod:`seglearn.pretrain.adapt`) the classes
+are replaced by multi-Otsu classes of the Gaussian-smoothed slice (:func:`relative_noise_unlabelled`),
+and the phantoms' reference is measured the same way.
 """
 
 from __future__ import annotations
@@ -73,22 +77,83 @@ def relative_noise(images: np.ndarray, labels: np.ndarray, *, max_slices: int = 
     return out
 
 
+def relative_noise_unlabelled(images: np.ndarray, *, classes: int = 3, max_slices: int = 8,
+                              sigma: float = 2.0, min_voxels: int = 20) -> np.ndarray:
+    """:func:`relative_noise` without labels: the classes are multi-Otsu classes of each slice.
+
+    On each of up to ``max_slices`` evenly spread slices, the slice smoothed with a Gaussian of
+    ``sigma`` px is cut into ``classes`` classes by :func:`skimage.filters.threshold_multiotsu`; the
+    spread of the raw slice's medians in those classes stands for the class contrast. Relative
+    noise = median noise std / median spread. On the base model's phantoms it correlates with the
+    labelled measure (r = 0.96 SE2, 0.87 InLens over 64 draws) and reads lower (medians 0.11 / 0.12
+    against 0.14 / 0.13), so it is compared with a reference measured the same way
+    (:func:`reference_noise` with ``labelled=False``).
+
+    Parameters
+    ----------
+    images : (C, Z, Y, X) ndarray
+        Raw detector images.
+    classes : int
+        Number of grey-value classes (the base model's classes).
+    max_slices : int
+    sigma : float
+        In-plane Gaussian (px) before thresholding.
+    min_voxels : int
+        Otsu classes with fewer voxels are ignored.
+
+    Returns
+    -------
+    (C,) float ndarray
+        NaN for a flat detector.
+    """
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_multiotsu
+
+    from seglearn.preprocess.denoise import noise_sigma
+
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise InputError(f"relative_noise_unlabelled: images of shape {images.shape}, expected (C, Z, Y, X)")
+    zs = np.unique(np.linspace(0, images.shape[1] - 1, min(max_slices, images.shape[1])).round().astype(int))
+    out = np.full(images.shape[0], np.nan)
+    for c in range(images.shape[0]):
+        noise, spread = [], []
+        for z in zs:
+            img = images[c, z].astype(np.float64)
+            noise.append(noise_sigma(img))
+            smooth = ndi.gaussian_filter(img, sigma)
+            try:
+                cls = np.digitize(smooth, threshold_multiotsu(smooth, classes=classes))
+            except ValueError:  # a flat slice has no thresholds
+                continue
+            med = [float(np.median(img[cls == k])) for k in range(classes) if (cls == k).sum() >= min_voxels]
+            if len(med) >= 2:
+                spread.append(max(med) - min(med))
+        if spread and np.median(spread) > 0:
+            out[c] = float(np.median(noise)) / float(np.median(spread))
+    return out
+
+
 @functools.lru_cache(maxsize=8)
 def _reference(key: str) -> np.ndarray:
     from seglearn.pretrain.train import make_randomiser
 
     s = json.loads(key)
+    labelled = s.pop("labelled", True)
+    classes = s.pop("classes", 3)
     rnd = make_randomiser({**s, "phantom_shape": list(REFERENCE_SHAPE)})
     rng = np.random.default_rng(1)
     vals = []
     for _ in range(REFERENCE_DRAWS):
         images, truth, _ = rnd.draw(rng)
         z = images.shape[1] // 2  # one slice: the dataset's estimate is a median over slices too
-        vals.append(relative_noise(images[:, z:z + 1], truth[z:z + 1]))
+        vals.append(relative_noise(images[:, z:z + 1], truth[z:z + 1]) if labelled
+                    else relative_noise_unlabelled(images[:, z:z + 1], classes=classes))
     return np.asarray(vals)
 
 
-def reference_noise(detectors: Sequence[str], pretrain: Mapping) -> np.ndarray:
+def reference_noise(detectors: Sequence[str], pretrain: Mapping, *, labelled: bool = True,
+                    classes: int = 3) -> np.ndarray:
     """Relative noise of phantoms drawn like a base model's pretraining data.
 
     Parameters
@@ -97,15 +162,20 @@ def reference_noise(detectors: Sequence[str], pretrain: Mapping) -> np.ndarray:
         The base model's detectors.
     pretrain : mapping
         The checkpoint's ``meta.pretrain`` (``ranges``, ``p_real``, ``p_flat``).
+    labelled : bool
+        True: :func:`relative_noise` on the phantoms' truth; False: :func:`relative_noise_unlabelled`
+        with ``classes`` classes.
 
     Returns
     -------
     (REFERENCE_DRAWS, C) float ndarray
-        Cached per process; about 6 s on one CPU core the first time.
+        Cached per process; about 6–9 s on one CPU core the first time.
     """
-    key = json.dumps({"detectors": list(detectors), "ranges": dict(pretrain.get("ranges") or {}), "sources": None,
-                      "p_real": float(pretrain.get("p_real", 0.3)), "p_flat": float(pretrain.get("p_flat", 0.15))},
-                     sort_keys=True)
+    key = {"detectors": list(detectors), "ranges": dict(pretrain.get("ranges") or {}), "sources": None,
+           "p_real": float(pretrain.get("p_real", 0.3)), "p_flat": float(pretrain.get("p_flat", 0.15))}
+    if not labelled:  # the labelled key stays as it was (same cache, same numbers)
+        key.update(labelled=False, classes=int(classes))
+    key = json.dumps(key, sort_keys=True)
     return _reference(key).copy()
 
 

@@ -309,6 +309,13 @@ def _preprocess_inputs(cfg, ckpt: dict, seg, src: dict, where: str, out: Path, r
     return new, new_test, shape, extra, tmp
 
 
+def _adapt(cfg, ckpt: dict, seg, read_raw, shape) -> tuple[dict, dict | None]:
+    """The checkpoint adapted to this volume without labels (``adapt=``, :func:`seglearn.pretrain.adapt.adapt_to_volume`)."""
+    from seglearn.pretrain.adapt import adapt_to_volume
+
+    return adapt_to_volume(ckpt, read_raw, shape, seg.detectors, cfg.get("adapt", "auto"), where=str(cfg.ckpt))
+
+
 def _world() -> tuple[int, int, int]:
     """(rank, world size, local rank) from the torchrun environment; (0, 1, 0) when not distributed."""
     return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
@@ -325,9 +332,11 @@ def predict(cfg, ckpt: dict) -> dict:
     dict
         The summary written to OUT/summary.json.
     """
+    from seglearn.pretrain.adapt import resolve_predict_alpha
     from seglearn.segment.tta import check_mode
 
     check_mode(cfg.get("tta"))  # a bad setting fails before any output is made
+    resolve_predict_alpha(cfg.get("adapt", "auto"), ckpt["meta"], str(cfg.ckpt))
     if _world()[1] > 1:
         if (ckpt.get("meta", {}).get("preprocess") or {}).get("steps"):
             raise InputError(f"{cfg.ckpt}: the checkpoint has preprocessing steps, which distributed prediction "
@@ -358,6 +367,10 @@ def predict(cfg, ckpt: dict) -> dict:
         if pre is not None:  # predict the registered, cropped frame of this stack
             readers, test, shape, pre_extra, pre_tmp = pre
             paths = [f"{where} (preprocessed: {d})" for d in seg.detectors]
+        adapted, adapt_info = _adapt(cfg, ckpt, seg, _raw_reader(paths, readers), shape)
+        if adapt_info is not None:
+            seg = segmenter_from_checkpoint(adapted, device=str(cfg.get("device", "auto")), bf16=cfg.get("bf16"))
+            pre_extra = {**(pre_extra or {}), "adapt": adapt_info}
         stats = _Stats(k, shape[0], test)
         want_probs = bool(cfg.get("probabilities", False))
         probs_tmp = out / f".probabilities.f16.tmp-{os.getpid()}"
@@ -422,6 +435,7 @@ def predict_distributed(cfg, ckpt: dict) -> dict:
 
     from seglearn.cli import setup_logging
     from seglearn.io import open_stack, write_volume_stream
+    from seglearn.pretrain.adapt import resolve_predict_alpha
     from seglearn.segment.api import segmenter_from_checkpoint
 
     setup_logging()
@@ -439,6 +453,13 @@ def predict_distributed(cfg, ckpt: dict) -> dict:
         seg = segmenter_from_checkpoint(ckpt, device=device, bf16=cfg.get("bf16"))
         src, where, paths, readers = _open_inputs(cfg, seg)
         shape = readers[0].shape
+        adapt_info = None
+        if resolve_predict_alpha(cfg.get("adapt", "auto"), ckpt["meta"], str(cfg.ckpt)) > 0:
+            # rank 0 adapts and sends the result: every rank predicts with the same statistics
+            sent = list(_adapt(cfg, ckpt, seg, _raw_reader(paths, readers), shape)) if rank == 0 else [None, None]
+            dist.broadcast_object_list(sent, src=0)
+            adapted, adapt_info = sent
+            seg = segmenter_from_checkpoint(adapted, device=device, bf16=cfg.get("bf16"))
         voxel = src["voxel_size_nm"] or readers[0].voxel_size_nm or seg.voxel_size_nm
         voxel = None if voxel is None else [float(v) for v in voxel]
         k = seg.n_classes
@@ -503,7 +524,7 @@ def predict_distributed(cfg, ckpt: dict) -> dict:
             _write_probabilities_tif(out, shape, k, (page for z0 in range(0, shape[0], block)
                                                      for blk in [np.asarray(probs_z[z0:z0 + block])]
                                                      for planes in blk for page in planes))
-        extra = {"ranks": world, "block_slices": block}
+        extra = {"ranks": world, "block_slices": block, **({"adapt": adapt_info} if adapt_info else {})}
         if cfg.get("keep_zarr", False):
             extra["zarr"] = ["labels.zarr"] + (["probabilities.zarr"] if want_probs else [])
         else:
