@@ -133,7 +133,8 @@ def read_slabs(read_raw, shape: Sequence[int], halo: int, *, n: int = 16,
 def adapt_statistics(ck: dict, images: np.ndarray, detectors: Sequence[str], *, alpha: float = AUTO_ALPHA,
                      n_batches: int = 100, batch_size: int = 8, patch: int = 80, seed: int = 0,
                      centres: Sequence[int] | None = None) -> tuple[dict, dict]:
-    """:func:`adapt_bn` on a loaded checkpoint, in memory.
+    """:func:`adapt_bn` on a loaded checkpoint, in memory (on the CPU, whatever device predicts: about
+    10 s on one core for the default 800 patches).
 
     Parameters
     ----------
