@@ -516,3 +516,48 @@ def test_zero_shot_prediction_adapts_to_the_volume_without_labels(base_ckpt, tmp
     assert on["adapt"]["smooth"][0] > 0.5 and "adapt" not in off
     r = _cli(["predict.py", f"ckpt={base_ckpt}", f"input={root}", f"output={tmp_path / 'bad'}", "adapt=half"])
     assert r.returncode == 2 and "adapt='half'" in r.stderr and not (tmp_path / "bad").exists()
+
+
+def test_eight_bit_scale_rules():
+    from seglearn.pretrain.adapt import on_eight_bit_scale, within_eight_bit
+
+    base = {"detectors": ["SE2", "InLens"], "normalisation": {"method": "fixed", "ranges": [[0, 255], [0, 255], [-128, 128]]}}
+    assert on_eight_bit_scale(base)
+    assert not on_eight_bit_scale({**base, "normalisation": {"method": "fixed", "ranges": [[0, 4000], [0, 4000]]}})
+    assert not on_eight_bit_scale({**base, "normalisation": {"method": "percentiles", "ranges": [[0, 255], [0, 255]]}})
+    assert within_eight_bit(np.array([0, 255], np.uint8)) and within_eight_bit(np.array([0.5, 254.0]))
+    assert not within_eight_bit(np.array([3000, 9000], np.uint16)) and not within_eight_bit(np.array([-1.0, 20.0]))
+
+
+@pytest.mark.slow
+def test_sixteen_bit_input_is_mapped_onto_the_eight_bit_scale(tiny_dataset, tmp_path):
+    """A 16-bit tomogram given to a model that reads 8-bit grey values is mapped by robust percentiles,
+    whatever adapt says: its labels then agree with those of the 8-bit original; raw, they do not."""
+    import json
+
+    from seglearn.ckpt import load_checkpoint
+    from seglearn.data import load_dataset, write_dataset
+    from seglearn.pretrain.adapt import adapt_to_volume
+    from seglearn.segment.api import segmenter_from_checkpoint
+
+    base = ROOT / "checkpoints" / "fibsem_base.ckpt"
+    ds = load_dataset(tiny_dataset, labels=("train",))
+    v8 = np.asarray(ds.images)
+    v16 = v8.astype(np.uint16) * 200 + 3000
+    dets = list(ds.detectors)
+    ck = load_checkpoint(base, kind="unet")
+    new, info = adapt_to_volume(ck, lambda a, b: v16[:, a:b], v16.shape[1:], dets, "off")
+    assert set(info) == {"grey_ranges"}  # adapt=off: only the grey scale
+    for c in range(2):  # percentiles of the slabs; the tiny volume's slabs cover nearly all of it
+        want = np.percentile(v16[c].astype(float), [0.1, 99.9])
+        np.testing.assert_allclose(info["grey_ranges"][c], want, atol=400)  # within 2 grey levels of the 8-bit original
+    assert adapt_to_volume(ck, lambda a, b: v8[:, a:b], v8.shape[1:], dets, "off") == (ck, None)  # 8-bit: nothing
+    ref = segmenter_from_checkpoint(ck, device="cpu").predict(v8, dets)
+    mapped = segmenter_from_checkpoint(new, device="cpu").predict(v16, dets)
+    raw = segmenter_from_checkpoint(ck, device="cpu").predict(v16, dets)
+    assert np.mean(mapped == ref) > 0.9 > np.mean(raw == ref)
+    root = tmp_path / "ds16"
+    write_dataset(root, {d: v16[i] for i, d in enumerate(dets)}, name="ds16")
+    r = _cli(["predict.py", f"ckpt={base}", f"input={root}", f"output={tmp_path / 'out'}", "preview=false", "adapt=off"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "grey_ranges" in json.loads((tmp_path / "out" / "summary.json").read_text())["adapt"]

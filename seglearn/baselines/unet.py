@@ -68,15 +68,15 @@ def _train(channels, detectors, train_labels, *, init, out_dir, overrides, finet
 
 def predict(model, channels, detectors) -> np.ndarray:
     api = _api()
-    if model.get("adapt", 0.0) > 0:  # the model adapted to these channels first, without labels
+    channels = np.asarray(channels)
+    if model.get("adapt", 0.0) > 0 or channels.dtype != np.uint8:  # adapted to these channels first, no labels
         from seglearn.ckpt import load_checkpoint
         from seglearn.pretrain.adapt import adapt_to_volume
 
         ck = load_checkpoint(model["ckpt"], kind="unet")
-        channels = np.asarray(channels)
         idx = api.segmenter_from_checkpoint(ck, device="cpu", bf16=False).channel_order(list(detectors), "channels")
         ck, _ = adapt_to_volume(ck, lambda a, b: channels[idx, a:b], channels.shape[1:], ck["meta"]["detectors"],
-                                model["adapt"], where=str(model["ckpt"]))
+                                model.get("adapt", 0.0), where=str(model["ckpt"]))
         seg = api.segmenter_from_checkpoint(ck)
     else:
         seg = api.load_segmenter(model["ckpt"])

@@ -435,7 +435,6 @@ def predict_distributed(cfg, ckpt: dict) -> dict:
 
     from seglearn.cli import setup_logging
     from seglearn.io import open_stack, write_volume_stream
-    from seglearn.pretrain.adapt import resolve_predict_alpha
     from seglearn.segment.api import segmenter_from_checkpoint
 
     setup_logging()
@@ -453,12 +452,14 @@ def predict_distributed(cfg, ckpt: dict) -> dict:
         seg = segmenter_from_checkpoint(ckpt, device=device, bf16=cfg.get("bf16"))
         src, where, paths, readers = _open_inputs(cfg, seg)
         shape = readers[0].shape
-        adapt_info = None
-        if resolve_predict_alpha(cfg.get("adapt", "auto"), ckpt["meta"], str(cfg.ckpt)) > 0:
-            # rank 0 adapts and sends the result: every rank predicts with the same statistics
-            sent = list(_adapt(cfg, ckpt, seg, _raw_reader(paths, readers), shape)) if rank == 0 else [None, None]
-            dist.broadcast_object_list(sent, src=0)
-            adapted, adapt_info = sent
+        # rank 0 adapts (when there is anything to adapt) and sends the result: every rank predicts alike
+        sent = [None, None]
+        if rank == 0:
+            adapted, adapt_info = _adapt(cfg, ckpt, seg, _raw_reader(paths, readers), shape)
+            sent = [adapted, adapt_info] if adapt_info is not None else sent
+        dist.broadcast_object_list(sent, src=0)
+        adapted, adapt_info = sent
+        if adapt_info is not None:
             seg = segmenter_from_checkpoint(adapted, device=device, bf16=cfg.get("bf16"))
         voxel = src["voxel_size_nm"] or readers[0].voxel_size_nm or seg.voxel_size_nm
         voxel = None if voxel is None else [float(v) for v in voxel]
