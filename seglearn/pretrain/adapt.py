@@ -279,8 +279,8 @@ def adapt_to_volume(ck: dict, read_raw, shape: Sequence[int], detectors: Sequenc
     An input whose first slice has grey values outside 0..255 (16-bit data, say), for a model that
     reads the fixed 8-bit scale of the base models, is first mapped onto that scale by robust
     percentiles (0.1–99.9 %), as fine-tuning does (:func:`seglearn.pretrain.finetune.grey_ranges`):
-    whatever ``setting``, since the raw values would saturate the network. Then, for a base model (zero-shot prediction), two things
-    are fitted on the volume's images:
+    whatever ``setting``, since the raw values would saturate the network. Then, for a base model
+    (zero-shot prediction), two things are fitted on the volume's images:
 
     1. the noise rule of fine-tuning (:mod:`seglearn.pretrain.noise`) with multi-Otsu classes in
        place of scribbles (:func:`~seglearn.pretrain.noise.relative_noise_unlabelled`): a detector
@@ -312,8 +312,7 @@ def adapt_to_volume(ck: dict, read_raw, shape: Sequence[int], detectors: Sequenc
     """
     import copy
 
-    from seglearn.pretrain.noise import TARGET_PERCENTILE, TRIGGER_PERCENTILE, choose_smoothing, \
-        reference_noise, relative_noise_unlabelled
+    from seglearn.pretrain.noise import choose_smoothing, describe, reference_noise, relative_noise_unlabelled
     from seglearn.segment.api import segmenter_from_checkpoint
 
     meta = ck["meta"]
@@ -346,9 +345,7 @@ def adapt_to_volume(ck: dict, read_raw, shape: Sequence[int], detectors: Sequenc
         rel = relative_noise_unlabelled(slabs[:, centres], classes=len(meta["classes"]))
         ref = reference_noise(meta["detectors"], meta["pretrain"], labelled=False, classes=len(meta["classes"]))
         sigma = choose_smoothing(rel, ref)
-        info["denoise"] = {"relative_noise": [round(float(v), 4) for v in rel],
-                           "reference_median": [round(float(v), 4) for v in np.nanpercentile(ref, TARGET_PERCENTILE, 0)],
-                           "reference_trigger": [round(float(v), 4) for v in np.nanpercentile(ref, TRIGGER_PERCENTILE, 0)]}
+        info["denoise"] = describe(rel, ref)
         if any(sigma):
             meta.setdefault("normalisation", {})["smooth"] = sigma
         info["smooth"] = sigma

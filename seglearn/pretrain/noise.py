@@ -230,6 +230,13 @@ def choose_smoothing(rel: Sequence[float], reference: np.ndarray, *, trigger: fl
     return out
 
 
+def describe(rel: Sequence[float], reference: np.ndarray) -> dict:
+    """A dataset's relative noise beside its reference's median and trigger (for checkpoints and logs)."""
+    return {"relative_noise": [round(float(v), 4) for v in rel],
+            "reference_median": [round(float(v), 4) for v in np.nanpercentile(reference, TARGET_PERCENTILE, 0)],
+            "reference_trigger": [round(float(v), 4) for v in np.nanpercentile(reference, TRIGGER_PERCENTILE, 0)]}
+
+
 def resolve_smoothing(setting, base_meta: Mapping, images: np.ndarray, labels: np.ndarray) -> tuple[list[float], dict]:
     """The smoothing of a fine-tuning run from its ``denoise`` setting.
 
@@ -262,10 +269,7 @@ def resolve_smoothing(setting, base_meta: Mapping, images: np.ndarray, labels: n
         rel = relative_noise(images, labels)
         ref = reference_noise(base_meta["detectors"], base_meta.get("pretrain") or {})
         sigma = choose_smoothing(rel, ref)
-        return sigma, {"mode": "auto", "relative_noise": [round(float(v), 4) for v in rel],
-                       "reference_median": [round(float(v), 4) for v in np.nanpercentile(ref, TARGET_PERCENTILE, 0)],
-                       "reference_trigger": [round(float(v), 4) for v in np.nanpercentile(ref, TRIGGER_PERCENTILE, 0)],
-                       "sigma": sigma}
+        return sigma, {"mode": "auto", **describe(rel, ref), "sigma": sigma}
     vals = [setting] if isinstance(setting, (int, float)) else list(setting)
     try:
         vals = [float(v) for v in vals]
