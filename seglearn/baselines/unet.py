@@ -31,20 +31,19 @@ def fit(channels, detectors, train_labels=None, *, ckpt: str | None = None, init
     ``predict.py adapt=`` (``auto``: a base model is adapted to the predicted volume without labels,
     :func:`seglearn.pretrain.adapt.adapt_to_volume`)."""
     from seglearn.ckpt import load_checkpoint
-    from seglearn.pretrain.adapt import resolve_predict_alpha
+    from seglearn.pretrain.adapt import parse_predict_adapt, resolve_predict_alpha
     from seglearn.segment.tta import check_mode
 
     mode = check_mode(tta)  # before any training
-    auto = adapt is None or str(adapt).lower() == "auto"
-    off = resolve_predict_alpha(adapt, {"net": {}}) == 0 and not auto  # a bad setting fails before any training
-    if ckpt:
-        path = str(ckpt)
-        alpha = 0.0 if off else resolve_predict_alpha(adapt, load_checkpoint(path, kind="unet")["meta"], path)
-    else:  # trained on this dataset: adapted already (fine-tuned) or fitted to it (from scratch)
-        path = _train(channels, detectors, train_labels, init=init, out_dir=out_dir, overrides=overrides,
-                      finetune=finetune, val_labels=val_labels, voxel_size_nm=voxel_size_nm)
-        alpha = 0.0 if auto or off else resolve_predict_alpha(adapt, load_checkpoint(path, kind="unet")["meta"], path)
-    return {"ckpt": path, "tta": mode, "adapt": alpha}
+    wanted = parse_predict_adapt(adapt)  # a bad setting fails before any training too
+    path = str(ckpt) if ckpt else _train(channels, detectors, train_labels, init=init, out_dir=out_dir,
+                                         overrides=overrides, finetune=finetune, val_labels=val_labels,
+                                         voxel_size_nm=voxel_size_nm)
+    # a model trained here (fine-tuned or from scratch) fits this dataset already: auto leaves it alone
+    if wanted == 0 or (wanted == "auto" and not ckpt):
+        return {"ckpt": path, "tta": mode, "adapt": 0.0}
+    return {"ckpt": path, "tta": mode,
+            "adapt": resolve_predict_alpha(wanted, load_checkpoint(path, kind="unet")["meta"], path)}
 
 
 def _train(channels, detectors, train_labels, *, init, out_dir, overrides, finetune, val_labels, voxel_size_nm) -> str:

@@ -226,6 +226,24 @@ def adapt_bn(ckpt: str | Path, images: np.ndarray, detectors: Sequence[str], *, 
     return info
 
 
+def parse_predict_adapt(setting) -> str | float:
+    """``predict.py adapt=`` checked without a model: ``"auto"`` or the share in ``[0, 1]``."""
+    text = str(setting).lower()
+    if setting is None or text == "auto":
+        return "auto"
+    if setting is False or text in ("off", "false", "none"):
+        return 0.0
+    if setting is True or text in ("on", "true"):
+        return AUTO_ALPHA
+    try:
+        a = float(setting)
+    except (TypeError, ValueError):
+        a = -1.0
+    if not 0.0 <= a <= 1.0:
+        raise InputError(f"adapt={setting!r}: expected auto, off, on or a number in [0, 1]")
+    return a
+
+
 def resolve_predict_alpha(setting, meta: dict, where: str = "checkpoint") -> float:
     """``alpha`` of ``predict.py adapt=``; 0 = no adaptation.
 
@@ -234,21 +252,10 @@ def resolve_predict_alpha(setting, meta: dict, where: str = "checkpoint") -> flo
     ``true`` / ``on``: :data:`AUTO_ALPHA`; a number in ``[0, 1]``: that share. Asking for it on a 3D
     model or on one fine-tuned with frozen BatchNorm statistics is an error.
     """
-    text = str(setting).lower()
-    if setting is None or text == "auto":
+    a = parse_predict_adapt(setting)
+    if a == "auto":
         base = bool(meta.get("pretrain")) and not meta.get("finetune")
         return AUTO_ALPHA if base and meta["net"].get("mode") != "3d" else 0.0
-    if setting is False or text in ("off", "false", "none"):
-        return 0.0
-    if setting is True or text in ("on", "true"):
-        a = AUTO_ALPHA
-    else:
-        try:
-            a = float(setting)
-        except (TypeError, ValueError):
-            a = -1.0
-        if not 0.0 <= a <= 1.0:
-            raise InputError(f"adapt={setting!r}: expected auto, off, on or a number in [0, 1]")
     if a > 0 and meta["net"].get("mode") == "3d":
         raise InputError(f"{where}: adapt supports 2d / 2.5d models, this one is 3d; use adapt=off")
     if a > 0 and (meta.get("finetune") or {}).get("freeze_bn"):
