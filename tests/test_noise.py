@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from seglearn.errors import InputError
 from seglearn.pretrain.noise import (choose_smoothing, gaussian_noise_factor, relative_noise, resolve_smoothing,
                                      sigma_for_factor)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _two_class(noise: float, contrast: float = 40.0, seed: int = 0):
@@ -79,3 +83,80 @@ def test_relative_noise_unlabelled_needs_no_labels():
     assert np.isnan(relative_noise_unlabelled(np.full((1, 2, 32, 32), 9.0))[0])  # flat: no contrast
     with pytest.raises(InputError, match=r"\(C, Z, Y, X\)"):
         relative_noise_unlabelled(clean)
+
+
+def test_a_stored_reference_is_read_instead_of_measured(monkeypatch):
+    from seglearn.pretrain import noise
+
+    calls = []
+
+    def fake(key):
+        calls.append(key)
+        arr = np.linspace(0.1, 0.5, noise.REFERENCE_DRAWS * 2).reshape(-1, 2)
+        arr[3, 1] = np.nan  # a phantom without contrast
+        return arr + (0.0 if '"labelled": false' not in key else 1.0)
+
+    monkeypatch.setattr(noise, "_reference", fake)
+    dets = ["SE2", "InLens"]
+    meta = {"detectors": dets, "classes": ["pore", "cbd", "am"],
+            "pretrain": {"ranges": {"noise": [0.02, 0.1]}, "p_real": 0.3, "p_flat": 0.15}}
+    stored = noise.store_reference(meta)
+    assert len(calls) == 2 and "noise_reference" not in meta["pretrain"]  # the input is not changed
+    assert noise.store_reference(stored) == stored and len(calls) == 2  # kept, not measured again
+
+    def broken(key):
+        raise AssertionError("measured although stored")
+
+    monkeypatch.setattr(noise, "_reference", broken)
+    got = noise.reference_noise(dets, stored["pretrain"])
+    want = fake("{}")
+    assert np.array_equal(np.isnan(got), np.isnan(want)) and np.allclose(got[np.isfinite(got)], want[np.isfinite(want)])
+    assert np.nanmin(noise.reference_noise(dets, stored["pretrain"], labelled=False)) > 1.0
+    # drawn otherwise (ranges, classes, detectors) or measured by another version: measured again
+    other = {**stored["pretrain"], "ranges": {"noise": [0.02, 0.2]}}
+    for args, kw in (((dets, other), {}), ((dets, stored["pretrain"]), {"labelled": False, "classes": 2}),
+                     ((["SE2"], stored["pretrain"]), {})):
+        with pytest.raises(AssertionError, match="measured"):
+            noise.reference_noise(*args, **kw)
+    monkeypatch.setattr(noise, "REFERENCE_VERSION", noise.REFERENCE_VERSION + 1)
+    with pytest.raises(AssertionError, match="measured"):
+        noise.reference_noise(dets, stored["pretrain"])
+
+
+@pytest.mark.slow
+def test_the_shipped_base_models_store_the_reference_they_would_measure():
+    from seglearn.ckpt import load_checkpoint
+    from seglearn.pretrain import noise
+
+    meta = load_checkpoint(ROOT / "checkpoints" / "fibsem_base.ckpt")["meta"]
+    pre = meta["pretrain"]
+    assert len(pre["noise_reference"]) == 2
+    bare = {k: v for k, v in pre.items() if k != "noise_reference"}
+    for labelled in (True, False):
+        stored = noise.reference_noise(meta["detectors"], pre, labelled=labelled)
+        measured = noise.reference_noise(meta["detectors"], bare, labelled=labelled)
+        assert np.allclose(stored, measured, equal_nan=True), labelled
+
+
+def test_the_store_command_copies_a_base_model_with_its_reference(tmp_path, monkeypatch):
+    """python -m seglearn.pretrain.noise BASE --out NEW: weights unchanged, reference added; bad input refused."""
+    import torch
+
+    from seglearn.ckpt import load_checkpoint, save_checkpoint
+    from seglearn.errors import OutputExistsError
+    from seglearn.pretrain import noise
+
+    monkeypatch.setattr(noise, "_reference", lambda key: np.full((noise.REFERENCE_DRAWS, 1), 0.3))
+    sd = {"w": torch.arange(4.0)}
+    meta = {"detectors": ["SE2"], "classes": ["pore", "cbd", "am"], "pretrain": {"ranges": {}}}
+    base = save_checkpoint(tmp_path / "base.ckpt", kind="unet", state_dict=sd, meta=meta)
+    noise.main([str(base), "--out", str(tmp_path / "new.ckpt")])
+    new = load_checkpoint(tmp_path / "new.ckpt")
+    assert torch.equal(new["state_dict"]["w"], sd["w"])
+    assert np.all(noise.reference_noise(["SE2"], new["meta"]["pretrain"], labelled=False) == 0.3)
+    with pytest.raises(OutputExistsError):
+        noise.main([str(base), "--out", str(tmp_path / "new.ckpt")])
+    scratch = save_checkpoint(tmp_path / "scratch.ckpt", kind="unet", state_dict=sd, meta={**meta, "pretrain": None})
+    with pytest.raises(InputError, match="not a base model"):
+        noise.main([str(scratch), "--out", str(tmp_path / "s.ckpt")])
+    assert not (tmp_path / "s.ckpt").exists()

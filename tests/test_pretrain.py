@@ -15,7 +15,7 @@ from seglearn.pretrain.randomise import DEFAULT_RANGES, Randomiser, resolve_rang
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 TINY = ["model.max_steps=2", "model.val_every=2", "model.n_val=1", "model.phantom_shape=[8,32,32]", "model.patch=32",
         "model.batch_size=2", "model.net.base=4", "model.context=1", "model.cache=1", "model.reuse=4",
-        "model.threads=1", "model.p_real=0"]
+        "model.threads=1", "model.p_real=0", "model.noise_reference=false"]
 TINY_FT = {"max_steps": 2, "val_every": 1, "batch_size": 2, "patch": 32, "phantom_shape": [8, 32, 32], "cache": 1,
            "threads": 1, "runs": 1}
 
@@ -238,6 +238,34 @@ def test_pretraining_continues_from_a_base_model(base_ckpt, tmp_path):
         pretrain({**s, "net": {**s["net"], "base": 8}}, tmp_path / "other")
 
 
+def test_pretraining_stores_the_noise_reference_in_both_checkpoints(tmp_path, monkeypatch):
+    """noise_reference (default true): best.ckpt and last.ckpt carry the reference that fine-tuning and adapt= read."""
+    from omegaconf import OmegaConf
+
+    from seglearn.ckpt import load_checkpoint
+    from seglearn.pretrain import noise
+    from seglearn.pretrain.train import pretrain, settings_from
+
+    calls = []
+
+    def fake(key):  # stands in for measuring 64 phantoms (tested in test_noise.py), cached like it
+        calls.append(key)
+        return np.full((noise.REFERENCE_DRAWS, 2), 0.2 + 0.1 * len(calls))
+
+    monkeypatch.setattr(noise, "_reference", __import__("functools").lru_cache(fake))
+    s = settings_from(OmegaConf.from_dotlist([k.removeprefix("model.") for k in TINY]))
+    s.update(max_steps=1, val_every=1, noise_reference=True)
+    out = Path(pretrain(s, tmp_path / "ref")["best_ckpt"]).parent
+    assert len(calls) == 2  # with labels and without, once for both checkpoints
+    for name in ("best.ckpt", "last.ckpt"):
+        meta = load_checkpoint(out / name)["meta"]
+        got = noise.reference_noise(meta["detectors"], meta["pretrain"], labelled=False)
+        assert got.shape == (noise.REFERENCE_DRAWS, 2) and np.all(got == 0.4)
+    assert len(calls) == 2
+    assert "noise_reference" not in load_checkpoint(
+        Path(pretrain({**s, "noise_reference": False}, tmp_path / "none")["best_ckpt"]))["meta"]["pretrain"]
+
+
 def test_pretraining_ema_saves_the_moving_average_of_the_weights(tmp_path):
     """model.ema=d validates and saves d * ema + (1 - d) * weights (first step: the weights)."""
     import torch
@@ -264,12 +292,16 @@ def test_pretraining_ema_saves_the_moving_average_of_the_weights(tmp_path):
 
 
 @pytest.mark.slow
-def test_soup_averages_weights_and_refuses_other_networks(base_ckpt, tmp_path):
+def test_soup_averages_weights_and_refuses_other_networks(base_ckpt, tmp_path, monkeypatch):
     """python -m seglearn.pretrain.soup: the mean of the float tensors, what each input saw in meta; -- validate scores all."""
     import torch
 
     from seglearn.ckpt import load_checkpoint, save_checkpoint
+    from seglearn.pretrain import noise
     from seglearn.pretrain.soup import average_checkpoints
+
+    # the noise reference is tested in test_noise.py; here a stand-in saves measuring 128 phantoms
+    monkeypatch.setattr(noise, "_reference", lambda key: np.full((noise.REFERENCE_DRAWS, 3), 0.1))
 
     ck = load_checkpoint(base_ckpt)
     moved = {k: v + 1.0 if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
@@ -280,13 +312,15 @@ def test_soup_averages_weights_and_refuses_other_networks(base_ckpt, tmp_path):
         want = v + 0.5 if v.is_floating_point() else v
         torch.testing.assert_close(got["state_dict"][k], want)
     assert [e["steps"] for e in got["meta"]["pretrain"]["soup"]] == [2, 2]
+    assert len(got["meta"]["pretrain"]["noise_reference"]) == 2  # with labels and without
     with pytest.raises(OutputExistsError):
         average_checkpoints([base_ckpt, other], soup)
     wide = save_checkpoint(tmp_path / "wide.ckpt", kind="unet", state_dict=moved,
                            meta={**ck["meta"], "net": {**ck["meta"]["net"], "base": 8}})
     with pytest.raises(InputError, match="same network"):
         average_checkpoints([base_ckpt, wide], tmp_path / "bad.ckpt")
-    r = _cli(["-m", "seglearn.pretrain.soup", str(base_ckpt), str(other), "--out", str(tmp_path / "cli.ckpt"),
+    # the soup's stored noise reference is kept (the same settings), not measured again
+    r = _cli(["-m", "seglearn.pretrain.soup", str(soup), str(other), "--out", str(tmp_path / "cli.ckpt"),
               "--validate", "1"])
     assert r.returncode == 0, r.stderr[-2000:]
     assert '"validation_phantoms": 1' in r.stdout and str(tmp_path / "cli.ckpt") in r.stdout

@@ -20,6 +20,7 @@ and the phantoms' reference is measured the same way.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from typing import Mapping, Sequence
 
@@ -32,6 +33,10 @@ REFERENCE_DRAWS = 64
 REFERENCE_SHAPE = (8, 96, 96)
 TRIGGER_PERCENTILE = 90.0  # smooth a detector only when it is noisier than this share of the phantoms
 TARGET_PERCENTILE = 50.0   # ... down to the phantoms' median
+#: version of the reference measurement: a reference stored in a checkpoint under another version,
+#: number of draws or settings is ignored and measured again. Bump it when :func:`relative_noise`,
+#: :func:`relative_noise_unlabelled` or the way the reference phantoms are drawn change.
+REFERENCE_VERSION = 1
 
 
 def relative_noise(images: np.ndarray, labels: np.ndarray, *, max_slices: int = 8,
@@ -169,14 +174,62 @@ def reference_noise(detectors: Sequence[str], pretrain: Mapping, *, labelled: bo
     Returns
     -------
     (REFERENCE_DRAWS, C) float ndarray
-        Cached per process; about 6–9 s on one CPU core the first time.
+        Read from ``pretrain["noise_reference"]`` when the checkpoint stores it
+        (:func:`store_reference`); otherwise measured (about 6–9 s on one CPU core) and cached per
+        process.
     """
+    key = _key(detectors, pretrain, labelled, classes)
+    stored = _stored(pretrain, key, len(detectors))
+    return stored if stored is not None else _reference(key).copy()
+
+
+def _key(detectors: Sequence[str], pretrain: Mapping, labelled: bool, classes: int) -> str:
+    """What a reference is drawn from (the cache key; its digest is stored with the reference)."""
     key = {"detectors": list(detectors), "ranges": dict(pretrain.get("ranges") or {}), "sources": None,
            "p_real": float(pretrain.get("p_real", 0.3)), "p_flat": float(pretrain.get("p_flat", 0.15))}
     if not labelled:  # the labelled key stays as it was (same cache, same numbers)
         key.update(labelled=False, classes=int(classes))
-    key = json.dumps(key, sort_keys=True)
-    return _reference(key).copy()
+    return json.dumps(key, sort_keys=True)
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(f"v{REFERENCE_VERSION} n{REFERENCE_DRAWS} {key}".encode()).hexdigest()[:16]
+
+
+def _stored(pretrain: Mapping, key: str, channels: int) -> np.ndarray | None:
+    """The reference stored in ``pretrain`` for ``key``, or None (absent, or drawn otherwise)."""
+    entry = (pretrain.get("noise_reference") or {}).get(_digest(key))
+    if entry is None:
+        return None
+    arr = np.asarray([[np.nan if v is None else v for v in row] for row in entry], dtype=np.float64)
+    return arr if arr.shape == (REFERENCE_DRAWS, channels) else None
+
+
+def store_reference(meta: Mapping) -> dict:
+    """A base model's metadata with its noise references stored, so that runs skip measuring them.
+
+    Parameters
+    ----------
+    meta : mapping
+        A base checkpoint's ``meta`` (``detectors``, ``classes``, ``pretrain``).
+
+    Returns
+    -------
+    dict
+        A copy whose ``pretrain.noise_reference`` maps a digest of what each reference was drawn
+        from (settings, :data:`REFERENCE_VERSION`, :data:`REFERENCE_DRAWS`) to the
+        ``(REFERENCE_DRAWS, C)`` values, NaN as None: :func:`reference_noise` with labels (for
+        fine-tuning) and without, with the model's number of classes (zero-shot adaptation). A
+        reference already stored for the same settings is kept, not measured again.
+    """
+    pre = dict(meta["pretrain"])
+    dets, k = list(meta["detectors"]), len(meta["classes"])
+    ref = {}
+    for labelled in (True, False):
+        key = _key(dets, pre, labelled, k)
+        arr = reference_noise(dets, pre, labelled=labelled, classes=k)
+        ref[_digest(key)] = [[None if not np.isfinite(v) else float(v) for v in row] for row in arr]
+    return {**dict(meta), "pretrain": {**pre, "noise_reference": ref}}
 
 
 def gaussian_noise_factor(sigma: float) -> float:
@@ -282,3 +335,34 @@ def resolve_smoothing(setting, base_meta: Mapping, images: np.ndarray, labels: n
         raise InputError(f"finetune denoise={setting!r}: expected {n} non-negative sigma(s), one per detector "
                          f"{list(base_meta['detectors'])}")
     return vals, {"mode": "given", "sigma": vals}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m seglearn.pretrain.noise BASE.ckpt --out NEW.ckpt``: store a base model's noise reference."""
+    import argparse
+
+    from seglearn.ckpt import load_checkpoint, save_checkpoint
+    from seglearn.cli import setup_logging
+    from seglearn.io.atomic import check_writable
+
+    ap = argparse.ArgumentParser(prog="python -m seglearn.pretrain.noise",
+                                 description="Store a base model's noise reference in a copy of its checkpoint "
+                                             "(base models pretrained since 2026-11-30 have it already).")
+    ap.add_argument("ckpt", help="a checkpoint with meta.pretrain (a base model, or one fine-tuned from it)")
+    ap.add_argument("--out", required=True, help="the checkpoint to write (the same path needs --overwrite)")
+    ap.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    a = ap.parse_args(argv)
+    setup_logging()
+    check_writable(a.out, overwrite=a.overwrite)
+    ck = load_checkpoint(a.ckpt, kind="unet")
+    if not ck["meta"].get("pretrain"):
+        raise InputError(f"{a.ckpt}: not a base model (no meta.pretrain); only base models have a noise reference")
+    save_checkpoint(a.out, kind="unet", state_dict=ck["state_dict"], meta=store_reference(ck["meta"]),
+                    overwrite=a.overwrite)
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    from seglearn.cli import report_errors
+
+    report_errors(main)()

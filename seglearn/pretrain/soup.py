@@ -35,7 +35,9 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path, *, overwri
     Floating-point tensors (weights and batch-norm statistics) are averaged; integer ones (batch
     counters) are taken from the first checkpoint, as is the metadata, to which
     ``meta[section].soup`` adds what each input had been trained for (``section``: ``"pretrain"``
-    for base models, ``"finetune"`` for fine-tuned ones).
+    for base models, ``"finetune"`` for fine-tuned ones). A base model also gets its noise
+    references stored (:func:`seglearn.pretrain.noise.store_reference`), so that fine-tuning and
+    zero-shot adaptation do not measure them on every run.
 
     Parameters
     ----------
@@ -46,9 +48,11 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path, *, overwri
         Replace an existing ``out``.
     """
     from seglearn.ckpt import load_checkpoint, save_checkpoint
+    from seglearn.io.atomic import check_writable
 
     if len(paths) < 2:
         raise InputError(f"soup: needs at least two checkpoints, got {len(paths)}")
+    check_writable(out, overwrite=overwrite)  # before the work, not after it
     cks = [load_checkpoint(p, kind="unet") for p in paths]
     first = cks[0]
     for p, ck in zip(paths[1:], cks[1:]):
@@ -67,6 +71,10 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path, *, overwri
     sec["soup"] = [{"checkpoint": str(p), **{k: (ck["meta"].get(section) or {}).get(k) for k in SOUP_KEYS[section]}}
                    for p, ck in zip(paths, cks)]
     meta[section] = sec
+    if section == "pretrain":
+        from seglearn.pretrain.noise import store_reference
+
+        meta = store_reference(meta)
     return save_checkpoint(out, kind="unet", state_dict=state, meta=meta, overwrite=overwrite)
 
 

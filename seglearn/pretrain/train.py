@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 8, "lr": 0.002, "weight_decay": 1e-4, "max_steps": 3000, "max_minutes": 30.0,
     "val_every": 100, "n_val": 3, "cache": 6, "reuse": 96, "threads": 0, "bf16": "auto", "ranges": {},
     "p_real": 0.3, "p_flat": 0.15, "sources": None, "seed": 0, "init": None, "warmup": 50, "ema": 0.0,
+    "noise_reference": True,
 }
 
 
@@ -236,6 +237,13 @@ def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False)
                 w.writerows(rows)
         if last:
             break
+    if s.get("noise_reference", True):  # measured once here, not by every fine-tuning and prediction
+        from seglearn.ckpt import load_checkpoint
+        from seglearn.pretrain.noise import store_reference
+
+        for name in ("best.ckpt", "last.ckpt"):
+            ck = load_checkpoint(out_dir / name, kind="unet")
+            save_checkpoint(out_dir / name, kind="unet", state_dict=ck["state_dict"], meta=store_reference(ck["meta"]))
     result = {"best_ckpt": str(out_dir / "best.ckpt"), "best_awe": round(best, 3), "best_step": best_step,
               "steps": step, "seconds": round(time.perf_counter() - t0, 1),
               "size_bytes": (out_dir / "best.ckpt").stat().st_size,
