@@ -154,7 +154,7 @@ def test_the_store_command_copies_a_base_model_with_its_reference(tmp_path, monk
     new = load_checkpoint(tmp_path / "new.ckpt")
     assert torch.equal(new["state_dict"]["w"], sd["w"])
     assert np.all(noise.reference_noise(["SE2"], new["meta"]["pretrain"], labelled=False) == 0.3)
-    with pytest.raises(OutputExistsError):
+    with pytest.raises(OutputExistsError, match="pass --overwrite"):
         noise.main([str(base), "--out", str(tmp_path / "new.ckpt")])
     scratch = save_checkpoint(tmp_path / "scratch.ckpt", kind="unet", state_dict=sd, meta={**meta, "pretrain": None})
     with pytest.raises(InputError, match="not a base model"):

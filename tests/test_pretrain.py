@@ -325,7 +325,7 @@ def test_soup_averages_weights_and_refuses_other_networks(base_ckpt, tmp_path, m
     assert r.returncode == 0, r.stderr[-2000:]
     assert '"validation_phantoms": 1' in r.stdout and str(tmp_path / "cli.ckpt") in r.stdout
     r = _cli(["-m", "seglearn.pretrain.soup", str(base_ckpt), str(other), "--out", str(tmp_path / "cli.ckpt")])
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cli.ckpt" in r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cli.ckpt" in r.stderr and "--overwrite" in r.stderr
 
 
 @pytest.mark.slow

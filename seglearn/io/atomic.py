@@ -10,7 +10,7 @@ from typing import Iterator
 from seglearn.errors import OutputExistsError, SeglearnError
 
 
-def check_writable(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def check_writable(path: str | os.PathLike, *, overwrite: bool = False, how: str = "overwrite=true") -> Path:
     """Refuse to clobber an existing file and make sure the folder can be written.
 
     Parameters
@@ -19,6 +19,9 @@ def check_writable(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         The final output path.
     overwrite : bool
         Allow replacing an existing file.
+    how : str
+        How the caller's command line allows it, for the error message (``--overwrite`` for the
+        argparse commands; Hydra's ``overwrite=true`` by default).
 
     Returns
     -------
@@ -27,7 +30,7 @@ def check_writable(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path}: output already exists; pass overwrite=true to replace it")
+        raise OutputExistsError(f"{path}: output already exists; pass {how} to replace it")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -353,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     a = ap.parse_args(argv)
     setup_logging()
-    check_writable(a.out, overwrite=a.overwrite)
+    check_writable(a.out, overwrite=a.overwrite, how="--overwrite")
     ck = load_checkpoint(a.ckpt, kind="unet")
     if not ck["meta"].get("pretrain"):
         raise InputError(f"{a.ckpt}: not a base model (no meta.pretrain); only base models have a noise reference")

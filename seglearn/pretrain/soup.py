@@ -117,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="score the inputs and the soup on N fresh randomised phantoms")
     a = ap.parse_args(argv)
     setup_logging()
+    from seglearn.io.atomic import check_writable
+
+    check_writable(a.out, overwrite=a.overwrite, how="--overwrite")
     out = average_checkpoints(a.inputs, a.out, overwrite=a.overwrite)
     print(f"wrote {out}")
     if a.validate > 0:
