@@ -1,29 +1,71 @@
 """bfloat16 autocast and channels-last layout for seglearn's networks (U-Net, particle model), on any device.
 
-On a CPU with AMX / AVX512-BF16 (oneDNN reports bf16 support) or a CUDA GPU with bf16, the
-convolutions run in bfloat16 under :func:`torch.autocast` and the activations are kept
-channels-last, which is what oneDNN and cuDNN are fastest with. Losses and outputs handed back
-to numpy stay float32. ``bf16: auto`` in the config turns it on exactly where it is supported.
+``bf16: auto`` (the config default) turns bfloat16 on only where it is *fast*, not merely where it is
+"supported": on a CUDA GPU with bf16, and on a CPU whose instruction set computes bf16 natively
+(AVX512-BF16 or AMX tiles). oneDNN reports bf16 support on any AVX-512 CPU, but without those
+instructions it emulates bf16 and runs about 3x slower than fp32 (issue 28: 0.54x MONAI fp32 against
+1.71x in fp32 on such a CPU), so those CPUs get fp32. Under bf16 the convolutions run in bfloat16 under
+:func:`torch.autocast` and the activations are kept channels-last, which is what oneDNN and cuDNN are
+fastest with. Losses and outputs handed back to numpy stay float32. :func:`precision_record` says
+what was chosen and why, for the summaries that commands write.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_bf16_isa() -> str | None:
+    """The native bf16 instruction set of this CPU (``"amx"``, ``"avx512_bf16"``) or None."""
+    import torch
+
+    for name, probe in (("amx", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported")):
+        try:
+            if bool(getattr(torch.cpu, probe)()):
+                return name
+        except (AttributeError, RuntimeError):
+            continue
+    return None
 
 
 def bf16_supported(device) -> bool:
-    """Whether ``device`` (``torch.device`` or str) runs bfloat16 convolutions natively."""
+    """Whether ``device`` (``torch.device`` or str) runs bfloat16 convolutions natively (fast).
+
+    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: AMX tiles or AVX512-BF16 (not oneDNN's own
+    ``_is_mkldnn_bf16_supported``, which is also true where bf16 is only emulated). Other devices: False.
+    """
     import torch
 
     kind = torch.device(device).type
     if kind == "cuda":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     if kind == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
+        return _cpu_bf16_isa() is not None
     return False
+
+
+def precision_record(device, bf16: bool) -> dict:
+    """What a run computes in and why, for summary.json / train summaries.
+
+    Returns
+    -------
+    dict
+        ``{"dtype": "bf16" | "fp32", "device": str, "native_bf16": bool, "why": str}``.
+    """
+    import torch
+
+    kind = torch.device(device).type
+    native = bf16_supported(device)
+    if kind == "cpu":
+        isa = _cpu_bf16_isa()
+        why = f"CPU with native bf16 ({isa})" if isa else "CPU without native bf16 (no AMX / AVX512-BF16): fp32 is faster"
+    elif kind == "cuda":
+        why = "CUDA device with bf16" if native else "CUDA device without bf16"
+    else:
+        why = f"{kind} device"
+    return {"dtype": "bf16" if bf16 else "fp32", "device": str(device), "native_bf16": native, "why": why}
 
 
 def resolve_bf16(setting, device) -> bool:
@@ -31,16 +73,18 @@ def resolve_bf16(setting, device) -> bool:
 
     Raises
     ------
-    ValueError
+    InputError
         For anything else.
     """
+    from seglearn.errors import InputError
+
     if setting is None or (isinstance(setting, str) and setting.lower() == "auto"):
         return bf16_supported(device)
     if isinstance(setting, bool):
         return setting
     if isinstance(setting, str) and setting.lower() in ("true", "false"):
         return setting.lower() == "true"
-    raise ValueError(f"bf16: expected true, false or auto, got {setting!r}")
+    raise InputError(f"bf16: expected true, false or auto, got {setting!r}")
 
 
 def autocast(device, enabled: bool):

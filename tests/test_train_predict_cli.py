@@ -49,6 +49,7 @@ def test_train_writes_checkpoints_logs_and_resumes(trained, tiny_dataset):
     assert "val/awe" in header and "train/loss_step" in header and "val/iou_carbon_binder" in header
     summary = json.loads((trained / "train_summary.json").read_text())
     assert summary["val_source"] == "test" and 0.0 <= summary["best_awe"] <= 100.0
+    assert summary["precision"]["dtype"] in ("bf16", "fp32") and summary["precision"]["why"]
     # an existing run is not replaced without overwrite=true
     again = run("train.py", f"data.root={tiny_dataset}", f"out_dir={trained}", "trainer.max_steps=2", *TINY_NET)
     assert again.returncode == 2 and "overwrite=true" in again.stderr and "Traceback" not in again.stderr
@@ -75,6 +76,9 @@ def test_predict_cli_writes_outputs_and_refuses_overwrite(trained, tiny_dataset,
     np.testing.assert_array_equal(np.argmax(probs, axis=0) + 1, labels)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["shape"] == [24, 64, 64] and summary["voxels_per_second"] > 0
+    from seglearn.precision import bf16_supported
+
+    assert summary["precision"]["dtype"] == ("bf16" if bf16_supported("cpu") else "fp32")
     assert sum(summary["fractions"].values()) == pytest.approx(1.0)
     assert 0.0 <= summary["test"]["awe"] <= 100.0 and set(summary["test"]["iou"]) == {"pore", "carbon_binder", "active_material"}
     assert (out / "preview.png").stat().st_size > 1000

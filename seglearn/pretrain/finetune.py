@@ -46,7 +46,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from seglearn.errors import InputError, OutputExistsError
-from seglearn.precision import resolve_bf16
+from seglearn.precision import precision_record, resolve_bf16
 
 log = logging.getLogger("seglearn")
 
@@ -585,7 +585,7 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
     result = {"best_ckpt": str(out_dir / "best.ckpt"), "val_source": val_source, "val_awe_zero_shot": round(zero_shot, 3),
               "best_val_awe": round(best, 3), "best_step": best_step, "steps": step, "seconds": round(seconds, 1),
               "class_map": None if same_head else [base_classes[c] for c in cmap], "history": history,
-              "denoise": noise_info, "freeze_bn": freeze_bn}
+              "denoise": noise_info, "freeze_bn": freeze_bn, "precision": precision_record("cpu", bf16)}
     meta["train"] = {"dataset": name, "seed": int(s["seed"]), "val_source": val_source,
                      "val": {"awe": round(best, 3)}, "global_step": step}
     meta["finetune"] = {"init": str(init), "settings": {k: v for k, v in s.items()}, **{k: v for k, v in result.items()

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from seglearn.errors import InputError, OutputExistsError
-from seglearn.precision import resolve_bf16
+from seglearn.precision import precision_record, resolve_bf16
 
 log = logging.getLogger("seglearn")
 
@@ -244,7 +244,7 @@ def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False)
     result = {"best_ckpt": str(out_dir / "best.ckpt"), "best_awe": round(best, 3), "best_step": best_step,
               "steps": step, "seconds": round(time.perf_counter() - t0, 1),
               "size_bytes": (out_dir / "best.ckpt").stat().st_size,
-              "parameters": int(sum(p.numel() for p in net.parameters()))}
+              "parameters": int(sum(p.numel() for p in net.parameters())), "precision": precision_record("cpu", bf16)}
     (out_dir / "pretrain_summary.json").write_text(json.dumps(result, indent=2))
     log.info("pretraining done: best validation awe %.2f %% at step %d; %s (%d bytes)", best, best_step,
              result["best_ckpt"], result["size_bytes"])

@@ -189,6 +189,7 @@ def _finish(cfg, seg, src, where, out: Path, shape, voxel, stats: _Stats, reader
     from seglearn.io import write_preview
     from seglearn.io.atomic import atomic_path
     from seglearn.metrics import awe, iou_from_confusion
+    from seglearn.precision import precision_record
 
     counts, cm, preview = stats.counts, stats.cm, stats.preview
     seconds = time.perf_counter() - t0
@@ -199,7 +200,7 @@ def _finish(cfg, seg, src, where, out: Path, shape, voxel, stats: _Stats, reader
         "detectors": seg.detectors, "derived": seg.derived, "classes": seg.classes, "shape": list(shape),
         "voxel_size_nm": voxel, "fractions": {c: float(f) for c, f in zip(seg.classes, fr)},
         "seconds": round(seconds, 2), "voxels_per_second": round(n_vox / max(seconds, 1e-9), 1),
-        "device": str(seg.device), "labels": "labels.tif",
+        "device": str(seg.device), "precision": precision_record(seg.device, seg.bf16), "labels": "labels.tif",
         "tta": seg.tta_mode(cfg.get("tta")),
         "probabilities": "probabilities.tif" if want_probs else None,
         **(extra or {}),

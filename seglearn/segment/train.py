@@ -19,6 +19,7 @@ DEFAULT_OVERLAP = {"2d": [0, 64, 64], "2.5d": [0, 64, 64], "3d": [8, 32, 32]}
 
 
 from seglearn.config import to_plain as _plain  # noqa: E402
+from seglearn.precision import bf16_supported, precision_record  # noqa: E402
 
 
 def _resolve_auto(cfg_trainer: dict, channels_last) -> tuple[dict, bool]:
@@ -28,7 +29,6 @@ def _resolve_auto(cfg_trainer: dict, channels_last) -> tuple[dict, bool]:
     gpu = torch.cuda.is_available() and tr.get("accelerator", "auto") in ("auto", "gpu", "cuda")
     if tr.get("precision", "auto") in ("auto", None):
         # bf16 autocast: 2.1x (2.5D) to 3.6x (3D) faster training steps on this AMX CPU (docs/bench_unet.md)
-        from seglearn.precision import bf16_supported
 
         tr["precision"] = "bf16-mixed" if bf16_supported("cuda" if gpu else "cpu") else "32-true"
     if tr.get("sync_batchnorm") and not gpu:
@@ -159,7 +159,9 @@ def fit(cfg, ds) -> dict:
     result = {"best_ckpt": str(best), "last_ckpt": str(out_dir / "last.ckpt"),
               "best_awe": None if best_score is None else float(best_score), "steps": int(trainer.global_step),
               "epochs": int(trainer.current_epoch), "seconds": round(seconds, 1), "val_source": dm.val_source,
-              "mode": mode, "parameters": int(n_params)}
+              "mode": mode, "parameters": int(n_params),
+              "precision": {**precision_record(trainer.strategy.root_device, "bf16" in str(trainer_cfg.get("precision"))),
+                            "lightning": str(trainer_cfg.get("precision"))}}
     if best.exists():
         from seglearn.ckpt import load_checkpoint
 
