@@ -31,25 +31,25 @@ import numpy as np
 import torch
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--ckpt", default="checkpoints/demo.ckpt")
-    ap.add_argument("--shape", type=int, nargs=3, default=[8, 512, 512])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--out", default="docs/bench_perf.md")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+def measure(ckpt: str, shape, *, reps: int = 2, device: str = "cpu") -> dict:
+    """Time the four runs on ``device``; returns seconds, voxels/s, labels and probabilities per run.
+
+    Returns
+    -------
+    dict
+        ``best`` (s), ``vps`` (voxels / s), ``outs`` (probabilities), ``lab`` (argmax labels), ``seg``
+        (the default :class:`~seglearn.segment.api.Segmenter`), ``peak_bytes`` (CUDA peak memory or None).
+    """
     from monai.inferers import sliding_window_inference
 
-    from seglearn.precision import precision_record
     from seglearn.segment.api import load_segmenter
     from seglearn.segment.tiling import _axis_weight
     from seglearn.synth import make_phantom
 
-    seg = load_segmenter(args.ckpt, device="cpu")  # defaults: bf16 where native
-    ref = load_segmenter(args.ckpt, device="cpu", bf16=False)
-    z, y, x = args.shape
+    seg = load_segmenter(ckpt, device=device)  # defaults: bf16 where native
+    ref = load_segmenter(ckpt, device=device, bf16=False)
+    dev = torch.device(device)
+    z, y, x = shape
     ph = make_phantom({"shape": [z, y, x], "seed": 21, "voxel_size_nm": [40, 20, 20], "particle_radius_nm": 380})
     raw = ph.channels()
     dets = list(ph.config.detectors)
@@ -64,12 +64,12 @@ def main() -> None:
     net_cl.channels_last = True
     net_cl.unet = net_cl.unet.to(memory_format=torch.channels_last)
     w2d = torch.from_numpy(np.outer(_axis_weight(tile[1], 0.125, 0, False, False, True),
-                                    _axis_weight(tile[2], 0.125, 0, False, False, True)))
+                                    _axis_weight(tile[2], 0.125, 0, False, False, True))).to(dev)
 
     def monai(net, bf16: bool) -> np.ndarray:
         norm = ref.prepare(raw[order])  # (C, Z, Y, X), as seglearn does inside predict_proba
         idx = np.clip(np.arange(-h, z + h), 0, z - 1)
-        padded = torch.from_numpy(np.ascontiguousarray(norm[:, idx]))
+        padded = torch.from_numpy(np.ascontiguousarray(norm[:, idx])).to(dev)
         flat = torch.stack([padded[:, i:i + 2 * h + 1] for i in range(z)])  # (Z, C, 2h+1, Y, X)
         c = flat.shape[1]
         flat = flat.reshape(z, c * (2 * h + 1), y, x)
@@ -78,11 +78,11 @@ def main() -> None:
             out = net(t.reshape(t.shape[0], c, 2 * h + 1, *t.shape[-2:]))
             return torch.softmax(out.float(), dim=1)[:, :, 0]
 
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             out = sliding_window_inference(flat, roi_size=(tile[1], tile[2]), sw_batch_size=tile[0] * batch,
                                            predictor=predictor, overlap=overlap[1] / tile[1], mode="gaussian",
                                            roi_weight_map=w2d, padding_mode="replicate")
-        return out.permute(1, 0, 2, 3).numpy()
+        return out.permute(1, 0, 2, 3).float().cpu().numpy()
 
     runs = {
         "ours": lambda: seg.predict_proba(raw, dets, **kw),
@@ -94,15 +94,39 @@ def main() -> None:
     outs = {}
     for k, f in runs.items():  # warm-up
         f()
-    for _ in range(args.reps):  # interleaved, so that load changes hit all four alike
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    for _ in range(reps):  # interleaved, so that load changes hit all four alike
         for k, f in runs.items():
             t0 = time.perf_counter()
             outs[k] = f()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
             times[k].append(time.perf_counter() - t0)
     n = z * y * x
     best = {k: min(v) for k, v in times.items()}
     vps = {k: n / t for k, t in best.items()}
     lab = {k: np.argmax(v, 0) for k, v in outs.items()}
+    peak = int(torch.cuda.max_memory_allocated(dev)) if dev.type == "cuda" else None
+    return {"best": best, "vps": vps, "outs": outs, "lab": lab, "seg": seg, "peak_bytes": peak, "tile": tile,
+            "batch": batch}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--ckpt", default="checkpoints/demo.ckpt")
+    ap.add_argument("--shape", type=int, nargs=3, default=[8, 512, 512])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--out", default="docs/bench_perf.md")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from seglearn.precision import precision_record
+
+    res = measure(args.ckpt, args.shape, reps=args.reps)
+    best, vps, outs, lab, seg = res["best"], res["vps"], res["outs"], res["lab"], res["seg"]
+    tile, batch = res["tile"], res["batch"]
+    z, y, x = args.shape
 
     def agree(a: str, b: str) -> str:
         return f"{np.mean(lab[a] == lab[b]):.4%} | {np.abs(outs[a] - outs[b]).max():.2e}"
