@@ -1,9 +1,9 @@
 """Benchmark table: ``python benchmark.py data.root=DATASET [methods=[...]] [unet.ckpt=PATH] [out=DIR]``."""
 
-import hydra
+from seglearn.cli import command
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="benchmark")
+@command("benchmark")
 def main(cfg) -> None:
     from seglearn.benchmark.cli import run
 

@@ -3,13 +3,10 @@
 See ``configs/characterise.yaml`` for every option and ``docs/characterise.md`` for the outputs.
 """
 
-import hydra
-
-from seglearn.cli import report_errors
+from seglearn.cli import command
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="characterise")
-@report_errors
+@command("characterise")
 def main(cfg) -> None:
     from seglearn.characterise.cli import run
 

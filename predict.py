@@ -1,12 +1,9 @@
 """Predict a tomogram: ``python predict.py ckpt=C input=DATASET_OR_TIFFS output=OUT``; no arguments: the demo."""
 
-import hydra
-
-from seglearn.cli import report_errors
+from seglearn.cli import command
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="predict")
-@report_errors
+@command("predict")
 def main(cfg) -> None:
     from seglearn.runner import predict
 

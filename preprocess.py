@@ -1,12 +1,9 @@
 """``python preprocess.py input=DATASET output=NEW_DATASET [preprocess=seed001] [steps=[...]]``"""
 
-import hydra
-
-from seglearn.cli import report_errors
+from seglearn.cli import command
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="preprocess")
-@report_errors
+@command("preprocess")
 def main(cfg) -> None:
     from seglearn.preprocess.run import run
 

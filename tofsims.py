@@ -3,21 +3,24 @@
 See ``configs/tofsims.yaml`` for every option and ``docs/tofsims.md`` for the input format.
 """
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from seglearn.cli import report_errors, setup_logging
+from seglearn.cli import command, report_errors, setup_logging
 
 
 @report_errors
 def run(cfg: DictConfig) -> dict:
     from seglearn.tofsims.pipeline import run as run_tofsims
 
+    from seglearn.options import TOFSIMS, check_options
+
     setup_logging()
-    return run_tofsims(OmegaConf.to_container(cfg, resolve=True))
+    params = OmegaConf.to_container(cfg, resolve=True)
+    check_options(params, TOFSIMS, "tofsims")
+    return run_tofsims(params)
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="tofsims")
+@command("tofsims")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

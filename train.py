@@ -1,12 +1,9 @@
 """Train a model: ``python train.py data.root=DATASET out_dir=DIR [model=unet|stardist] [experiment=NAME]``."""
 
-import hydra
-
-from seglearn.cli import report_errors
+from seglearn.cli import command
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="train")
-@report_errors
+@command("train")
 def main(cfg) -> None:
     from seglearn.runner import train
 

@@ -1,5 +1,7 @@
 """Safe config instantiation: a config may only build seglearn's own classes and a short list of
-well-known library classes (optimizers, schedulers, Lightning callbacks).
+well-known library classes (optimizers, schedulers, Lightning callbacks), matched as whole names:
+``seglearn.MODULE.NAME`` must be a class or function defined in that seglearn module (no attribute
+chains such as ``seglearn.config.os.system``, no ``seglearnX.*``).
 
 ``hydra.utils.instantiate`` would import and call whatever ``_target_`` a command line names;
 :func:`safe_instantiate` checks every ``_target_`` in the tree first.
@@ -11,7 +13,6 @@ from typing import Any
 
 from seglearn.errors import InputError
 
-ALLOWED_PREFIXES = ("seglearn.",)
 ALLOWED_TARGETS = frozenset({
     "torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD", "torch.optim.RMSprop",
     "torch.optim.lr_scheduler.CosineAnnealingLR", "torch.optim.lr_scheduler.OneCycleLR",
@@ -23,6 +24,35 @@ ALLOWED_TARGETS = frozenset({
 })
 
 
+def _seglearn_target_ok(target: str) -> bool:
+    """Whether ``target`` names a class or function *defined in* a seglearn module: the longest
+    importable prefix must be a seglearn module and the rest one attribute whose ``__module__`` is
+    seglearn's (so ``seglearn.config.os.system`` or a re-exported foreign name is refused)."""
+    import importlib
+    import inspect
+
+    parts = target.split(".")
+    if parts[0] != "seglearn" or len(parts) < 2 or not all(p.isidentifier() for p in parts):
+        return False
+    for i in range(len(parts) - 1, 0, -1):
+        name = ".".join(parts[:i])
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if len(parts) - i != 1:  # an attribute chain (module.obj.attr): refused
+            return False
+        obj = getattr(module, parts[-1], None)
+        return ((inspect.isclass(obj) or inspect.isfunction(obj))
+                and str(getattr(obj, "__module__", "")).split(".")[0] == "seglearn")
+    return False
+
+
+def target_allowed(target: str) -> bool:
+    """Whether a config may instantiate ``target`` (whole names only, see :data:`ALLOWED_TARGETS`)."""
+    return target in ALLOWED_TARGETS or _seglearn_target_ok(target)
+
+
 def check_targets(cfg: Any, where: str = "config") -> None:
     """Raise :class:`InputError` if any ``_target_`` in ``cfg`` is outside the allowed set."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -31,11 +61,9 @@ def check_targets(cfg: Any, where: str = "config") -> None:
         cfg = OmegaConf.to_container(cfg, resolve=False)
     if isinstance(cfg, dict):
         target = cfg.get("_target_")
-        if target is not None:
-            t = str(target)
-            if not (t.startswith(ALLOWED_PREFIXES) or t in ALLOWED_TARGETS):
-                raise InputError(f"{where}._target_={t!r}: only seglearn's own classes (and standard optimizers/"
-                                 f"callbacks) may be instantiated from a config")
+        if target is not None and not target_allowed(str(target)):
+            raise InputError(f"{where}._target_={str(target)!r}: only classes and functions defined in seglearn's "
+                             f"modules (and standard optimizers/callbacks) may be instantiated from a config")
         for k, v in cfg.items():
             check_targets(v, f"{where}.{k}")
     elif isinstance(cfg, list):

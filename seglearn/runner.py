@@ -11,7 +11,9 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
+from seglearn import options
 from seglearn.errors import InputError
+from seglearn.options import check_options
 
 TRAINERS: dict[str, str] = {
     "unet": "seglearn.segment.train:train",
@@ -33,12 +35,22 @@ def _resolve(table: dict[str, str], kind: str, what: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), func)
 
 
+def _check_train_options(cfg, kind: str) -> None:
+    """The documented options of ``train.py`` (:mod:`seglearn.options`), before anything is read."""
+    check_options(cfg, options.TRAIN, "train")
+    rules = {"unet": options.UNET, "stardist": options.STARDIST, "unet_pretrain": options.PRETRAIN}.get(kind, {})
+    check_options(cfg, rules, "train")
+    if cfg.get("init") and kind == "unet" and cfg.get("finetune") is not None:
+        check_options(cfg.finetune, options.FINETUNE, "train", prefix="finetune.")
+
+
 def train(cfg) -> dict:
     """Train the model kind named by ``cfg.model.kind``; returns its metrics."""
     from seglearn.config import check_targets
 
     check_targets(cfg)
     kind = str(cfg.model.get("kind", "unet"))
+    _check_train_options(cfg, kind)
     if kind != "unet":
         from seglearn.preprocess.stage import stage_config
 
@@ -57,5 +69,8 @@ def predict(cfg) -> dict:
     from seglearn.config import check_targets
 
     check_targets(cfg)
+    check_options(cfg, options.PREDICT, "predict")
     ckpt = load_checkpoint(cfg.ckpt)
+    kind_rules = {"unet": options.PREDICT_UNET, "stardist": options.PREDICT_STARDIST}.get(ckpt["kind"], {})
+    check_options(cfg, kind_rules, "predict")
     return _resolve(PREDICTORS, ckpt["kind"], "prediction")(cfg, ckpt)

@@ -26,8 +26,27 @@ def _good_dataset(root: Path, shape=(6, 32, 32), seed: int = 0) -> Path:
     train[1, 20:24, 4:20] = 3
     test = np.zeros(shape, np.uint8)
     test[4] = rng.integers(1, 4, shape[1:], dtype=np.uint8)
-    write_dataset(root, {"SE2": se2, "InLens": inl}, voxel_size_nm=(20, 10, 10), train=train, test=test)
+    inst = np.zeros(shape, np.uint32)
+    inst[:, 4:12, 4:12], inst[:, 18:28, 16:26] = 1, 2
+    write_dataset(root, {"SE2": se2, "InLens": inl}, voxel_size_nm=(20, 10, 10), train=train, test=test,
+                  instances=inst)
     return root
+
+
+def _huge_header_tif(path: Path, shape=(8, 60000, 60000)) -> Path:
+    """A ~2 KB TIFF whose pages declare ``shape`` float64 (230 GB): width, length and rows per strip
+    of a small zlib-compressed stack patched in place."""
+    import struct
+
+    tifffile.imwrite(path, np.zeros((shape[0], 60, 60), np.float64), compression="zlib", metadata=None)
+    raw = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        tags = [(pg.tags[name], value) for pg in tif.pages
+                for name, value in (("ImageWidth", shape[2]), ("ImageLength", shape[1]), ("RowsPerStrip", shape[1]))]
+    for tag, value in tags:
+        struct.pack_into("<H" if tag.dtype == 3 else "<I", raw, tag.valueoffset, value)
+    path.write_bytes(bytes(raw))
+    return path
 
 
 def _edit_yaml(root: Path, fn) -> None:
@@ -66,6 +85,20 @@ def make_corpus(out: str | Path) -> dict[str, Path]:
     tifffile.imwrite(out / "constant.tif", np.full((6, 32, 32), 7, np.uint8))
     c["constant_tif"] = out / "constant.tif"
     c["missing"] = out / "does_not_exist.tif"
+    c["huge_header_tif"] = _huge_header_tif(out / "huge_header.tif")
+    labels = np.random.default_rng(2).integers(1, 4, (6, 32, 32), dtype=np.uint8)
+    tifffile.imwrite(out / "labels.tif", labels)  # a valid label volume (ids 1..3)
+    c["good_labels"] = out / "labels.tif"
+    sl = out / "slices_mixed"  # a folder of slices, one of another shape
+    sl.mkdir(exist_ok=True)
+    for i in range(3):
+        tifffile.imwrite(sl / f"slice_{i:03d}.tif", vol[i] if i != 1 else vol[i, :20])
+    c["slices_mixed"] = sl
+    sl = out / "slices_good"
+    sl.mkdir(exist_ok=True)
+    for i in range(3):
+        tifffile.imwrite(sl / f"slice_{i:03d}.tif", vol[i])
+    c["slices_good"] = sl
     # --- datasets with one defect each
     def variant(name: str) -> Path:
         import shutil
@@ -93,6 +126,16 @@ def make_corpus(out: str | Path) -> dict[str, Path]:
     _edit_yaml(r, lambda m: m.pop("classes"))
     r = variant("ds_unknown_detector")
     _edit_yaml(r, lambda m: m.__setitem__("detectors", ["SE2", "ESB"]))
+    r = variant("ds_test_gt_k")
+    tst = tifffile.imread(r / "labels" / "test.tif")
+    tst[4, :3, :3] = 9
+    tifffile.imwrite(r / "labels" / "test.tif", tst)
+    r = variant("ds_test_float")
+    tifffile.imwrite(r / "labels" / "test.tif", tst.astype(np.float32) + 0.5)
+    r = variant("ds_inf_voxel")
+    _edit_yaml(r, lambda m: m.__setitem__("voxel_size_nm", [float("inf"), 10.0, 10.0]))
+    r = variant("ds_duplicate_classes")
+    _edit_yaml(r, lambda m: m.__setitem__("classes", ["pore", "pore", "active_material"]))
     r = variant("ds_truncated_image")
     raw = (r / "images" / "SE2.tif").read_bytes()
     (r / "images" / "SE2.tif").write_bytes(raw[: len(raw) // 2])
@@ -122,6 +165,13 @@ def make_corpus(out: str | Path) -> dict[str, Path]:
     tof.mkdir(exist_ok=True)
     (tof / "Ni+.txt").write_text("# Image size: 4 x 3\n1 2 3 4\n5 6 7\n8 9 10 11\n")
     c["tofsims_ragged"] = tof
+    tof = out / "tofsims_good"
+    tof.mkdir(exist_ok=True)
+    trng = np.random.default_rng(3)
+    for ion in ("Ni+", "C2H-"):
+        rows = "\n".join(" ".join(str(v) for v in r) for r in trng.integers(0, 50, (16, 16)))
+        (tof / f"{ion}.txt").write_text(f"# Ion: {ion}\n# Image size: 16 x 16\n# Field of view: 10 um\n{rows}\n")
+    c["tofsims_good"] = tof
     # --- outputs
     ro = out / "readonly_out"
     ro.mkdir(exist_ok=True)

@@ -13,9 +13,31 @@ def test_foreign_targets_refused():
 
 
 def test_own_and_standard_targets_allowed():
-    check_targets({"opt": {"_target_": "torch.optim.AdamW", "lr": 1e-3}, "m": {"_target_": "seglearn.anything"}})
+    check_targets({"opt": {"_target_": "torch.optim.AdamW", "lr": 1e-3},
+                   "m": {"_target_": "seglearn.segment.net.SegNet"}, "f": {"_target_": "seglearn.config.to_plain"}})
     obj = safe_instantiate({"_target_": "seglearn.errors.InputError", "_args_": ["boom"]})
     assert str(obj) == "boom"
+
+
+@pytest.mark.parametrize("target", [
+    "seglearn.config.os.system",          # an attribute chain out of seglearn through an imported module
+    "seglearn.config.importlib.import_module",
+    "seglearn.runner.importlib",          # a module object, not a class or function
+    "seglearn.cli.sys.exit",
+    "seglearn.io.tiff.np.save",
+    "seglearn.segment.api.Path",          # a foreign class re-exported by a seglearn module
+    "seglearnX.anything",                 # a look-alike package
+    "seglearn_evil.run",
+    "seglearn",
+    "seglearn.",
+    "seglearn.no_such_module.thing",
+    "torch.optim.AdamWX",                 # only whole allowed names
+    "torch.optim.Adam.__init__",
+    "lightning.pytorch.callbacks.EarlyStopping.os",
+])
+def test_targets_are_whole_names_defined_in_seglearn(target):
+    with pytest.raises(InputError, match="_target_"):
+        check_targets({"x": {"_target_": target}})
 
 
 def test_checkpoint_safety(tmp_path):
@@ -24,8 +46,10 @@ def test_checkpoint_safety(tmp_path):
     from seglearn.ckpt import load_checkpoint, save_checkpoint
 
     p = save_checkpoint(tmp_path / "m.ckpt", kind="unet", state_dict={"w": torch.ones(3)}, meta={"classes": ["a", "b"]})
-    ck = load_checkpoint(p, kind="unet")
+    ck = load_checkpoint(p, kind="unet", validate=False)  # plain data round trip; not a usable network
     assert ck["meta"]["classes"] == ["a", "b"] and torch.equal(ck["state_dict"]["w"], torch.ones(3))
+    with pytest.raises(InputError, match="no network description"):
+        load_checkpoint(p, kind="unet")
     with pytest.raises(InputError, match="expected 'stardist'"):
         load_checkpoint(p, kind="stardist")
     with pytest.raises(TypeError):

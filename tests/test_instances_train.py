@@ -88,6 +88,10 @@ def test_predict_writes_instances_features_preview(trained, tiny_dataset, tmp_pa
     assert res["method"] == "fusion"           # the default for a stack
     inst = tifffile.imread(tmp_path / "p" / "instances.tif")
     assert inst.shape == (24, 64, 64) and inst.dtype == np.uint32
+    with tifffile.TiffFile(tmp_path / "p" / "instances.tif") as tif:  # ImageJ calibration on uint32 ids (issue 25)
+        assert tif.pages[0].tags["ImageDescription"].value.startswith("ImageJ=")
+        assert tif.imagej_metadata["spacing"] == pytest.approx(0.04) and tif.imagej_metadata["unit"] == "um"
+    assert res["voxel_size_source"] == "dataset.yaml" and res["intensity"]["map"] == "identity"
     table = pd.read_csv(tmp_path / "p" / "particles.csv")
     assert sorted(table["id"]) == sorted(set(np.unique(inst)) - {0})
     for col in ("volume_um3", "equivalent_diameter_um", "surface_area_um2", "sphericity", "aspect_ratio",

@@ -1,5 +1,6 @@
-"""Interrupted runs (issue 11): train.py killed and resumed, predict.py killed leaves no
-half-written labels.tif and a re-run completes; two CPU runs give identical predictions."""
+"""Interrupted runs (issues 11, 25): train.py killed and resumed, predict.py killed leaves no
+output folder (its set is written in a temporary sibling) and a re-run takes over its lock and
+completes; two CPU runs give identical predictions."""
 
 from __future__ import annotations
 
@@ -61,20 +62,24 @@ def test_predict_killed_leaves_no_labels_and_rerun_completes(tmp_path):
     out = tmp_path / "pred"
     args = ["input=data/demo", f"output={out}", "block_slices=2", "preview=false"]
     proc = _start("predict.py", *args)
-    started = _wait_for(lambda: out.exists() and any(p.name.startswith(".labels.tif.tmp-") for p in out.iterdir()),
-                        proc)
-    assert started, "predict.py ended before writing started"
+
+    def writing() -> bool:  # the result set is written in a temporary sibling .pred.tmp-PID
+        return any(p.name.startswith(".labels.tif.tmp-") for d in tmp_path.glob(".pred.tmp-*") for p in d.iterdir())
+
+    assert _wait_for(writing, proc), "predict.py ended before writing started"
     time.sleep(0.5)
     proc.kill()
     proc.wait(timeout=60)
-    assert not (out / "labels.tif").exists(), "a half-written labels.tif appeared under the final name"
+    assert not out.exists(), "a partial result set appeared under the output folder's name"
+    assert (tmp_path / ".pred.lock").exists()  # the killed run's lock: taken over by the re-run
     res = run("predict.py", *args)
     assert res.returncode == 0, res.stderr[-2000:]
     from seglearn.io import read_stack
 
     labels, _ = read_stack(out / "labels.tif")
     assert labels.shape == (64, 128, 128) and labels.min() >= 1
-    assert not [p for p in out.iterdir() if ".tmp-" in p.name], "temporary files left behind"
+    assert sorted(p.name for p in out.iterdir()) == ["labels.tif", "summary.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"], "temporary folder or lock left behind"
 
 
 def test_same_seed_bit_identical_predictions(tiny_dataset, tmp_path):

@@ -147,12 +147,16 @@ def test_the_store_command_copies_a_base_model_with_its_reference(tmp_path, monk
     from seglearn.pretrain import noise
 
     monkeypatch.setattr(noise, "_reference", lambda key: np.full((noise.REFERENCE_DRAWS, 1), 0.3))
-    sd = {"w": torch.arange(4.0)}
-    meta = {"detectors": ["SE2"], "classes": ["pore", "cbd", "am"], "pretrain": {"ranges": {}}}
+    from seglearn.segment.net import build_net
+
+    net_meta = {"in_channels": 1, "n_classes": 3, "mode": "2d", "base": 2, "depth": 1}
+    sd = build_net(net_meta).state_dict()  # a tiny but complete network: checkpoints are validated on loading
+    meta = {"net": net_meta, "detectors": ["SE2"], "classes": ["pore", "cbd", "am"],
+            "normalisation": {"ranges": [[0.0, 255.0]]}, "pretrain": {"ranges": {}}}
     base = save_checkpoint(tmp_path / "base.ckpt", kind="unet", state_dict=sd, meta=meta)
     noise.main([str(base), "--out", str(tmp_path / "new.ckpt")])
     new = load_checkpoint(tmp_path / "new.ckpt")
-    assert torch.equal(new["state_dict"]["w"], sd["w"])
+    assert all(torch.equal(new["state_dict"][k], v) for k, v in sd.items())
     assert np.all(noise.reference_noise(["SE2"], new["meta"]["pretrain"], labelled=False) == 0.3)
     with pytest.raises(OutputExistsError, match="pass --overwrite"):
         noise.main([str(base), "--out", str(tmp_path / "new.ckpt")])

@@ -72,6 +72,7 @@ def predict(model, channels, detectors) -> np.ndarray:
         from seglearn.ckpt import load_checkpoint
         from seglearn.pretrain.adapt import adapt_to_volume
 
+        # adapt_to_volume first puts the channels on the model's grey scale (seglearn.io.intensity)
         ck = load_checkpoint(model["ckpt"], kind="unet")
         idx = api.segmenter_from_checkpoint(ck, device="cpu", bf16=False).channel_order(list(detectors), "channels")
         ck, _ = adapt_to_volume(ck, lambda a, b: channels[idx, a:b], channels.shape[1:], ck["meta"]["detectors"],
@@ -79,4 +80,12 @@ def predict(model, channels, detectors) -> np.ndarray:
         seg = api.segmenter_from_checkpoint(ck)
     else:
         seg = api.load_segmenter(model["ckpt"])
+        meta = getattr(seg, "meta", None)
+        if meta is not None:  # uint8 channels too: a model trained on 16-bit or 0..1 data reads another scale
+            from seglearn.io.intensity import fit_to_model
+
+            sel = channels[seg.channel_order(list(detectors), "channels")]
+            ck, _ = fit_to_model({"meta": meta}, lambda a, b: sel[:, a:b], sel.shape[1:], seg.detectors,
+                                 where=str(model["ckpt"]))
+            seg.input_map = ck["meta"]["normalisation"].get("input_map")
     return np.asarray(seg.predict(channels, list(detectors), tta=model.get("tta"))).astype(np.uint8)

@@ -1,9 +1,9 @@
 """``python -m seglearn.benchmark data.root=DATASET methods=[...]`` (same as ``benchmark.py``)."""
 
-import hydra
+from seglearn.cli import command
 
 
-@hydra.main(version_base="1.3", config_path="../../configs", config_name="benchmark")
+@command("benchmark", "../../configs")
 def main(cfg) -> None:
     from seglearn.benchmark.cli import run
 

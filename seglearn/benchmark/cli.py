@@ -16,6 +16,9 @@ def run(cfg) -> dict:
     from omegaconf import OmegaConf
 
     from seglearn.benchmark.run import run_benchmark
+    from seglearn.options import BENCHMARK, check_options
 
     setup_logging()
-    return run_benchmark(OmegaConf.to_container(cfg, resolve=True))
+    params = OmegaConf.to_container(cfg, resolve=True)
+    check_options(params, BENCHMARK, "benchmark")
+    return run_benchmark(params)

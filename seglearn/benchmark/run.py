@@ -122,6 +122,8 @@ def run_benchmark(cfg: Mapping) -> dict:
         results.append(rec)
         preds.append((name, pred[scored[0]].copy()))
         del pred
+        if cfg.get("probabilities") and impl == "random_forest":  # for characterise.py probabilities=... (issue 27)
+            _write_forest_probabilities(out / f"probabilities_{name}", model, ds, overwrite)
     summary = {"dataset": str(ds.root), "shape": list(ds.shape), "classes": ds.classes, "detectors": ds.detectors,
                "test_slices": scored, "roi": roi, "predict": "test_slices" if only_test else "full",
                "preprocess": pre_entry, "methods": results}
@@ -141,3 +143,20 @@ def run_benchmark(cfg: Mapping) -> dict:
                 ds.classes, overwrite=True, title=f"{ds.name}: slice {z}")
     log.info("benchmark: wrote %s", out)
     return summary
+
+
+def _write_forest_probabilities(folder: Path, model, ds, overwrite: bool) -> None:
+    """``folder/probabilities.tif`` (Z x K x Y x X float16) and ``summary.json`` of a forest, as predict.py writes them."""
+    from seglearn.baselines.forest import predict_proba
+    from seglearn.io.atomic import atomic_path
+    from seglearn.segment.predict_io import write_probabilities_tif
+
+    if (folder / "probabilities.tif").exists() and not overwrite:
+        raise OutputExistsError(f"{folder / 'probabilities.tif'}: exists; pass overwrite=true to replace it")
+    p = predict_proba(model, ds.images, ds.detectors, n_classes=ds.n_classes)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_probabilities_tif(folder, p.shape[1:], p.shape[0], (p[c, z] for z in range(p.shape[1])
+                                                             for c in range(p.shape[0])), list(ds.voxel_size_nm))
+    with atomic_path(folder / "summary.json", overwrite=True) as tmp:
+        Path(tmp).write_text(json.dumps({"classes": list(ds.classes), "voxel_size_nm": list(ds.voxel_size_nm),
+                                         "probabilities": "probabilities.tif", "method": "random_forest"}))

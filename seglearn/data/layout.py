@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from seglearn.errors import InputError, OutputExistsError
+from seglearn.io.intensity import check_dtype
 from seglearn.io.tiff import read_stack, write_volume
 
 log = logging.getLogger("seglearn")
@@ -33,7 +34,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 def _find_image(images_dir: Path, detector: str) -> Path | None:
-    for suffix in (".tif", ".tiff", ".png"):
+    for suffix in (".tif", ".tiff", ".png", ".ome.zarr", ".zarr"):
         p = images_dir / f"{detector}{suffix}"
         if p.exists():
             return p
@@ -117,34 +118,70 @@ def read_meta(root: str | os.PathLike) -> dict:
     if len(set(detectors)) != len(detectors):
         raise InputError(f"{meta_path}: 'detectors' lists a name twice: {detectors}")
     classes = meta["classes"]
-    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c for c in classes):
         raise InputError(f"{meta_path}: 'classes' must be a list of at least 2 names, got {classes!r}")
+    if len(set(classes)) != len(classes):
+        raise InputError(f"{meta_path}: 'classes' names a class twice: {classes}")
     if len(classes) > 255:
         raise InputError(f"{meta_path}: at most 255 classes fit uint8 labels, got {len(classes)}")
     vs = meta.get("voxel_size_nm", [1.0, 1.0, 1.0])
     if isinstance(vs, (int, float)):
         vs = [vs] * 3
-    if not isinstance(vs, list) or len(vs) != 3 or not all(isinstance(v, (int, float)) and v > 0 for v in vs):
-        raise InputError(f"{meta_path}: 'voxel_size_nm' must be [z, y, x] positive numbers, got {vs!r}")
+    if not isinstance(vs, list) or len(vs) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                            and 0 < v < float("inf") for v in vs):
+        raise InputError(f"{meta_path}: 'voxel_size_nm' must be [z, y, x] positive finite numbers, got {vs!r}")
     return {"name": str(meta.get("name", root.name)), "detectors": list(detectors), "classes": list(classes),
             "voxel_size_nm": tuple(float(v) for v in vs), **{k: v for k, v in meta.items()
                                                           if k not in ("name", "detectors", "classes", "voxel_size_nm")}}
+
+
+def declared_voxel_size(root: str | os.PathLike) -> tuple[float, float, float] | None:
+    """The voxel size ``dataset.yaml`` declares, or None where it has none (:func:`read_meta` then
+    assumes 1 nm, which must not be written on outputs as if measured)."""
+    import yaml
+
+    meta = read_meta(root)
+    declared = yaml.safe_load((Path(root) / "dataset.yaml").read_text()) or {}
+    return meta["voxel_size_nm"] if "voxel_size_nm" in declared else None
+
+
+def check_label_values(vol: np.ndarray, path, n_max: int | None) -> None:
+    """Refuse labels that are not integers in ``0..n_max`` (0 = unlabelled; ``n_max`` None: any >= 0).
+
+    Parameters
+    ----------
+    vol : (Z, Y, X) ndarray
+        The labels, or a block of them.
+    path : path-like
+        Named in the message.
+    n_max : int or None
+        The number of classes K.
+    """
+    if vol.dtype.kind == "f":
+        if not np.all(np.isfinite(vol)) or np.any(vol != np.round(vol)):
+            raise InputError(f"{path}: labels must be integers, got non-integer float values")
+    elif vol.dtype.kind not in "uib":
+        raise InputError(f"{path}: labels must be integers, got dtype {vol.dtype}")
+    if vol.size and vol.min() < 0:
+        raise InputError(f"{path}: labels must be >= 0, found {int(vol.min())}")
+    vmax = int(vol.max()) if vol.size else 0
+    if n_max is not None and vmax > n_max:
+        raise InputError(f"{path}: label value {vmax} > number of classes {n_max}; expected 0 (unlabelled) or 1..{n_max}")
+
+
+def check_label_stack(reader, path, n_max: int, chunk: int = 64) -> None:
+    """:func:`check_label_values` over an open stack (:func:`seglearn.io.open_stack`), block by block."""
+    for _, block in reader.blocks(chunk):
+        check_label_values(block, path, n_max)
 
 
 def _read_labels(path: Path, shape: tuple, n_max: int, *, kind: str) -> np.ndarray:
     vol, _ = read_stack(path)
     if vol.shape != shape:
         raise InputError(f"{path}: labels of shape {vol.shape}, expected the images' shape {shape}")
-    if vol.dtype.kind == "f":
-        if not np.all(np.isfinite(vol)) or np.any(vol != np.round(vol)):
-            raise InputError(f"{path}: labels must be integers, got non-integer float values")
-    if vol.size and vol.min() < 0:
-        raise InputError(f"{path}: labels must be >= 0, found {int(vol.min())}")
+    check_label_values(vol, path, None if kind == "instances" else n_max)
     if kind == "instances":
         return vol.astype(np.uint32, copy=False)
-    vmax = int(vol.max()) if vol.size else 0
-    if vmax > n_max:
-        raise InputError(f"{path}: label value {vmax} > number of classes {n_max}; expected 0 (unlabelled) or 1..{n_max}")
     return vol.astype(np.uint8, copy=False)
 
 
@@ -180,7 +217,8 @@ def load_dataset(root: str | os.PathLike, *, labels: Sequence[str] = LABEL_FILES
         if p is None:
             found = sorted(q.name for q in images_dir.iterdir()) if images_dir.is_dir() else []
             raise InputError(f"{images_dir / (det + '.tif')}: detector {det!r} listed in dataset.yaml has no image (found {found})")
-        vol, _ = read_stack(p)
+        vol, m = read_stack(p)
+        check_dtype(m.get("dtype", vol.dtype), str(p))  # a bool mask is not an image (read_stack gives it as 0 / 1)
         if vol.dtype.kind == "f" and not np.all(np.isfinite(vol)):
             raise InputError(f"{p}: image holds NaN or Inf voxels; replace them before use")
         shapes[p.name] = vol.shape

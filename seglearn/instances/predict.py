@@ -27,7 +27,7 @@ def _get(cfg, key, default=None):
 
 
 def _read_input(inp, meta: dict):
-    """images (C, Z, Y, X), voxel size, detector names, true instances or None."""
+    """images (C, Z, Y, X), voxel sizes found [(source, (z, y, x) or None)], detector names, true instances or None."""
     from seglearn.io import read_image
 
     if isinstance(inp, (list, tuple)) or (hasattr(inp, "__len__") and not isinstance(inp, str)):
@@ -38,11 +38,12 @@ def _read_input(inp, meta: dict):
         shapes = {s.shape for s, _ in stacks}
         if len(shapes) != 1:
             raise InputError(f"{files[0]}: detector files differ in shape {sorted(shapes)}")
-        vs = stacks[0][1].get("voxel_size_nm") or tuple(meta.get("voxel_size_nm") or (1.0, 1.0, 1.0))
-        return np.stack([s for s, _ in stacks]), tuple(vs), [f.stem for f in files], None
+        vs = [("input file", stacks[0][1].get("voxel_size_nm"))]
+        return np.stack([s for s, _ in stacks]), vs, [f.stem for f in files], None
     path = Path(str(inp))
     if path.is_dir() and (path / "dataset.yaml").exists():
         from seglearn.data import load_dataset
+        from seglearn.data.layout import declared_voxel_size
 
         ds = load_dataset(path, labels=("instances",))
         want = meta.get("channels")
@@ -53,10 +54,26 @@ def _read_input(inp, meta: dict):
                 raise InputError(f"{path}: the model was trained on detectors {want}, the dataset has {ds.detectors}")
         else:
             images = ds.images
-        return images, tuple(ds.voxel_size_nm), list(want or ds.detectors), ds.instances
+        return images, [("dataset.yaml", declared_voxel_size(path))], list(want or ds.detectors), ds.instances
     images, m = read_image(path)
-    vs = m.get("voxel_size_nm") or tuple(meta.get("voxel_size_nm") or (1.0, 1.0, 1.0))
-    return images, tuple(vs), list(meta.get("channels") or [f"ch{i}" for i in range(images.shape[0])]), None
+    vs = [("input file", m.get("voxel_size_nm"))]
+    return images, vs, list(meta.get("channels") or [f"ch{i}" for i in range(images.shape[0])]), None
+
+
+def _on_model_scale(images: np.ndarray, meta: dict, where: str) -> tuple[np.ndarray, dict | None]:
+    """``images`` on the grey scale of the training volume whose ``lo`` / ``hi`` the checkpoint stores
+    (:mod:`seglearn.io.intensity`: a model trained on uint8 given 0..1 floats, say); per-image models
+    (imported StarDist) normalise each input by its own percentiles and need nothing."""
+    norm = meta["normalisation"]
+    if norm.get("kind") == "per_image":
+        return images, None
+    from seglearn.io.intensity import apply_map, fit_array
+
+    names = [f"ch{i}" for i in range(images.shape[0])]
+    ref = {"detectors": names, "normalisation": {"method": "percentile", "percentiles": norm.get("percentiles"),
+                                                 "ranges": [[lo, hi] for lo, hi in zip(norm["lo"], norm["hi"])]}}
+    ck, record = fit_array({"meta": ref}, images, names, where=where)
+    return apply_map(images, ck["meta"]["normalisation"].get("input_map")), record
 
 
 def write_instance_preview(path: Path, images: np.ndarray, labels: np.ndarray, *, overwrite: bool = True,
@@ -133,8 +150,17 @@ def predict(cfg, ckpt: dict) -> dict:
     names = ("instances.tif", "particles.csv", "contacts.csv", "preview.png")
     for name in names:
         check_writable(out / name, overwrite=overwrite)
-    images, voxel, detectors, truth = _read_input(inp, meta)
-    x = prepare_images(images, meta, where=str(inp))
+    images, found, detectors, truth = _read_input(inp, meta)
+    from seglearn.characterise.labels import as_voxel_size
+    from seglearn.io.tiff import choose_voxel_size
+
+    opt = _get(cfg, "voxel_size_nm")
+    opt = None if opt is None else as_voxel_size(opt, source="voxel_size_nm")
+    voxel, voxel_source = choose_voxel_size([("voxel_size_nm option", opt), *found,
+                                             ("checkpoint", meta.get("voxel_size_nm"))], where=str(inp))
+    scaled, intensity = _on_model_scale(images, meta, str(inp))
+    x = prepare_images(scaled, meta, where=str(inp))
+    del scaled
     threads = _get(cfg, "threads", (meta.get("predict") or {}).get("threads"))
     if threads:
         import torch
@@ -168,7 +194,7 @@ def predict(cfg, ckpt: dict) -> dict:
         n = int(labels.max()) if labels.size else 0
         labels = labels.astype(np.uint32 if n < 2**32 else np.uint64)
     write_volume(out / "instances.tif", labels, voxel_size_nm=voxel, overwrite=overwrite, compression="zlib")
-    table = particle_features(labels, images, voxel_size_nm=voxel, detectors=detectors,
+    table = particle_features(labels, images, voxel_size_nm=voxel or (1.0, 1.0, 1.0), detectors=detectors,
                               progress=bool(_get(cfg, "progress", True)))
     write_features(out / "particles.csv", table, overwrite=overwrite)
     pairs = contact_pairs(labels)
@@ -179,6 +205,7 @@ def predict(cfg, ckpt: dict) -> dict:
                                title=f"{len(table)} particles ({info['method']})")
     result = {"n_particles": int(len(table)), "method": info["method"], "prob_thresh": prob_t, "nms_thresh": nms_t,
               "seconds": {"segment": info["seconds"], "total": time.perf_counter() - t0},
+              "voxel_size_nm": voxel, "voxel_size_source": voxel_source, "intensity": intensity,
               "outputs": [str(out / n) for n in names]}
     if truth is not None and np.any(truth):
         if info["method"] == "2d":

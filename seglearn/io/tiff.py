@@ -7,6 +7,7 @@ Readers return ``(C, Z, Y, X)`` (:func:`read_image`) or ``(Z, Y, X)`` (:func:`re
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -16,6 +17,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from seglearn.errors import InputError
+from seglearn.io.omezarr import OmeZarrReader, is_ome_zarr
 from seglearn.io.atomic import atomic_path
 
 log = logging.getLogger("seglearn")
@@ -124,6 +126,22 @@ def _check_exists(path: Path) -> None:
         raise InputError(f"{path}: file does not exist")
 
 
+def check_fits_memory(path, shape: Sequence[int], dtype) -> None:
+    """Refuse to read ``shape`` voxels of ``dtype`` (as a file's header declares them) when they need
+    more than the memory available now, before any allocation (a 2 KB file may declare 230 GB)."""
+    nbytes = math.prod(int(s) for s in shape) * np.dtype(dtype).itemsize
+    try:
+        import psutil
+
+        available = int(psutil.virtual_memory().available)
+    except ImportError:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if nbytes > available:
+        raise InputError(f"{path}: the header declares {tuple(int(s) for s in shape)} voxels of {np.dtype(dtype)} "
+                         f"({nbytes / 1e9:.1f} GB), more than the {available / 1e9:.1f} GB of memory available; "
+                         f"crop the file or check its header")
+
+
 class _TiffWarnings(logging.Handler):
     """Collect tifffile's warnings (it logs, rather than raises, on truncated or corrupt files)."""
 
@@ -160,6 +178,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, dict]:
     try:
         with _TiffWarnings() as warn, tifffile.TiffFile(path) as tif:
             series = tif.series[0]
+            check_fits_memory(path, series.shape, series.dtype)
             data = series.asarray()
             axes = series.axes
             if axes == "SYX" and data.shape[0] in (3, 4) and not tif.is_imagej:
@@ -186,7 +205,7 @@ def _read_png(path: Path) -> tuple[np.ndarray, dict]:
 
 
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
-    """Read a TIFF (multi-page, BigTIFF, ImageJ hyperstack), PNG or folder of slices.
+    """Read a TIFF (multi-page, BigTIFF, ImageJ hyperstack), PNG, OME-Zarr image or folder of slices.
 
     Parameters
     ----------
@@ -199,10 +218,15 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     image : (C, Z, Y, X) ndarray
         The data in its stored dtype.
     meta : dict
-        ``voxel_size_nm``: ``(z, y, x)`` from ImageJ/OME metadata, or None; ``path``.
+        ``voxel_size_nm``: ``(z, y, x)`` from ImageJ/OME metadata, or None; ``path``; ``dtype``: the
+        stored voxel type (``bool`` for a 1-bit file, which is returned as uint8 0 / 1).
     """
     path = Path(path)
     _check_exists(path)
+    if path.is_dir() and is_ome_zarr(path):
+        r = OmeZarrReader(path)
+        return r.read(0, r.shape[0])[None], {"voxel_size_nm": r.voxel_size_nm, "path": str(path),
+                                            "dtype": str(r.stored_dtype)}
     if path.is_dir():
         files = list_slice_files(path)
         slices = [read_image(f) for f in files]
@@ -210,7 +234,8 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
         if len(shapes) != 1:
             raise InputError(f"{path}: slice images differ in shape {sorted(shapes)}")
         image = np.concatenate([s for s, _ in slices], axis=1)
-        return image, {"voxel_size_nm": slices[0][1]["voxel_size_nm"], "path": str(path)}
+        return image, {"voxel_size_nm": slices[0][1]["voxel_size_nm"], "path": str(path),
+                       "dtype": slices[0][1]["dtype"]}
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff", ".btf", ".tf8"):
         image, meta = _read_tiff(path)
@@ -218,6 +243,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
         image, meta = _read_png(path)
     else:
         raise InputError(f"{path}: unsupported file type {suffix!r}; expected .tif, .tiff, .png or a folder")
+    meta["dtype"] = str(image.dtype)  # as stored: bool images are refused where they would feed a network
     if image.dtype == bool:
         image = image.astype(np.uint8)
     if image.shape[-1] < 2 or image.shape[-2] < 2:
@@ -246,6 +272,8 @@ class StackReader:
     shape : tuple of int
         ``(Z, Y, X)``.
     dtype : numpy.dtype
+    stored_dtype : numpy.dtype
+        The file's voxel type (``bool`` for 1-bit files, which :attr:`dtype` may give as uint8).
     voxel_size_nm : tuple of float or None
     """
 
@@ -265,6 +293,7 @@ class StackReader:
                 raise InputError(f"{self._files[0]}: expected one 2D slice per file, got shape {first.shape}")
             self.shape = (len(self._files), *first.shape[1:])
             self.dtype = first.dtype
+            self.stored_dtype = np.dtype(meta["dtype"])
             self.voxel_size_nm = meta["voxel_size_nm"]
             return
         if self.path.suffix.lower() in (".tif", ".tiff", ".btf"):
@@ -295,13 +324,17 @@ class StackReader:
                 self._tif = tif
                 self._series = series
                 self.shape = (max(n_pages, 1), shape[-2], shape[-1])
-                self.dtype = np.dtype(series.dtype)
+                self.dtype = self.stored_dtype = np.dtype(series.dtype)
+                if self.dtype.kind not in "uifb":
+                    self.close()
+                    raise InputError(f"{self.path}: expected integer or float voxels, got dtype {self.dtype}")
                 return
             tif.close()
         full, meta = read_stack(self.path)
         self._full = full
         self.shape = full.shape
         self.dtype = full.dtype
+        self.stored_dtype = np.dtype(meta["dtype"])
         self.voxel_size_nm = meta["voxel_size_nm"]
 
     def read(self, z0: int, z1: int) -> np.ndarray:
@@ -310,8 +343,14 @@ class StackReader:
         if self._full is not None:
             return self._full[z0:z1]
         if self._files is not None:
-            return np.concatenate([read_stack(f)[0] for f in self._files[z0:z1]], axis=0)
+            slices = [read_stack(f)[0] for f in self._files[z0:z1]]
+            for f, sl in zip(self._files[z0:z1], slices):
+                if sl.shape[1:] != self.shape[1:]:
+                    raise InputError(f"{f}: slice of shape {sl.shape[1:]}, expected {self.shape[1:]} like "
+                                     f"{self._files[0].name}")
+            return np.concatenate(slices, axis=0)
         pages = self._series.pages
+        check_fits_memory(self.path, (z1 - z0, *self.shape[1:]), self.dtype)
         try:
             return np.stack([pages[i].asarray() for i in range(z0, z1)])
         except (ValueError, OSError, IndexError, EOFError) as exc:
@@ -334,33 +373,89 @@ class StackReader:
         self.close()
 
 
-def open_stack(path: str | os.PathLike) -> StackReader:
-    """Open a ``(Z, Y, X)`` stack for block-wise reading (see :class:`StackReader`)."""
+def open_stack(path: str | os.PathLike) -> StackReader | OmeZarrReader:
+    """Open a ``(Z, Y, X)`` stack for block-wise reading (:class:`StackReader`, or
+    :class:`~seglearn.io.omezarr.OmeZarrReader` for an OME-Zarr image)."""
+    if Path(path).is_dir() and is_ome_zarr(path):
+        return OmeZarrReader(path)
     return StackReader(path)
 
 
-def _imagej_kwargs(shape: Sequence[int], dtype: np.dtype, voxel_size_nm, compression: str | None) -> dict:
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    big = nbytes > BIGTIFF_BYTES
-    kwargs: dict = {}
-    imagej_ok = np.dtype(dtype) in (np.uint8, np.uint16, np.float32) and not big
+def choose_voxel_size(candidates: Sequence[tuple[str, object]], *, where: str = "input",
+                      fallback: Sequence[str] = ("checkpoint",)) -> tuple[list[float] | None, str | None]:
+    """The voxel size written on a command's outputs, and where it came from, logged.
+
+    Parameters
+    ----------
+    candidates : sequence of (source, (z, y, x) or None)
+        In order of precedence, e.g. ``[("option", ...), ("dataset.yaml", ...), ("input file", ...),
+        ("checkpoint", ...)]``.
+    where : str
+        Names the input in the messages.
+    fallback : sequence of str
+        Sources that do not describe the input (the checkpoint's training voxel size): taking one
+        is logged as a warning.
+
+    Returns
+    -------
+    voxel_size_nm : list of 3 float or None
+    source : str or None
+    """
+    given = [(src, [float(v) for v in val]) for src, val in candidates if val is not None]
+    if not given:
+        log.warning("%s: no voxel size in the input, dataset.yaml, voxel_size_nm= or the checkpoint: the outputs carry "
+                    "no calibration", where)
+        return None, None
+    source, voxel = given[0]
+    for other, val in given[1:]:
+        if other not in fallback and not np.allclose(val, voxel, rtol=1e-3):
+            log.warning("%s: the voxel size of the %s (%s nm) differs from that of the %s (%s nm); the %s's is used",
+                        where, other, val, source, voxel, source)
+    if source in fallback:
+        log.warning("%s carries no voxel size (no calibration in the file, none in dataset.yaml, no voxel_size_nm=): "
+                    "its outputs get the %s's %s nm, which may not be this volume's; pass voxel_size_nm=[z,y,x]",
+                    where, source, voxel)
+    else:
+        log.info("voxel size %s nm, from the %s", voxel, source)
+    return voxel, source
+
+
+def calibration_kwargs(shape: Sequence[int], dtype, voxel_size_nm, *, axes: str = "ZYX",
+                       compression: str | None = None) -> dict:
+    """``tifffile.imwrite`` keyword arguments that store ``voxel_size_nm`` as ImageJ calibration.
+
+    uint8 / uint16 / float32 ``ZYX`` volumes under 2 GiB are ImageJ hyperstacks. Other types (uint32
+    instance ids, float16 probabilities), other axes and larger volumes get the same calibration
+    in a plain (Big)TIFF: the ImageJ description (``spacing``, ``unit=um``, slices / channels) and
+    the resolution tags in pixels per µm, as ImageJ writes them (Fiji and :func:`read_voxel_size_nm`
+    read it), then tifffile's JSON description with the exact shape.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The array's shape, axes as ``axes``.
+    dtype : numpy dtype
+    voxel_size_nm : (z, y, x) floats or None
+    axes : str
+        ``ZYX`` or ``ZCYX``.
+    """
+    import tifffile
+
+    dtype = np.dtype(dtype)
+    big = int(np.prod(shape)) * dtype.itemsize > BIGTIFF_BYTES
+    kwargs: dict = {"compression": compression} if compression else {}
+    calib: dict = {}
     if voxel_size_nm is not None:
         z, y, x = (float(v) / 1e3 for v in voxel_size_nm)
         kwargs["resolution"] = (1.0 / x, 1.0 / y)
-        kwargs["metadata"] = ({"spacing": z, "unit": "um", "axes": "ZYX"} if imagej_ok else
-                              {"axes": "ZYX", "voxel_size_nm": [float(v) for v in voxel_size_nm]})
-        if not imagej_ok:
-            kwargs["resolutionunit"] = "CENTIMETER"
-            kwargs["resolution"] = (1e4 / x, 1e4 / y)
-    else:
-        kwargs["metadata"] = {"axes": "ZYX"}
-    if imagej_ok:
-        kwargs["imagej"] = True
-    else:
-        kwargs["bigtiff"] = big
-        kwargs["photometric"] = "minisblack"
-    if compression:
-        kwargs["compression"] = compression
+        calib = {"spacing": z, "unit": "um"}
+    if dtype in (np.uint8, np.uint16, np.float32) and not big and axes == "ZYX":
+        return {**kwargs, "imagej": True, "metadata": {**calib, "axes": axes}}
+    # the ImageJ description comes first (Fiji reads it); tifffile's own JSON (exact shape) goes second
+    kwargs.update(bigtiff=big, photometric="minisblack", metadata={"axes": axes},
+                  description=tifffile.imagej_description(tuple(int(v) for v in shape), axes=axes, **calib))
+    if voxel_size_nm is not None:
+        kwargs["resolutionunit"] = "NONE"
     return kwargs
 
 
@@ -374,7 +469,7 @@ def write_volume(path: str | os.PathLike, volume: np.ndarray, *, voxel_size_nm=N
         Output file; never replaced unless ``overwrite``.
     volume : (Z, Y, X) ndarray
         uint8/uint16/float32 are written as ImageJ hyperstacks; other dtypes (uint32 instance
-        ids) and volumes over 2 GiB as (Big)TIFF with the resolution tags.
+        ids) and volumes over 2 GiB as (Big)TIFF with the same calibration (:func:`calibration_kwargs`).
     voxel_size_nm : (z, y, x) floats, optional
         Stored as ImageJ calibration in µm.
     """
@@ -398,7 +493,7 @@ def write_volume_stream(path: str | os.PathLike, slices: Iterable[np.ndarray], *
 
     dtype = np.dtype(dtype)
     shape = tuple(int(s) for s in shape)
-    kwargs = _imagej_kwargs(shape, dtype, voxel_size_nm, compression)
+    kwargs = calibration_kwargs(shape, dtype, voxel_size_nm, compression=compression)
     with atomic_path(path, overwrite=overwrite) as tmp:
         def pages() -> Iterator[np.ndarray]:
             n = 0

@@ -198,6 +198,9 @@ def run(cfg) -> dict:
     for key in ("input", "output"):
         if params.get(key) in (None, "???"):
             raise InputError(f"preprocess: give {key}=PATH")
+    from seglearn.options import PREPROCESS, check_options
+
+    check_options(params, PREPROCESS, "preprocess")
     return preprocess_dataset(params["input"], params["output"], params.get("steps"),
                               chunk=int(params.get("chunk", 16)), overwrite=bool(params.get("overwrite", False)),
                               labels_frame=str(params.get("labels_frame", "auto")),

@@ -274,20 +274,14 @@ def on_eight_bit_scale(meta: dict) -> bool:
         [list(map(float, r)) for r in norm.get("ranges", [])[:n]] == [list(DETECTOR_RANGE)] * n
 
 
-def within_eight_bit(sample: np.ndarray) -> bool:
-    """Whether grey values lie on the 8-bit scale (uint8, or any type within 0..255)."""
-    return sample.dtype == np.uint8 or sample.size == 0 or (float(sample.min()) >= 0 and float(sample.max()) <= 255)
-
-
 def adapt_to_volume(ck: dict, read_raw, shape: Sequence[int], detectors: Sequence[str], setting="auto", *,
-                    where: str = "checkpoint", seed: int = 0) -> tuple[dict, dict | None]:
+                    where: str = "checkpoint", seed: int = 0, fit_scale: bool = True) -> tuple[dict, dict | None]:
     """Adapt a model to the volume it is about to predict, without labels.
 
-    An input whose first slice has grey values outside 0..255 (16-bit data, say), for a model that
-    reads the fixed 8-bit scale of the base models, is first mapped onto that scale by robust
-    percentiles (0.1–99.9 %), as fine-tuning does (:func:`seglearn.pretrain.finetune.grey_ranges`):
-    whatever ``setting``, since the raw values would saturate the network. Then, for a base model
-    (zero-shot prediction), two things are fitted on the volume's images:
+    With ``fit_scale`` (the default) the volume's grey values are first mapped onto the model's scale
+    (:func:`seglearn.io.intensity.fit_to_model`, whatever ``setting``: 16-bit or 0..1 float values
+    would saturate or starve the network); a caller that did so already passes ``fit_scale=False``.
+    Then, for a base model (zero-shot prediction), two things are fitted on the volume's images:
 
     1. the noise rule of fine-tuning (:mod:`seglearn.pretrain.noise`) with multi-Otsu classes in
        place of scribbles (:func:`~seglearn.pretrain.noise.relative_noise_unlabelled`): a detector
@@ -314,38 +308,29 @@ def adapt_to_volume(ck: dict, read_raw, shape: Sequence[int], detectors: Sequenc
     ck : dict
         The adapted checkpoint (the input itself when nothing was done).
     info : dict or None
-        ``grey_ranges`` (when mapped), ``alpha``, ``smooth`` (sigma per detector, px), the noise
-        measurement, the BatchNorm ``shift`` and ``seconds``; None when nothing was done.
+        ``intensity`` (when the grey values were mapped), ``alpha``, ``smooth`` (sigma per detector, px),
+        the noise measurement, the BatchNorm ``shift`` and ``seconds``; None when nothing was done.
     """
     import copy
 
     from seglearn.pretrain.noise import choose_smoothing, describe, reference_noise, relative_noise_unlabelled
     from seglearn.segment.api import segmenter_from_checkpoint
 
+    alpha = resolve_predict_alpha(setting, ck["meta"], where)
+    info: dict = {}
+    if fit_scale:
+        from seglearn.io.intensity import fit_to_model
+
+        ck, record = fit_to_model(ck, read_raw, shape, detectors, where=where)
+        if record["map"] != "identity":
+            info["intensity"] = record
+    if alpha <= 0:
+        return ck, (info or None)
     meta = ck["meta"]
-    alpha = resolve_predict_alpha(setting, meta, where)
-    regrey = on_eight_bit_scale(meta) and not within_eight_bit(np.asarray(read_raw(0, 1)))
-    if alpha <= 0 and not regrey:
-        return ck, None
     t0 = time.perf_counter()
     halo = int(segmenter_from_checkpoint(ck, device="cpu", bf16=False).net.halo)
     slabs, centres = read_slabs(read_raw, shape, halo, channels=len(detectors))
     meta = copy.deepcopy(meta)
-    info: dict = {}
-    if regrey:
-        from seglearn.pretrain.finetune import grey_ranges
-
-        ranges = grey_ranges(slabs, len(meta.get("derived") or []))
-        if ranges != meta["normalisation"]["ranges"]:
-            meta["normalisation"]["ranges"] = ranges
-            info["grey_ranges"] = [[round(float(v), 2) for v in r] for r in ranges[:len(detectors)]]
-            log.info("%s: the input is not 8-bit; its grey values %s (0.1-99.9 %% percentiles) are mapped onto the "
-                     "model's 8-bit scale", where, info["grey_ranges"])
-    if alpha <= 0:
-        if not info:
-            return ck, None
-        meta["adapt"] = info
-        return {**ck, "meta": meta}, info
     info.update(alpha=alpha, slabs=len(centres))
     own = (meta.get("normalisation") or {}).get("smooth")
     if not meta.get("finetune") and meta.get("pretrain") and not any(own or []):

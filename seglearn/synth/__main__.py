@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from seglearn.cli import report_errors, setup_logging
+from seglearn.cli import command, report_errors, setup_logging
 
 
 @report_errors
@@ -17,6 +16,9 @@ def run(cfg: DictConfig) -> None:
 
     setup_logging()
     params = OmegaConf.to_container(cfg, resolve=True)
+    from seglearn.options import SYNTH, check_options
+
+    check_options(params, SYNTH, "synth")
     out = params.pop("out")
     overwrite = bool(params.pop("overwrite"))
     name = params.pop("name")
@@ -25,7 +27,7 @@ def run(cfg: DictConfig) -> None:
                                        ph.info["train_slices"], ph.info["test_slice"])
 
 
-@hydra.main(version_base="1.3", config_path="../../configs", config_name="synth")
+@command("synth", "../../configs")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 
