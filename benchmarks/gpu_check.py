@@ -10,9 +10,8 @@ On a CUDA machine it measures, per GPU kind:
 - ``pretrain``: pretraining throughput on one GPU: randomised phantom patches / s of the stream
   (drawn on the CPU, as ``python train.py experiment=pretrain_fibsem`` does), of the network step alone,
   and of both together;
-- ``ddp``: ``python train.py trainer=ddp trainer.devices=N`` on a phantom for a fixed number of steps,
-  on 1 GPU and on all GPUs (U-Net training; pretraining runs its own loop on one device until it moves
-  to Lightning, issue 26);
+- ``ddp_pretrain``: ``python train.py experiment=pretrain_fibsem trainer=ddp trainer.devices=N`` for a fixed
+  number of steps on 1 GPU and on all GPUs (each process draws its own phantoms on the CPU);
 - ``predict``: tiled prediction voxels / s of seglearn's ``Segmenter`` beside MONAI's
   ``sliding_window_inference`` on the same network, fp32 and bf16 (``benchmarks/perf.py``'s measurement);
 - peak GPU memory of every row (``torch.cuda.max_memory_allocated``).
@@ -166,25 +165,24 @@ def pretrain_throughput(dev: torch.device, bf16: bool, *, steps: int, shape=None
              "note": note + "; stream and step in turn (the pretraining loop today)"}]
 
 
-def ddp_train(devices: int, *, steps: int, work: Path) -> dict:
-    """``python train.py trainer=ddp trainer.devices=N`` on a phantom: steps / s over the whole run."""
-    data = work / "ddp_data"
-    if not data.exists():
-        subprocess.run([sys.executable, "-m", "seglearn.synth", f"out={data}", "seed=5", "shape=[32,256,256]"],
-                       cwd=ROOT, check=True, capture_output=True)
+def ddp_pretrain(devices: int, *, steps: int, work: Path) -> dict:
+    """``python train.py experiment=pretrain_fibsem trainer=ddp trainer.devices=N``: steps / s and patches / s."""
     out = work / f"ddp_{devices}"
-    cmd = [sys.executable, "train.py", f"data.root={data}", f"out_dir={out}", "overwrite=true", "trainer=ddp",
-           "trainer.accelerator=gpu", f"trainer.devices={devices}", f"trainer.max_steps={steps}"]
+    cmd = [sys.executable, "train.py", "experiment=pretrain_fibsem", f"out_dir={out}", "overwrite=true",
+           "trainer=ddp", "trainer.accelerator=gpu", f"trainer.devices={devices}", "trainer.enable_progress_bar=false",
+           f"model.max_steps={steps}", f"model.val_every={steps}", "model.max_minutes=8", "model.threads=0",
+           "model.noise_reference=false"]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         return {"value": None, "unit": "steps/s", "peak_gpu_bytes": None,
                 "note": f"failed (exit {r.returncode}): {r.stderr.strip().splitlines()[-1:]}"}
-    summ = json.loads((out / "train_summary.json").read_text())
-    return {"value": summ["steps"] / summ["seconds"], "unit": "steps/s", "peak_gpu_bytes": None,
-            "note": f"{summ['steps']} steps in {summ['seconds']} s of fit ({wall:.0f} s with start-up), "
-                    f"global batch = {devices} x per-GPU batch"}
+    summ = json.loads((out / "pretrain_summary.json").read_text())
+    rate = summ["steps"] / summ["seconds"]
+    return {"value": rate, "unit": "steps/s", "peak_gpu_bytes": None,
+            "note": f"{summ['steps']} steps in {summ['seconds']} s ({wall:.0f} s with start-up), {summ['processes']} "
+                    f"process(es) x batch 8: {rate * 8 * summ['processes']:.0f} patches/s"}
 
 
 def predict_rows(dev: torch.device, shape, reps: int) -> list[dict]:
@@ -236,11 +234,12 @@ def run(out: Path, quick: bool = False) -> dict:
     if gpu:
         with tempfile.TemporaryDirectory() as work:
             for n in sorted({1, torch.cuda.device_count()}):
-                add(f"ddp_train_{n}gpu", "auto", ddp_train, n, steps=200, work=Path(work))
+                add(f"ddp_pretrain_{n}gpu", "auto", ddp_pretrain, n, steps=300, work=Path(work))
     else:
-        rows.append({"name": "ddp_train", "device": "cpu", "precision": "-", "value": None, "unit": "steps/s",
+        rows.append({"name": "ddp_pretrain", "device": "cpu", "precision": "-", "value": None, "unit": "steps/s",
                      "peak_gpu_bytes": None, "seconds": 0.0,
-                     "note": "skipped without CUDA (tests/test_distributed.py runs trainer=ddp on 2 CPU processes)"})
+                     "note": "skipped without CUDA (tests/test_distributed.py pretrains with trainer=ddp on 2 CPU "
+                             "processes)"})
     add("predict", "-", predict_rows, dev, (2, 128, 128) if small else (16, 1024, 1024), 1 if small else 2)
     result = {"env": env, "mode": "gpu" if gpu else "cpu smoke run (no CUDA device)" if not env["cuda"] else
               "cpu smoke run (--quick)", "rows": rows}

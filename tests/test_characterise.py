@@ -151,16 +151,19 @@ def test_constrictivity_bottleneck_and_straight_tube():
 # ------------------------------------------------------------------------------ transport
 
 def test_tortuosity_straight_channels_and_blocked_phase():
+    # the analytic cases, taufactor and the convergence policy: tests/test_tortuosity.py
+    from seglearn.characterise.core import merge_options
     from seglearn.characterise.tortuosity import tortuosity_factor
 
+    policy = {k: v for k, v in merge_options(None)["tortuosity"].items() if k not in ("phases", "directions")}
     m = np.zeros((16, 12, 12), bool)
     m[:, 3:7, 3:7] = True
-    r = tortuosity_factor(m, "z")
+    r = tortuosity_factor(m, "z", (1, 1, 1), **policy)
     assert r["tau"] == pytest.approx(1.0, abs=1e-3) and r["volume_fraction"] == pytest.approx(16 / 144)
-    assert r["tau"] > 0 and np.isinf(tortuosity_factor(m, "x")["tau"])
+    assert r["tau"] > 0 and np.isinf(tortuosity_factor(m, "x", (1, 1, 1), **policy)["tau"])
     slab = np.zeros((8, 12, 16), bool)
     slab[2:5] = True
-    assert tortuosity_factor(slab, "x", (30.0, 10.0, 10.0))["tau"] == pytest.approx(1.0, abs=1e-3)
+    assert tortuosity_factor(slab, "x", (30.0, 10.0, 10.0), **policy)["tau"] == pytest.approx(1.0, abs=1e-3)
 
 
 def test_geodesic_tortuosity_straight_and_diagonal():

@@ -101,6 +101,7 @@ def test_real_electrode_against_taufactor():
     import taufactor
 
     from seglearn.characterise import fractions as fr
+    from seglearn.characterise.core import merge_options
     from seglearn.characterise.labels import map_labels
     from seglearn.characterise.tortuosity import tortuosity_factor
 
@@ -111,11 +112,13 @@ def test_real_electrode_against_taufactor():
     np.testing.assert_allclose(f, [(raw == v).mean() for v in values])
     assert f == pytest.approx([0.45, 0.40, 0.15], abs=0.01)  # as published with the file
     crop = lab[:32, :32, :32] == 1  # small enough for torch to stay on one thread
-    mine = tortuosity_factor(crop, "z")
+    policy = {k: v for k, v in merge_options(None)["tortuosity"].items() if k not in ("phases", "directions")}
+    mine = tortuosity_factor(crop, "z", (1, 1, 1), **{**policy, "solver": "taufactor", "device": "cpu"})
     ref = taufactor.Solver(crop.astype(np.uint8), device="cpu")
     tau = float(np.asarray(ref.solve(verbose=False)).ravel()[0])
     assert mine["tau"] == pytest.approx(tau, rel=1e-6) and 1.2 < tau < 4
-    # along x: taufactor on the array transposed so x comes first
-    mine_x = tortuosity_factor(crop, "x")
+    # along x: taufactor on the array transposed so x comes first; the default fv solver agrees with it
+    mine_x = tortuosity_factor(crop, "x", (1, 1, 1), **{**policy, "solver": "fv"})
     ref_x = taufactor.Solver(np.ascontiguousarray(np.transpose(crop, (2, 1, 0))).astype(np.uint8), device="cpu")
-    assert mine_x["tau"] == pytest.approx(float(np.asarray(ref_x.solve(verbose=False)).ravel()[0]), rel=1e-6)
+    tau_x = float(np.asarray(ref_x.solve(verbose=False, conv_crit=1e-3)).ravel()[0])
+    assert mine_x["converged"] and mine_x["tau"] == pytest.approx(tau_x, rel=2e-3)

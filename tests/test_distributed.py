@@ -114,3 +114,24 @@ def test_torchrun_prediction_adapts_a_base_model_once_for_all_ranks(tiny_dataset
     assert {k: v for k, v in summary["adapt"].items() if k != "seconds"} == \
         {k: v for k, v in info.items() if k != "seconds"}
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "two" / "labels.tif"), labels)
+
+
+@pytest.mark.slow
+def test_ddp_pretraining_on_two_cpu_processes(tmp_path):
+    """Pretraining runs on the same Lightning Trainer: ``trainer=ddp`` with 2 CPU processes writes one base model."""
+    out = tmp_path / "pre"
+    tiny = ["model.max_steps=3", "model.val_every=2", "model.n_val=1", "model.phantom_shape=[8,32,32]",
+            "model.patch=32", "model.batch_size=2", "model.net.base=4", "model.context=1", "model.cache=1",
+            "model.reuse=4", "model.threads=1", "model.p_real=0", "model.noise_reference=false"]
+    res = run(str(ROOT / "train.py"), "experiment=pretrain_fibsem", f"out_dir={out}", "trainer=ddp",
+              "trainer.accelerator=cpu", "trainer.devices=2", "trainer.enable_progress_bar=false", *tiny)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "pretrain_summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 3
+    rows = list(csv.DictReader((out / "log.csv").open()))
+    assert [int(r["step"]) for r in rows] == [2, 3]  # every val_every steps, and the last step
+    from seglearn.ckpt import load_checkpoint
+
+    for name in ("best.ckpt", "last.ckpt"):
+        assert load_checkpoint(out / name, kind="unet")["meta"]["pretrain"]["steps"] in (2, 3)
+    assert load_checkpoint(out / "last.ckpt")["meta"]["pretrain"]["steps"] == 3

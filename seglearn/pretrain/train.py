@@ -8,7 +8,6 @@ randomisation ranges, the microstructure sources and the training budget it saw.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import time
@@ -17,8 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from seglearn.errors import InputError, OutputExistsError
-from seglearn.precision import precision_record, resolve_bf16
+from seglearn.errors import InputError, OutputExistsError, SeglearnError
 
 log = logging.getLogger("seglearn")
 
@@ -29,7 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "net": {"base": 16, "depth": 3, "dropout": 0.0}, "phantom_shape": [20, 80, 80], "patch": 64,
     "batch_size": 8, "lr": 0.002, "weight_decay": 1e-4, "max_steps": 3000, "max_minutes": 30.0,
     "val_every": 100, "n_val": 3, "cache": 6, "reuse": 96, "threads": 0, "bf16": "auto", "ranges": {},
-    "p_real": 0.3, "p_flat": 0.15, "sources": None, "seed": 0, "init": None, "warmup": 50, "ema": 0.0,
+    "p_real": 0.3, "p_flat": 0.15, "p_family_b": 0.0, "sources": None, "seed": 0, "init": None, "warmup": 50, "ema": 0.0,
     "noise_reference": True,
 }
 
@@ -49,7 +47,7 @@ def make_randomiser(s: Mapping, shape=None):
     sources = default_sources() if s.get("sources") is None else list(s["sources"])
     return Randomiser(ranges=s.get("ranges") or {}, detectors=list(s["detectors"]),
                       shape=tuple(shape or s["phantom_shape"]), sources=sources, p_real=float(s["p_real"]),
-                      p_flat=float(s["p_flat"]))
+                      p_flat=float(s["p_flat"]), p_family_b=float(s.get("p_family_b", 0.0)))
 
 
 def base_meta(s: Mapping, randomiser) -> dict:
@@ -75,7 +73,7 @@ def base_meta(s: Mapping, randomiser) -> dict:
         "classes": list(CLASSES), "voxel_size_nm": [xy * float(np.mean(r["anisotropy"])), xy, xy], "mode": mode,
         "inference": {"tile": DEFAULT_TILE[mode], "overlap": DEFAULT_OVERLAP[mode], "border": None, "batch_size": 2},
         "pretrain": {"ranges": {k: list(v) for k, v in r.items()}, "p_real": randomiser.p_real,
-                     "p_flat": randomiser.p_flat, "sources": [Path(p).name for p in randomiser.sources],
+                     "p_flat": randomiser.p_flat, "p_family_b": randomiser.p_family_b, "sources": [Path(p).name for p in randomiser.sources],
                      "phantom_shape": list(randomiser.shape), "patch": int(s["patch"]),
                      "single_detector_physics": "SE2 or InLens at random" if len(dets) == 1 else None},
         "train": {"dataset": "synthetic (seglearn.pretrain)", "seed": int(s["seed"])},
@@ -104,15 +102,17 @@ def evaluate(net, val: list, halo: int, *, bf16: bool = False) -> float:
 
     from seglearn.metrics import score
 
+    was_training = net.training
     net.eval()
+    dev = next(net.parameters()).device
     awes = []
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
         for x, t in val:
-            logits = net(torch.from_numpy(x[None]))[0].float()
-            pred = (logits.argmax(0).numpy() + 1).astype(np.uint8)
+            logits = net(torch.from_numpy(x[None]).to(dev))[0].float()
+            pred = (logits.argmax(0).cpu().numpy() + 1).astype(np.uint8)
             z = t.shape[0]
             awes.append(score(pred, t[halo:z - halo], 3)["awe"])
-    net.train()
+    net.train(was_training)
     return float(np.mean(awes))
 
 
@@ -142,8 +142,13 @@ def warm_start(net, meta: Mapping, path: str) -> dict:
             "val_awe": prev.get("val_awe"), "continued_from": prev.get("continued_from")}
 
 
-def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False) -> dict:
+def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False,
+             trainer_cfg: Mapping | None = None) -> dict:
     """Train a base model on the phantom stream; writes ``out_dir/best.ckpt``, ``last.ckpt``, ``log.csv``.
+
+    Runs on the Lightning ``Trainer`` of U-Net training (:mod:`seglearn.pretrain.lit`): ``trainer_cfg``
+    is the ``trainer`` config group (accelerator, devices, strategy, precision; ``trainer=ddp`` for
+    several GPUs or CPU processes); the step and time budgets are the settings' own.
 
     Parameters
     ----------
@@ -151,16 +156,23 @@ def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False)
         Keys of :data:`DEFAULTS`.
     out_dir : path-like
     overwrite : bool
+    trainer_cfg : mapping, optional
+        ``lightning.Trainer`` arguments; default: one process on the best device.
 
     Returns
     -------
     dict
-        ``best_ckpt``, ``best_awe`` (validation phantoms), ``steps``, ``seconds``, ``size_bytes``.
+        ``best_ckpt``, ``best_awe`` (validation phantoms), ``steps``, ``seconds``, ``size_bytes``,
+        ``precision``, ``processes``.
     """
+    import lightning as L
     import torch
+    from lightning.pytorch.loggers import CSVLogger
 
     from seglearn.ckpt import save_checkpoint
+    from seglearn.pretrain.lit import PhantomStreamData, PretrainCheckpoints, PretrainModule, trainer_kwargs
     from seglearn.pretrain.stream import PhantomPatchStream
+    from seglearn.precision import precision_record
     from seglearn.segment.net import build_net
 
     s = dict(settings)
@@ -170,7 +182,7 @@ def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False)
     out_dir.mkdir(parents=True, exist_ok=True)
     if int(s.get("threads") or 0) > 0:
         torch.set_num_threads(int(s["threads"]))
-    torch.manual_seed(int(s["seed"]))
+    L.seed_everything(int(s["seed"]), verbose=False)
     rnd = make_randomiser(s)
     meta = base_meta(s, rnd)
     net = build_net(meta["net"])
@@ -181,72 +193,46 @@ def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False)
 
         meta = store_reference(meta)
     halo = int(meta["net"]["context"])
-    ema = None
-    if float(s.get("ema") or 0.0) > 0:
-        # exponential moving average of the weights: validated and saved instead of the raw weights
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(float(s["ema"])), use_buffers=True)
-    kept = net if ema is None else ema.module  # the weights that are validated and saved
-    stream = iter(PhantomPatchStream(rnd, derived=meta["derived"], patch=int(s["patch"]), halo=halo,
-                                     cache=int(s["cache"]), reuse=int(s["reuse"]), seed=int(s["seed"])))
     val = validation_set(s, int(s["n_val"]))
-    max_steps, budget = int(s["max_steps"]), float(s["max_minutes"]) * 60.0
-    opt = torch.optim.AdamW(net.parameters(), lr=float(s["lr"]), weight_decay=float(s["weight_decay"]))
-    bf16 = resolve_bf16(s["bf16"], "cpu")  # auto: only where the CPU runs bf16 natively
-    best, best_step, step, t0 = float("inf"), 0, 0, time.perf_counter()
-    rows = []
+    budget = float(s["max_minutes"]) * 60.0
+    tr = trainer_kwargs(trainer_cfg, s)
+    bf16 = "bf16" in str(tr["precision"])
 
-    def save(name: str, extra: dict) -> Path:
+    def make_stream(seed: int) -> PhantomPatchStream:
+        return PhantomPatchStream(make_randomiser(s), derived=meta["derived"], patch=int(s["patch"]), halo=halo,
+                                  cache=int(s["cache"]), reuse=int(s["reuse"]), seed=seed)
+
+    def save(name: str, kept, extra: dict) -> Path:
         m = dict(meta)
-        m["pretrain"] = {**meta["pretrain"], **extra}
-        return save_checkpoint(out_dir / name, kind="unet", state_dict=kept.state_dict(), meta=m)
+        m["pretrain"] = {**meta["pretrain"], **extra, "n_val": len(val)}
+        return save_checkpoint(out_dir / name, kind="unet", state_dict=kept.state_dict(), meta=m, overwrite=True)
 
-    log.info("pretraining a %s base model (%s) for at most %d steps / %.0f min on %s phantoms, out_dir %s",
-             meta["mode"], "+".join(meta["channels"]), max_steps, budget / 60, "x".join(map(str, rnd.shape)), out_dir)
-    losses = []
-    while step < max_steps:
-        batch = [next(stream) for _ in range(int(s["batch_size"]))]
-        x = torch.from_numpy(np.stack([b[0] for b in batch]))
-        y = torch.from_numpy(np.stack([b[1] for b in batch])) - 1
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = net(x)
-        loss = torch.nn.functional.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        elapsed = time.perf_counter() - t0
-        for g in opt.param_groups:  # warm-up, then cosine decay over the step or time budget, whichever ends first
-            g["lr"] = lr_at(float(s["lr"]), step, max_steps, elapsed / budget, int(s["warmup"]))
-        opt.step()
-        if ema is not None:
-            ema.update_parameters(net)
-        step += 1
-        losses.append(float(loss.detach()))
-        last = step >= max_steps or elapsed > budget
-        if step % int(s["val_every"]) == 0 or last:
-            awe = evaluate(kept, val, halo, bf16=bf16)
-            rows.append({"step": step, "seconds": round(elapsed, 1), "loss": round(float(np.mean(losses)), 4),
-                         "val_awe": round(awe, 3)})
-            losses = []
-            log.info("step %d (%.0f s): loss %.4f, validation awe %.2f %%", step, elapsed, rows[-1]["loss"], awe)
-            extra = {"steps": step, "seconds": round(elapsed, 1), "val_awe": round(awe, 3), "n_val": len(val),
-                     "ema": float(s.get("ema") or 0.0)}
-            if awe < best:
-                best, best_step = awe, step
-                save("best.ckpt", extra)
-            save("last.ckpt", extra)
-            with open(out_dir / "log.csv", "w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
-        if last:
-            break
-    result = {"best_ckpt": str(out_dir / "best.ckpt"), "best_awe": round(best, 3), "best_step": best_step,
-              "steps": step, "seconds": round(time.perf_counter() - t0, 1),
-              "size_bytes": (out_dir / "best.ckpt").stat().st_size,
-              "parameters": int(sum(p.numel() for p in net.parameters())), "precision": precision_record("cpu", bf16)}
+    module = PretrainModule(net, lr=float(s["lr"]), weight_decay=float(s["weight_decay"]),
+                            max_steps=int(s["max_steps"]), budget_s=budget, warmup=int(s["warmup"]),
+                            ema=float(s.get("ema") or 0.0))
+    ckpts = PretrainCheckpoints(out_dir, val_every=int(s["val_every"]), save=save,
+                                evaluate=lambda kept: evaluate(kept, val, halo, bf16=bf16))
+    data = PhantomStreamData(make_stream, batch_size=int(s["batch_size"]), seed=int(s["seed"]))
+    trainer = L.Trainer(callbacks=[ckpts], logger=CSVLogger(save_dir=str(out_dir), name="logs", version=""),
+                        default_root_dir=str(out_dir), enable_checkpointing=False, **tr)
+    log.info("pretraining a %s base model (%s) for at most %d steps / %.0f min on %s phantoms, %s, %d process(es), "
+             "out_dir %s", meta["mode"], "+".join(meta["channels"]), int(s["max_steps"]), budget / 60,
+             "x".join(map(str, rnd.shape)), tr["precision"], trainer.world_size, out_dir)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    if not trainer.is_global_zero:
+        return {"best_ckpt": str(out_dir / "best.ckpt"), "rank": trainer.global_rank}
+    best = out_dir / "best.ckpt"
+    if trainer.global_step == 0 or not best.is_file():
+        raise SeglearnError(f"{out_dir}: pretraining ran {trainer.global_step} steps and wrote no best.ckpt "
+                            f"(trainer: {tr.get('accelerator')}, devices={tr.get('devices')})")
+    result = {"best_ckpt": str(best), "best_awe": round(ckpts.best, 3), "best_step": ckpts.best_step,
+              "steps": int(trainer.global_step), "seconds": round(time.perf_counter() - t0, 1),
+              "size_bytes": best.stat().st_size, "parameters": int(sum(p.numel() for p in net.parameters())),
+              "processes": int(trainer.world_size),
+              "precision": {**precision_record(trainer.strategy.root_device, bf16), "lightning": str(tr["precision"])}}
     (out_dir / "pretrain_summary.json").write_text(json.dumps(result, indent=2))
-    log.info("pretraining done: best validation awe %.2f %% at step %d; %s (%d bytes)", best, best_step,
+    log.info("pretraining done: best validation awe %.2f %% at step %d; %s (%d bytes)", ckpts.best, ckpts.best_step,
              result["best_ckpt"], result["size_bytes"])
     return result
 
@@ -260,4 +246,7 @@ def train(cfg) -> dict:
 
     s = settings_from(cfg.model)
     s["seed"] = resolve_seed(cfg, "model", int(s["seed"]))
-    return pretrain(s, str(cfg.out_dir), overwrite=bool(cfg.get("overwrite", False)))
+    from seglearn.config import to_plain
+
+    return pretrain(s, str(cfg.out_dir), overwrite=bool(cfg.get("overwrite", False)),
+                    trainer_cfg=to_plain(cfg.get("trainer")))

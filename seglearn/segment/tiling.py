@@ -163,6 +163,47 @@ def predict_slab(net_fn: Callable[[np.ndarray], np.ndarray], read: Callable[[int
     return probs[:, z0 - a: z1 - a]
 
 
+def predict_banded(net_fn: Callable[[np.ndarray], np.ndarray], read: Callable[[int, int], np.ndarray], n_slices: int,
+                   z0: int, z1: int, *, height: int, band_rows: int | None = None, margin: int = 128,
+                   prepare_band: Callable[[int, int, int, int], np.ndarray] | None = None, **kwargs) -> np.ndarray:
+    """:func:`predict_slab`, in bands of ``band_rows`` rows when given (bounded memory for huge slices).
+
+    Each band is predicted with ``margin`` rows of context above and below (dropped afterwards), so
+    the seams see what a whole slice would; only the tile layout differs, so probabilities agree with
+    whole-slice prediction to the blending's precision, not bit for bit.
+
+    Parameters
+    ----------
+    height : int
+        Y of the slices.
+    band_rows : int, optional
+        None (or at least ``height``): whole slices, exactly :func:`predict_slab`.
+    margin : int
+        Rows of context each side of a band.
+    prepare_band : callable
+        ``prepare_band(a, b, y0, y1)`` -> normalised ``(C, b - a, y1 - y0, X)`` float32: rows
+        ``y0:y1`` of slices ``a:b`` (only those rows go into the network's input).
+    **kwargs
+        Passed to :func:`predict_slab`.
+
+    Returns
+    -------
+    (K, z1 - z0, Y, X) float32 ndarray
+    """
+    if not band_rows or int(band_rows) >= height:
+        return predict_slab(net_fn, read, n_slices, z0, z1, **kwargs)
+    out = None
+    for y0 in range(0, height, int(band_rows)):
+        y1 = min(height, y0 + int(band_rows))
+        ya, yb = max(0, y0 - margin), min(height, y1 + margin)
+        part = predict_slab(net_fn, lambda a, b, ya=ya, yb=yb: prepare_band(a, b, ya, yb), n_slices, z0, z1,
+                            **kwargs)
+        if out is None:
+            out = np.empty((part.shape[0], part.shape[1], height, part.shape[3]), dtype=np.float32)
+        out[:, :, y0:y1] = part[:, :, y0 - ya: y1 - ya]
+    return out
+
+
 def contiguous_runs(zs: Sequence[int]) -> list[tuple[int, int]]:
     """``[(z0, z1), ...]`` half-open runs of consecutive slice indices."""
     runs: list[tuple[int, int]] = []

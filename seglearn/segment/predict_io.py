@@ -1,0 +1,310 @@
+"""Inputs and outputs of ``predict.py``: the detector stacks to read, the block plan, the result folder.
+
+:func:`resolve_input` finds the stacks ``input=`` names (a dataset folder, TIFF / OME-Zarr files or slice
+folders); :func:`prepare_output` claims the output folder and :func:`publish` renames the finished set into
+it (:class:`~seglearn.io.outset.OutputSet`); :func:`memory_plan` turns ``memory_budget_gib`` into blocks of
+slices (:mod:`seglearn.segment.memory`); :func:`writers` opens the OME-Zarr outputs; :func:`finish` writes
+summary.json, the preview and the characterisation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from seglearn.config import to_plain as _plain
+from seglearn.errors import InputError, SeglearnError
+
+log = logging.getLogger("seglearn")
+
+MARKER = "seglearn_predict"
+
+
+def resolve_input(inp, names=None) -> dict:
+    """Paths of the detector stacks (and test labels) named by ``input=``.
+
+    Returns
+    -------
+    dict
+        ``files`` {detector: path}, ``test`` path or None, ``voxel_size_nm`` or None, ``name``.
+    """
+    from seglearn.data.layout import _find_image, declared_voxel_size, read_meta
+
+    inp = _plain(inp)
+    if inp is None or inp == "" or inp == []:
+        raise InputError("input is not set: give a dataset folder or detector files, e.g. input=[SE2.tif,InLens.tif]")
+    if isinstance(inp, str) and Path(inp).is_dir() and (Path(inp) / "dataset.yaml").exists():
+        root = Path(inp)
+        meta = read_meta(root)
+        files = {}
+        for det in meta["detectors"]:
+            p = _find_image(root / "images", det)
+            if p is None:
+                raise InputError(f"{root / 'images' / (det + '.tif')}: detector {det!r} listed in dataset.yaml has no image")
+            files[det] = p
+        test = root / "labels" / "test.tif"
+        return {"files": files, "test": test if test.exists() else None, "voxel_size_nm": declared_voxel_size(root),
+                "name": root.name, "classes": meta["classes"], "synthetic": bool(meta.get("synthetic"))}
+    paths = [Path(p) for p in ([inp] if isinstance(inp, str) else list(inp))]
+    for p in paths:
+        if not p.exists():
+            raise InputError(f"{p}: input file does not exist")
+    names = _plain(names)
+    if names is not None:
+        names = [names] if isinstance(names, str) else list(names)
+        if len(names) != len(paths):
+            raise InputError(f"detectors={names} names {len(names)} channels, input has {len(paths)} files")
+    else:
+        names = [_stem(p) for p in paths]
+    return {"files": dict(zip(names, paths)), "test": None, "voxel_size_nm": None,
+            "name": _stem(paths[0]) if len(paths) == 1 else paths[0].parent.name or "input", "classes": None}
+
+
+def _stem(path: Path) -> str:
+    """A file's name without its image suffixes (``SE2.ome.zarr``, ``SE2.ome.tif`` -> ``SE2``)."""
+    name = path.name
+    for suffix in (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def match_names(seg, files: dict, where: str, detectors=None) -> list:
+    """Detector paths in the checkpoint's order (or that of ``detectors``); file stems match the
+    detector names case-insensitively."""
+    lower = {k.lower(): k for k in files}
+    out = []
+    for det in (detectors or seg.detectors):
+        key = det if det in files else lower.get(det.lower())
+        if key is None:
+            raise InputError(f"{where}: the checkpoint needs detectors {seg.detectors}, the input has "
+                             f"{list(files)} (name files after the detectors or pass detectors=[...])")
+        out.append(files[key])
+    return out
+
+
+def prepare_output(cfg, name: str):
+    """Claim the output folder (:class:`~seglearn.io.outset.OutputSet`): its lock is taken, files go
+    into a temporary sibling (``.tmp``) that :func:`publish` renames to the folder at the end."""
+    from seglearn.io.outset import OutputSet
+
+    out = cfg.get("output")
+    default = out is None or out == ""
+    out = Path("outputs") / name if default else Path(str(out))
+    ours = False
+    summary = out / "summary.json"
+    if default and summary.is_file():  # a default output of an earlier run is replaced
+        try:
+            ours = bool(json.loads(summary.read_text()).get(MARKER))
+        except (ValueError, OSError):
+            ours = False
+    inputs = [*(_plain(cfg.input) if isinstance(_plain(cfg.input), list) else [_plain(cfg.input)]), cfg.get("ckpt")]
+    oset = OutputSet(out, replace=bool(cfg.get("overwrite", False)) or (default and ours), inputs=inputs)
+    oset.claim()
+    return oset
+
+
+def publish(oset, summary: dict) -> dict:
+    """Check the finished result set, rename it to the output folder, then say so."""
+    claimed = [summary["labels"], "summary.json"] + [summary[k] for k in ("probabilities", "characterise")
+                                                     if summary.get(k)]
+    missing = [n for n in claimed if not (oset.tmp / n).exists()]
+    if missing:
+        oset.abandon()
+        raise SeglearnError(f"{oset.out}: prediction ended without writing {', '.join(missing)}; nothing was "
+                            f"written")
+    out = oset.publish()
+    shape = summary["shape"]
+    msg = f"wrote {out}/{summary['labels']} ({shape[0]}x{shape[1]}x{shape[2]}) in {summary['seconds']:.1f} s"
+    if "test" in summary:
+        msg += f"; test awe {summary['test']['awe']:.2f} %"
+    log.info(msg)
+    return summary
+
+
+def characterise_output(cfg, out: Path, classes: list, voxel) -> str:
+    """Run the microstructure report on the written labels (``characterise=true`` or a list of steps)."""
+    from seglearn.characterise import characterise
+    from seglearn.io import read_stack
+
+    if voxel is None:
+        raise InputError(f"{cfg.input}: characterise needs a voxel size; the input and checkpoint have none")
+    opts = {"values": list(range(1, len(classes) + 1))}
+    steps = _plain(cfg.characterise)
+    if isinstance(steps, (list, tuple)):
+        opts["steps"] = list(steps)
+    labels, _ = read_stack(out / "labels.tif")
+    characterise(labels, voxel, list(classes), out_dir=out / "characterise", overwrite=True, **opts)
+    return "characterise/report.html"
+
+
+class Stats:
+    """Label counts, test confusion and the preview slice, gathered block by block."""
+
+    def __init__(self, k: int, n: int, test):
+        self.k, self.n, self.test = k, n, test
+        self.counts = np.zeros(k + 1, dtype=np.int64)
+        self.cm = np.zeros((k, k + 1), dtype=np.int64)
+        self.test_z = n  # first slice holding test labels (n: none yet)
+        self.preview = {"z": None}
+
+    def add(self, z0: int, labels: np.ndarray, keep_preview: bool = True) -> None:
+        from seglearn.metrics import confusion_matrix
+
+        z1 = z0 + labels.shape[0]
+        self.counts[:] += np.bincount(labels.ravel(), minlength=self.k + 1)[: self.k + 1]
+        if self.test is None:
+            return
+        t = self.test.read(z0, z1)
+        if np.any(t):
+            self.cm[:] += confusion_matrix(labels, t, self.k)
+            zz = int(np.flatnonzero(np.any(t, axis=(1, 2)))[0])
+            if z0 + zz < self.test_z:
+                self.test_z = z0 + zz
+                if keep_preview:
+                    self.preview.update(z=z0 + zz, test_z=True, labels=labels[zz], test=t[zz])
+
+
+def open_inputs(cfg, seg):
+    from seglearn.io import open_stack
+
+    src = resolve_input(cfg.input, cfg.get("detectors"))
+    where = str(_plain(cfg.input))
+    paths = match_names(seg, src["files"], where)
+    readers = [open_stack(p) for p in paths]
+    shapes = {str(p): r.shape for p, r in zip(paths, readers)}
+    try:
+        from seglearn.io.intensity import check_dtype
+
+        for p, r in zip(paths, readers):  # a bool mask or complex stack is refused before anything is written
+            check_dtype(getattr(r, "stored_dtype", r.dtype), str(p))
+        if len(set(shapes.values())) != 1:
+            raise InputError(f"{where}: detector stacks differ in shape: {shapes}")
+    except InputError:
+        for r in readers:
+            r.close()
+        raise
+    return src, where, paths, readers
+
+
+def voxel_size(cfg, src: dict, readers, seg) -> tuple[list | None, dict]:
+    """The voxel size written on the outputs and where it came from (``voxel_size_nm=``, dataset.yaml,
+    the input file's calibration, else the checkpoint's, with a warning)."""
+    from seglearn.characterise.labels import as_voxel_size
+    from seglearn.io.tiff import choose_voxel_size
+
+    opt = _plain(cfg.get("voxel_size_nm"))
+    opt = None if opt is None else as_voxel_size(opt, source="voxel_size_nm")
+    voxel, source = choose_voxel_size([("voxel_size_nm option", opt), ("dataset.yaml", src["voxel_size_nm"]),
+                                       ("input file", readers[0].voxel_size_nm), ("checkpoint", seg.voxel_size_nm)],
+                                      where=str(_plain(cfg.input)))
+    return voxel, {"voxel_size_source": source}
+
+
+def raw_reader(paths, readers):
+    def read_raw(a: int, b: int) -> np.ndarray:
+        block = np.stack([r.read(a, b) for r in readers])
+        if block.dtype.kind == "f" and not np.all(np.isfinite(block)):
+            bad = [str(p) for p, blk in zip(paths, block) if not np.all(np.isfinite(blk))]
+            raise InputError(f"{bad[0]}: holds NaN or Inf voxels (slices {a}-{b}); replace them before predicting")
+        return block
+
+    return read_raw
+
+
+def iter_kwargs(cfg, plan: dict) -> dict:
+    return {"tta": cfg.get("tta"), "block_slices": plan["block_slices"], "band_rows": plan["band_rows"],
+            "tile": _plain(cfg.get("tile")), "overlap": _plain(cfg.get("overlap")), "batch_size": cfg.get("batch_size")}
+
+
+def memory_plan(cfg, seg, readers, shape) -> dict:
+    """``block_slices`` (and ``band_rows``) of this run: the option's number, or ``auto`` from ``memory_budget_gib``."""
+    from seglearn.segment.memory import plan_blocks
+
+    setting = cfg.get("block_slices", "auto")
+    if setting not in (None, "auto"):
+        return {"block_slices": int(setting), "band_rows": None, "source": "block_slices option"}
+    budget = float(cfg.get("memory_budget_gib", 1.5))
+    plan = plan_blocks(shape, n_raw=len(readers), raw_itemsize=max(np.dtype(r.dtype).itemsize for r in readers),
+                       n_channels=len(seg.detectors) + len(seg.derived), n_classes=seg.n_classes,
+                       halo=int(seg.net.halo), budget_bytes=int(budget * 2**30))
+    log.info("memory: blocks of %d slice(s)%s for a budget of %.2f GiB (%.2f GiB in use before prediction)",
+             plan.block_slices, f" in bands of {plan.band_rows} rows" if plan.band_rows else "", budget,
+             plan.base / 2**30)
+    return {**plan.describe(), "source": "memory_budget_gib"}
+
+
+def writers(cfg, out: Path, shape, k: int, voxel, classes, plan: dict, want_probs: bool):
+    """OME-Zarr writers of labels (and probabilities) for ``output_format=ome-zarr``; None for TIFF."""
+    if str(cfg.get("output_format", "tiff")) != "ome-zarr":
+        return None
+    from seglearn.io.omezarr import OmeZarrWriter
+
+    chunks = (max(1, min(int(plan["block_slices"]), 16)), 256, 256)
+    labels = OmeZarrWriter(out / "labels.ome.zarr", shape, np.uint8, voxel_size_nm=voxel, labels=True, chunks=chunks)
+    probs = OmeZarrWriter(out / "probabilities.ome.zarr", (k, *shape), np.float16, voxel_size_nm=voxel,
+                          chunks=chunks, channel_names=classes) if want_probs else None
+    return labels, probs
+
+
+def finish(cfg, seg, src, where, out: Path, shape, voxel, stats: Stats, readers, t0: float, want_probs: bool,
+            extra: dict | None = None) -> dict:
+    """Write OUT/summary.json, OUT/preview.png and the characterisation; returns the summary."""
+    from seglearn.io import write_preview
+    from seglearn.io.atomic import atomic_path
+    from seglearn.metrics import awe, iou_from_confusion
+    from seglearn.precision import precision_record
+
+    counts, cm, preview = stats.counts, stats.cm, stats.preview
+    seconds = time.perf_counter() - t0
+    n_vox = int(np.prod(shape))
+    fr = counts[1:] / max(n_vox, 1)
+    summary = {
+        MARKER: True, "input": where, "ckpt": str(cfg.ckpt), "kind": "unet", "mode": seg.mode,
+        "detectors": seg.detectors, "derived": seg.derived, "classes": seg.classes, "shape": list(shape),
+        "voxel_size_nm": voxel, "fractions": {c: float(f) for c, f in zip(seg.classes, fr)},
+        "seconds": round(seconds, 2), "voxels_per_second": round(n_vox / max(seconds, 1e-9), 1),
+        "device": str(seg.device), "precision": precision_record(seg.device, seg.bf16), "labels": "labels.tif",
+        "tta": seg.tta_mode(cfg.get("tta")),
+        "probabilities": "probabilities.tif" if want_probs else None,
+        "blend": None if seg.blend is None else {"network_weight": seg.blend.weight, "forest_trees":
+                                                 int(len(seg.blend.arrays["roots"]))},
+        **(extra or {}),
+    }
+    if stats.test is not None and cm.sum() > 0:
+        iou = iou_from_confusion(cm)
+        p = cm.sum(axis=1) / cm.sum()
+        summary["test"] = {"iou": {c: (None if np.isnan(v) else float(v)) for c, v in zip(seg.classes, iou)},
+                           "awe": awe(iou, p), "miou": float(np.nanmean(iou)), "n_scored": int(cm.sum())}
+    if cfg.get("preview", True) and preview["z"] is not None:
+        z = preview["z"]
+        img = readers[0].read(z, z + 1)[0]
+        panels = [(f"{seg.detectors[0]} z={z}", img, None), ("prediction", img, preview["labels"])]
+        if preview.get("test") is not None:
+            panels.append(("test labels", img, preview["test"]))
+        write_preview(out / "preview.png", panels, seg.classes, overwrite=True,
+                      title=f"{Path(str(cfg.ckpt)).name} on {src['name']}")
+    if cfg.get("characterise"):
+        summary["characterise"] = characterise_output(cfg, out, seg.classes, voxel)
+    with atomic_path(out / "summary.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def write_probabilities_tif(out: Path, shape, k: int, pages, voxel=None) -> None:
+    """OUT/probabilities.tif (float16, ZCYX, calibrated as labels.tif) from ``(Y, X)`` pages in z, then class."""
+    import tifffile
+
+    from seglearn.io.atomic import atomic_path
+    from seglearn.io.tiff import calibration_kwargs
+
+    full = (shape[0], k, *shape[1:])
+    kwargs = {**calibration_kwargs(full, np.float16, voxel, axes="ZCYX"), "bigtiff": True}
+    with atomic_path(out / "probabilities.tif", overwrite=True) as tmp:
+        tifffile.imwrite(tmp, data=pages, shape=full, dtype=np.float16, **kwargs)
+
+
