@@ -17,7 +17,7 @@ TINY = ["model.max_steps=2", "model.val_every=2", "model.n_val=1", "model.phanto
         "model.batch_size=2", "model.net.base=4", "model.context=1", "model.cache=1", "model.reuse=4",
         "model.threads=1", "model.p_real=0", "model.noise_reference=false"]
 TINY_FT = {"max_steps": 2, "val_every": 1, "batch_size": 2, "patch": 32, "phantom_shape": [8, 32, 32], "cache": 1,
-           "threads": 1, "runs": 1}
+           "threads": 1, "runs": 1, "blend": "off"}  # the forest blend has its own tests (test_blend.py)
 
 
 def _cli(args, **kw):
@@ -134,6 +134,8 @@ def test_finetune_same_classes_never_worse_than_zero_shot(base_ckpt, tiny_phanto
     assert r["class_map"] is None and r["steps"] == 2
     meta = load_checkpoint(tmp_path / "ft" / "best.ckpt", kind="unet")["meta"]
     assert meta["finetune"]["init"] == str(base_ckpt) and "ranges" in meta["pretrain"]
+    cal = meta["calibration"]  # the temperature fitted on the validation labels (issue 27)
+    assert cal["source"] == "test" and cal["n_voxels"] == int((ph.test > 0).sum()) and 0.05 <= cal["temperature"] <= 20
     with pytest.raises(OutputExistsError, match="already holds"):
         finetune(base_ckpt, ph.channels(), ["SE2", "InLens"], ph.train, tmp_path / "ft", settings=TINY_FT)
 
@@ -171,7 +173,7 @@ def test_train_py_init_finetunes_and_predict_py_runs_zero_shot(base_ckpt, tiny_d
     out = tmp_path / "ftcli"
     r = _cli(["train.py", f"data.root={tiny_dataset}", f"init={base_ckpt}", f"out_dir={out}",
               "+finetune.max_steps=1", "+finetune.val_every=1", "+finetune.batch_size=2", "+finetune.patch=32",
-              "+finetune.phantom_shape=[8,32,32]", "+finetune.cache=1", "+finetune.threads=1"])
+              "+finetune.phantom_shape=[8,32,32]", "+finetune.cache=1", "+finetune.threads=1", "+finetune.blend=off"])
     assert r.returncode == 0, r.stderr[-2000:]
     assert (out / "best.ckpt").exists() and (out / "finetune_summary.json").exists()
     r = _cli(["predict.py", f"ckpt={base_ckpt}", f"input={tiny_dataset}", f"output={tmp_path / 'zs'}", "preview=false"])
@@ -317,7 +319,7 @@ def test_soup_averages_weights_and_refuses_other_networks(base_ckpt, tmp_path, m
         average_checkpoints([base_ckpt, other], soup)
     wide = save_checkpoint(tmp_path / "wide.ckpt", kind="unet", state_dict=moved,
                            meta={**ck["meta"], "net": {**ck["meta"]["net"], "base": 8}})
-    with pytest.raises(InputError, match="same network"):
+    with pytest.raises(InputError, match="declared network"):  # its weights do not fit its meta: refused on loading
         average_checkpoints([base_ckpt, wide], tmp_path / "bad.ckpt")
     # the soup's stored noise reference is kept (the same settings), not measured again
     r = _cli(["-m", "seglearn.pretrain.soup", str(soup), str(other), "--out", str(tmp_path / "cli.ckpt"),
@@ -553,14 +555,19 @@ def test_zero_shot_prediction_adapts_to_the_volume_without_labels(base_ckpt, tmp
 
 
 def test_eight_bit_scale_rules():
-    from seglearn.pretrain.adapt import on_eight_bit_scale, within_eight_bit
+    from seglearn.io.intensity import input_scale
+    from seglearn.pretrain.adapt import on_eight_bit_scale
 
     base = {"detectors": ["SE2", "InLens"], "normalisation": {"method": "fixed", "ranges": [[0, 255], [0, 255], [-128, 128]]}}
     assert on_eight_bit_scale(base)
     assert not on_eight_bit_scale({**base, "normalisation": {"method": "fixed", "ranges": [[0, 4000], [0, 4000]]}})
     assert not on_eight_bit_scale({**base, "normalisation": {"method": "percentiles", "ranges": [[0, 255], [0, 255]]}})
-    assert within_eight_bit(np.array([0, 255], np.uint8)) and within_eight_bit(np.array([0.5, 254.0]))
-    assert not within_eight_bit(np.array([3000, 9000], np.uint16)) and not within_eight_bit(np.array([-1.0, 20.0]))
+    def scale(dtype, lo, hi):
+        return input_scale({"dtype": dtype, "channels": {"A": {"min": lo, "max": hi}}})
+
+    assert scale("uint8", 0, 255) == "8bit" and scale("float64", 0.5, 254.0) == "8bit"
+    assert scale("uint16", 3000, 9000) == "other" and scale("float32", -1.0, 20.0) == "other"
+    assert scale("float32", 0.0, 1.0) == "unit" and scale("uint16", 0, 1) == "8bit"
 
 
 @pytest.mark.slow
@@ -581,10 +588,11 @@ def test_sixteen_bit_input_is_mapped_onto_the_eight_bit_scale(tiny_dataset, tmp_
     dets = list(ds.detectors)
     ck = load_checkpoint(base, kind="unet")
     new, info = adapt_to_volume(ck, lambda a, b: v16[:, a:b], v16.shape[1:], dets, "off")
-    assert set(info) == {"grey_ranges"}  # adapt=off: only the grey scale
-    for c in range(2):  # percentiles of the slabs; the tiny volume's slabs cover nearly all of it
+    assert set(info) == {"intensity"}  # adapt=off: only the grey scale (seglearn.io.intensity)
+    for c, d in enumerate(dets):  # percentiles of 16 slices spread over the tiny volume's 24
         want = np.percentile(v16[c].astype(float), [0.1, 99.9])
-        np.testing.assert_allclose(info["grey_ranges"][c], want, atol=400)  # within 2 grey levels of the 8-bit original
+        got = [info["intensity"]["statistics"][d][k] for k in ("p_lo", "p_hi")]
+        np.testing.assert_allclose(got, want, atol=400)  # within 2 grey levels of the 8-bit original
     assert adapt_to_volume(ck, lambda a, b: v8[:, a:b], v8.shape[1:], dets, "off") == (ck, None)  # 8-bit: nothing
     ref = segmenter_from_checkpoint(ck, device="cpu").predict(v8, dets)
     mapped = segmenter_from_checkpoint(new, device="cpu").predict(v16, dets)
@@ -594,4 +602,4 @@ def test_sixteen_bit_input_is_mapped_onto_the_eight_bit_scale(tiny_dataset, tmp_
     write_dataset(root, {d: v16[i] for i, d in enumerate(dets)}, name="ds16")
     r = _cli(["predict.py", f"ckpt={base}", f"input={root}", f"output={tmp_path / 'out'}", "preview=false", "adapt=off"])
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "grey_ranges" in json.loads((tmp_path / "out" / "summary.json").read_text())["adapt"]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["intensity"]["input_scale"] == "other"

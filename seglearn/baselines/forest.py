@@ -61,3 +61,25 @@ def predict(model, channels, detectors, slices=None) -> np.ndarray:
     pred = make_predictor(clf, model.get("engine", "auto"), n_jobs=model.get("n_jobs", -1))
     return predict_volume(stack, lambda x: np.asarray(pred(x)).astype(np.uint8), max_chunk_mb=model["max_chunk_mb"],
                           slices=slices)
+
+
+def predict_proba(model, channels, detectors, n_classes: int | None = None) -> np.ndarray:
+    """Class probabilities ``(K, Z, Y, X)`` float32: the trees' mean class fractions (sklearn's ``predict_proba``).
+
+    ``K`` = ``n_classes`` (default the largest class id trained on); a class absent from the
+    training labels has probability 0. Their argmax is :func:`predict`'s labels (up to ties).
+    Written by ``benchmark.py ... probabilities=true`` for ``characterise.py probabilities=...``.
+    """
+    stack = FeatureStack(channels, detectors, model["features"], model["voxel_size_nm"])
+    clf = model["clf"]
+    ids = np.asarray(clf.classes_, dtype=np.int64)
+    k = int(n_classes or ids.max())
+    z_n, y_n, x_n = stack.shape
+    out = np.zeros((k, z_n, y_n, x_n), np.float32)
+    step = stack.chunk_slices(model["max_chunk_mb"])
+    for z0 in range(0, z_n, step):
+        z1 = min(z_n, z0 + step)
+        p = clf.predict_proba(stack.compute_samples(z0, z1)).astype(np.float32)  # (N, len(ids))
+        for j, c in enumerate(ids):
+            out[c - 1, z0:z1] = p[:, j].reshape(z1 - z0, y_n, x_n)
+    return out

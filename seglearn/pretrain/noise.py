@@ -166,7 +166,7 @@ def reference_noise(detectors: Sequence[str], pretrain: Mapping, *, labelled: bo
     detectors : sequence of str
         The base model's detectors.
     pretrain : mapping
-        The checkpoint's ``meta.pretrain`` (``ranges``, ``p_real``, ``p_flat``).
+        The checkpoint's ``meta.pretrain`` (``ranges``, ``p_real``, ``p_flat``, ``p_family_b``).
     labelled : bool
         True: :func:`relative_noise` on the phantoms' truth; False: :func:`relative_noise_unlabelled`
         with ``classes`` classes.
@@ -187,6 +187,8 @@ def _key(detectors: Sequence[str], pretrain: Mapping, labelled: bool, classes: i
     """What a reference is drawn from (the cache key; its digest is stored with the reference)."""
     key = {"detectors": list(detectors), "ranges": dict(pretrain.get("ranges") or {}), "sources": None,
            "p_real": float(pretrain.get("p_real", 0.3)), "p_flat": float(pretrain.get("p_flat", 0.15))}
+    if float(pretrain.get("p_family_b") or 0.0) > 0:  # family-b phantoms too (absent: family a only, as before)
+        key["p_family_b"] = float(pretrain["p_family_b"])
     if not labelled:  # the labelled key stays as it was (same cache, same numbers)
         key.update(labelled=False, classes=int(classes))
     return json.dumps(key, sort_keys=True)

@@ -84,6 +84,11 @@ class Randomiser:
     sources : sequence of path
         Segmented volumes used as microstructure with probability ``p_real``; missing files are
         skipped silently (``../shared`` is optional).
+    p_family_b : float
+        Share of phantoms rendered with the second forward model (``family: b``,
+        :mod:`seglearn.synth.forward_b`, its settings drawn by
+        :func:`~seglearn.synth.config_b.sample_family_b`): 0 = family a only (no extra random draw,
+        so the stream is as before), 1 = family b only, in between a mix.
     """
 
     ranges: Mapping[str, Sequence[float]]
@@ -92,8 +97,11 @@ class Randomiser:
     sources: Sequence[str] = ()
     p_real: float = P_REAL_SOURCE
     p_flat: float = P_FLAT
+    p_family_b: float = 0.0
 
     def __post_init__(self):
+        if not 0.0 <= float(self.p_family_b) <= 1.0:
+            raise InputError(f"pretrain: p_family_b must be in [0, 1], got {self.p_family_b!r}")
         self.ranges = resolve_ranges(self.ranges)
         self.detectors = tuple(self.detectors)
         self.sources = tuple(str(s) for s in self.sources if Path(s).is_file())
@@ -138,6 +146,13 @@ class Randomiser:
             se2=dets["SE2"] if len(self.detectors) == 2 or rng.random() < 0.5 else dets["InLens"],
             inlens=dets["InLens"], gradient_face=u("gradient_face"), gradient_slices=u("gradient_slices"),
             redeposition=u("redeposition"), drift_px=u("drift_px"), test_gap=0, n_train_slices=0)
+        if self.p_family_b >= 1.0 or (self.p_family_b > 0.0 and rng.random() < self.p_family_b):
+            from seglearn.synth.config_b import sample_family_b
+
+            cfg.family = "b"
+            cfg.b = sample_family_b(rng)
+            if len(self.detectors) == 1 and rng.random() < 0.5:
+                cfg.b.se2 = cfg.b.inlens  # a single detector: SE2-like or InLens-like physics
         acq = {"gain": u("gain"), "offset": u("offset"), "gamma": u("gamma"), "flat": bool(rng.random() < self.p_flat),
                "source": None}
         if self.sources and rng.random() < self.p_real:
@@ -164,6 +179,7 @@ class Randomiser:
             The draw (config and acquisition parameters), for logging.
         """
         from seglearn.synth.forward import render
+        from seglearn.synth.forward_b import render_b
         from seglearn.synth.microstructure import generate_microstructure, microstructure_from_volume
 
         cfg, acq = self.sample_config(rng)
@@ -185,7 +201,7 @@ class Randomiser:
             k = int(rng.integers(z))
             truth = np.repeat(truth[k:k + 1], z, axis=0)
             inst = np.repeat(inst[k:k + 1], z, axis=0)
-        images, _ = render(truth, inst, cfg, rng)
+        images, _ = (render_b if cfg.family == "b" else render)(truth, inst, cfg, rng)
         out = np.stack([images["SE2"] if (d == "SE2" or len(self.detectors) == 1) else images[d]
                         for d in self.detectors]).astype(np.float32) / 255.0
         out = np.clip(out * acq["gain"] + acq["offset"], 0.0, 1.0) ** acq["gamma"]

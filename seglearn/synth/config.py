@@ -8,6 +8,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from seglearn.errors import InputError
+from seglearn.synth.config_b import FamilyB
 
 
 @dataclass
@@ -93,9 +94,11 @@ class PhantomConfig:
     cbd_porosity: float = 0.25
     cbd_patchiness: float = 0.6
     # forward model
+    family: str = "a"  # a = seglearn.synth.forward; b = seglearn.synth.forward_b (independent formulation)
     detectors: tuple[str, ...] = ("SE2", "InLens")
     se2: DetectorModel = field(default_factory=_se2)
     inlens: DetectorModel = field(default_factory=_inlens)
+    b: FamilyB = field(default_factory=FamilyB)  # family-b settings (seglearn/synth/config_b.py)
     gradient_face: float = 0.25  # brightness falls by this share from top to bottom of the face
     gradient_slices: float = 0.04  # std of the slice-to-slice gain random walk
     redeposition: float = 0.25  # grey level of re-deposited material in deep pores at the last slice
@@ -127,6 +130,8 @@ class PhantomConfig:
                 if bad:
                     raise InputError(f"phantom config: unknown detector key(s) {bad} in {k}")
                 kwargs[k] = DetectorModel(**{**asdict(base), **v})
+            elif k == "b":
+                kwargs[k] = FamilyB.from_dict(asdict(v) if isinstance(v, FamilyB) else v)
             elif k in ("shape", "voxel_size_nm", "detectors", "source_classes") and v is not None:
                 kwargs[k] = tuple(v)
             else:
@@ -149,6 +154,8 @@ class PhantomConfig:
                 or not 0 <= self.fiducial <= self.shape[1] - 16:
             raise InputError(f"phantom config: fiducial must be an int of rows in [0, Y - 16] = "
                              f"[0, {self.shape[1] - 16}], got {self.fiducial!r}")
+        if self.family not in ("a", "b"):
+            raise InputError(f"phantom config: family must be a or b, got {self.family!r}")
         if self.bit_depth not in (8, 16):
             raise InputError(f"phantom config: bit_depth must be 8 or 16, got {self.bit_depth}")
 
@@ -157,4 +164,5 @@ class PhantomConfig:
         for k in ("shape", "voxel_size_nm", "detectors", "source_classes"):
             if d[k] is not None:
                 d[k] = list(d[k])
+        d["b"]["cbd_nanoporosity"] = list(d["b"]["cbd_nanoporosity"])
         return d

@@ -72,7 +72,12 @@ def make_phantom(cfg: PhantomConfig | dict | None = None) -> Phantom:
     else:
         truth, inst = generate_microstructure(cfg, rng)
     t1 = time.perf_counter()
-    images, shifts = render(truth, inst, cfg, rng)
+    if cfg.family == "b":
+        from seglearn.synth.forward_b import render_b
+
+        images, shifts = render_b(truth, inst, cfg, rng)
+    else:
+        images, shifts = render(truth, inst, cfg, rng)
     if cfg.fiducial > 0:  # the cap band holds no sample: unlabelled, unscored, no scribbles
         truth[:, : cfg.fiducial] = 0
         inst[:, : cfg.fiducial] = 0
