@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -17,6 +18,15 @@ import numpy as np
 from seglearn.errors import InputError
 
 log = logging.getLogger("seglearn")
+
+
+def _yaml_section(name: str) -> dict:
+    """One section of ``configs/characterise.yaml`` (the single place of its defaults)."""
+    import yaml
+
+    with open(Path(__file__).resolve().parents[2] / "configs" / "characterise.yaml", encoding="utf-8") as f:
+        return dict(yaml.safe_load(f)[name])
+
 
 STEPS = ("fractions", "depth", "interfaces", "sizes", "tortuosity", "geodesic", "inner_pores",
          "sections", "rve", "particles")
@@ -30,12 +40,12 @@ DEFAULTS: dict[str, Any] = {
     "depth": {"axis": "z", "n_regions": 5},
     "interfaces": {"mesh": True, "sigma": 0.7},
     "sizes": {"phases": None, "n_linear": 6, "growth": 1.2, "inlet": "z0"},
-    "tortuosity": {"phases": None, "directions": ["z"], "device": "cpu", "iter_limit": 10000,
-                   "conv_crit": 0.01},
+    "tortuosity": _yaml_section("tortuosity"),  # solver and convergence policy: configs/characterise.yaml only
     "geodesic": {"phase": None, "face": "z0", "d_fractions": [0.25, 0.5], "d_um": None, "max_values": 20000},
     "inner_pores": {"solid": None, "radius_um": 0.15, "step_nm": None},
     "rve": {"n_sizes": 8, "n_samples": 64, "tolerance": 0.02, "seed": 0},
     "particles": {"from_components": False, "exclude_border": False, "min_voxels": 1},
+    "intervals": _yaml_section("intervals"),  # sampling of the probabilities: configs/characterise.yaml only
     "plots": True,
     "html": True,
     "overwrite": False,
@@ -89,7 +99,8 @@ def _f(x):
 
 
 def characterise(labels: np.ndarray, voxel_size_nm, classes: Sequence[str] | None = None,
-                 instances: np.ndarray | None = None, out_dir=None, **options) -> dict:
+                 instances: np.ndarray | None = None, out_dir=None, *, probabilities: np.ndarray | None = None,
+                 tables_out: dict | None = None, **options) -> dict:
     """Measure a label volume: fractions, interfaces, sizes, transport, inner pores, RVE.
 
     Parameters
@@ -104,6 +115,12 @@ def characterise(labels: np.ndarray, voxel_size_nm, classes: Sequence[str] | Non
         Particle ids (0 = none) for per-particle sizes and aspect ratios.
     out_dir : path-like, optional
         Write ``report.json``, CSV tables, PNG plots and ``report.html`` there.
+    probabilities : (K, Z, Y, X) ndarray, optional
+        Class probabilities of ``labels`` (ids ``1..K``): every number of the steps in
+        :data:`seglearn.characterise.intervals.SLOW_STEPS` gets a 95 % interval from segmentations
+        drawn from them (option ``intervals``; :mod:`seglearn.characterise.intervals`).
+    tables_out : dict, optional
+        Filled with the CSV tables (name -> rows).
     **options
         See :data:`DEFAULTS` / ``configs/characterise.yaml`` (e.g. ``steps=["fractions"]``,
         ``tortuosity={"directions": ["z", "x"]}``).
@@ -212,12 +229,9 @@ def characterise(labels: np.ndarray, voxel_size_nm, classes: Sequence[str] | Non
             rows = []
             for pid in _phase_ids(t["phases"], classes, all_ids):
                 for d in t["directions"]:
-                    r = tortuosity_factor(lab == pid, d, spacing, device=t["device"], iter_limit=t["iter_limit"],
-                                          conv_crit=t["conv_crit"])
-                    rows.append({"phase": classes[pid - 1], "direction": d, "tau": _f(r["tau"]),
-                                 "percolating": bool(np.isfinite(r["tau"])), "volume_fraction": r["volume_fraction"],
-                                 "relative_diffusivity": r["d_eff"], "iterations": r["iterations"],
-                                 "converged": r["converged"], "seconds": round(r["seconds"], 2)})
+                    r = tortuosity_factor(lab == pid, d, spacing, label=classes[pid - 1],
+                                          **{k: v for k, v in t.items() if k not in ("phases", "directions")})
+                    rows.append(tortuosity_row(classes[pid - 1], r))
             tables["tortuosity"] = rows
             rep["tortuosity"] = rows
     if "geodesic" in steps:
@@ -257,14 +271,58 @@ def characterise(labels: np.ndarray, voxel_size_nm, classes: Sequence[str] | Non
     if "particles" in steps:
         with timed("particles"):
             _particles(rep, tables, lab, instances, classes, spacing, roles, opts)
+    if probabilities is not None and int(opts["intervals"]["n_samples"]) > 0:
+        with timed("intervals"):
+            _intervals(rep, tables, lab, probabilities, spacing, classes, opts)
     rep["timings_s"]["total"] = round(time.perf_counter() - t_all, 3)
     rep["timings_cpu_s"]["total"] = round(time.process_time() - c_all, 3)
+    if tables_out is not None:
+        tables_out.update(tables)
     if out_dir is not None:
         from seglearn.characterise.report import write_report
 
         rep["outputs"] = write_report(out_dir, rep, tables, arrays, plots=opts["plots"], html=opts["html"],
                                       overwrite=bool(opts["overwrite"]))
     return rep
+
+
+def _intervals(rep, tables, lab, probabilities, spacing, classes, opts) -> None:
+    """95 % intervals from segmentations drawn from ``probabilities`` (:mod:`seglearn.characterise.intervals`)."""
+    from seglearn.characterise.intervals import add_intervals
+
+    probabilities = np.asarray(probabilities)
+    if probabilities.shape != (len(classes),) + lab.shape:
+        raise InputError(f"{opts['source'] or 'probabilities'}: probabilities of shape {probabilities.shape}, expected "
+                         f"(K={len(classes)}, Z, Y, X) = {(len(classes),) + lab.shape}")
+    keep = ("values", "pore", "active", "binder", "depth", "interfaces", "sizes", "tortuosity", "geodesic")
+    sub = {k: opts[k] for k in keep} | {"values": list(range(1, len(classes) + 1)), "progress": False}
+
+    def measure(sample, steps):
+        t: dict = {}
+        mesh = "sizes" in steps and opts["interfaces"]["mesh"]  # the fast samples count faces only
+        r = characterise(sample, spacing, classes, steps=steps, tables_out=t,
+                         **(sub | {"interfaces": {**opts["interfaces"], "mesh": mesh}}))
+        return r, t
+
+    level = logging.getLogger("seglearn").level
+    logging.getLogger("seglearn").setLevel(max(level, logging.WARNING))  # the samples' step logs are noise
+    try:
+        add_intervals(rep, tables, probabilities, measure, opts["intervals"])
+    finally:
+        logging.getLogger("seglearn").setLevel(level)
+
+
+def tortuosity_row(phase: str, r: dict) -> dict:
+    """One row of the tortuosity table: ``tau`` only when converged, else the status names the bound."""
+    tau = r["tau"]
+    status = "converged"
+    if not r["converged"]:
+        status = (f"not solved: {r['stopped_by']}" if r["tau_unconverged"] is None else
+                  f"not converged: {r['stopped_by']} (last estimate {r['tau_unconverged']:.4g}, not a result)")
+    return {"phase": phase, "direction": r["direction"], "tau": _f(tau), "status": status,
+            "percolating": bool(tau is None or np.isfinite(tau)), "volume_fraction": r["volume_fraction"],
+            "relative_diffusivity": r["d_eff"], "solver": r["solver"], "iterations": r["iterations"],
+            "flux_spread": _f(r["flux_spread"]), "converged": r["converged"], "seconds": round(r["seconds"], 2)}
 
 
 def _interfaces(rep, tables, lab, k, classes, spacing, roles, opts, volume_um3) -> None:

@@ -124,7 +124,12 @@ def make_plots(rep: dict, tables: dict, arrays: dict) -> dict[str, bytes]:
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
         mid = [(r["start_um"] + r["stop_um"]) / 2 for r in depth["regions"]]
         for c in classes:
-            ax.plot(mid, [r[f"fraction_{c}"] for r in depth["regions"]], "o-", label=c)
+            y = [r[f"fraction_{c}"] for r in depth["regions"]]
+            line, = ax.plot(mid, y, "o-", label=c)
+            if all(r.get(f"fraction_{c}_low") is not None for r in depth["regions"]):  # 95 % intervals
+                bounds = [[r[f"fraction_{c}_low"], r[f"fraction_{c}_high"]] for r in depth["regions"]]
+                err = np.abs(np.array(bounds).T - y)
+                ax.errorbar(mid, y, yerr=err, fmt="none", ecolor=line.get_color(), capsize=3)
         ax.set_xlabel(f"depth along {depth['axis']} (µm)")
         ax.set_ylabel("volume fraction")
         ax.set_title("Volume fraction per depth region")
@@ -134,7 +139,12 @@ def make_plots(rep: dict, tables: dict, arrays: dict) -> dict[str, bytes]:
     if sd and sd["phases"]:
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
         for name, p in sd["phases"].items():
-            ax.plot(2 * np.asarray(p["radius_um"]), p["opened"], "o-", ms=3, label=f"{name}")
+            line, = ax.plot(2 * np.asarray(p["radius_um"]), p["opened"], "o-", ms=3, label=f"{name}")
+            rows = [r for r in tables.get("size_distribution") or [] if r["phase"] == name
+                    and r.get("opened_fraction_low") is not None]
+            if rows:  # 95 % band of the curve
+                ax.fill_between([r["diameter_um"] for r in rows], [r["opened_fraction_low"] for r in rows],
+                                [r["opened_fraction_high"] for r in rows], color=line.get_color(), alpha=0.2, lw=0)
         ax.set_xlabel("diameter (µm)")
         ax.set_ylabel("volume fraction with local thickness ≥ d")
         ax.set_title("Continuous size distribution (granulometry)")
@@ -216,7 +226,48 @@ def make_plots(rep: dict, tables: dict, arrays: dict) -> dict[str, bytes]:
         axes[1].hist([r["aspect_ratio"] for r in parts], bins=30)
         axes[1].set_xlabel("aspect ratio (major / minor)")
         out["particles.png"] = _fig_png(fig)
+    if rep.get("intervals"):
+        out["intervals.png"] = _interval_plot(rep)
     return out
+
+
+def _interval_plot(rep: dict) -> bytes:
+    """Fractions, specific surface areas and tortuosity factors per phase with their 95 % intervals."""
+    import matplotlib.pyplot as plt
+
+    vals = rep["intervals"]["values"]
+    panels = [("volume fraction", "fractions/{}/fraction"), ("specific surface area (µm⁻¹, mesh or faces)", None),
+              ("tortuosity factor τ", "tortuosity/{}/tau")]
+    classes = rep["input"]["classes"]
+    dirs = sorted({k.split("/")[2] for k in vals if k.startswith("tortuosity/") and k.endswith("/tau")})
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for ax, (title, pat) in zip(axes, panels):
+        names, keys = [], []
+        for c in classes:
+            if pat is None:
+                k = f"surface/{c}/ssa_mesh_per_um"
+                keys.append(k if k in vals and vals[k]["value"] is not None else f"surface/{c}/ssa_faces_per_um")
+                names.append(c)
+            elif "tortuosity" in pat:
+                for d in dirs:
+                    keys.append(f"tortuosity/{c}/{d}/tau")
+                    names.append(f"{c} {d}")
+            else:
+                keys.append(pat.format(c))
+                names.append(c)
+        for i, (n, k) in enumerate(zip(names, keys)):
+            iv = vals.get(k)
+            if not iv or iv["value"] is None:
+                continue
+            ax.plot(iv["value"], i, "o", color="C0")
+            if iv["low"] is not None:
+                ax.plot([iv["low"], iv["high"]], [i, i], "-", color="C0", lw=2)
+                ax.plot([iv["low"], iv["high"]], [i, i], "|", color="C0", ms=10)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_ylim(-0.7, len(names) - 0.3)
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"Point estimate (argmax) and {100 * rep['intervals']['level']:g} % interval", fontsize=10)
+    return _fig_png(fig)
 
 
 # ------------------------------------------------------------------------------------------ html
@@ -262,7 +313,7 @@ def render_html(rep: dict, tables: dict, images: dict[str, bytes]) -> str:
          img("fractions_by_depth.png", "fraction vs depth")),
         ("Interfaces", "interfaces", None, ""),
         ("Specific surface area", "surface", None, ""),
-        ("Tortuosity factor (taufactor)", "tortuosity", None, ""),
+        ("Tortuosity factor (a solve stopped by a bound shows no value: see status)", "tortuosity", None, ""),
     ]
     for title, key, cols, extra in sections:
         if tables.get(key):
@@ -301,6 +352,17 @@ def render_html(rep: dict, tables: dict, images: dict[str, bytes]) -> str:
         parts.append(f"<h2>Particles ({p['count']}, from {p['source']})</h2>"
                      + _table([{"quantity": k, **(v or {})} for k, v in p.items() if isinstance(v, dict) or v is None])
                      + img("particles.png", "particles"))
+    iv = rep.get("intervals")
+    if iv:
+        parts.append(f"<h2>Uncertainty intervals ({100 * iv['level']:g} %)</h2><p>{html.escape(iv['method'])}: "
+                     f"{iv['n_samples']} segmentations drawn from the probabilities ({iv['n_samples_slow']} of them "
+                     f"also for meshes, sizes and tortuosity), noise correlated over "
+                     f"{' × '.join(f'{v:g}' for v in iv['correlation_length_voxels'])} voxels (z, y, x). "
+                     f"Every table above has <code>_low</code> / <code>_high</code> columns; value = the argmax "
+                     f"segmentation (docs/characterise.md).</p>"
+                     + img("intervals.png", "intervals")
+                     + _table(tables.get("intervals") or [], ["number", "value", "low", "high", "mean", "std", "n"],
+                              limit=200))
     parts.append("<h2>Timings (s)</h2>" + _table([rep.get("timings_s", {})]))
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}"

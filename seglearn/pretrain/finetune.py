@@ -23,8 +23,9 @@ Rules (documented in ``docs/pretrain.md``):
   linear probe (logistic regression) on the base model's frozen features under the scribbles
   (``class_map`` records which base class each dataset class resembles), and the old 3-class head
   stays as an auxiliary head trained on the synthetic batches.
-- **Grey levels.** Base models read 8-bit grey values on a fixed scale; other data (16-bit) are
-  mapped to that scale by robust percentiles fitted on the dataset, stored in the checkpoint.
+- **Grey levels.** Base models read 8-bit grey values on a fixed scale; other data (0..1 floats,
+  16-bit, signed) are mapped onto it by :func:`scaled_inputs` (:mod:`seglearn.io.intensity`, the
+  rule ``predict.py`` applies too); the decision goes to ``finetune_summary.json``.
 - **Noise.** A detector noisier (relative to its class contrast under the scribbles) than 90 % of
   the base model's phantoms is smoothed in-plane down to their median noise
   (:mod:`seglearn.pretrain.noise`, ``denoise: auto``); the smoothing is stored in the checkpoint
@@ -41,11 +42,12 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from seglearn.errors import InputError, OutputExistsError
+from seglearn.pretrain.blend import defaults as blend_defaults
 from seglearn.precision import precision_record, resolve_bf16
 
 log = logging.getLogger("seglearn")
@@ -58,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "match_geometry": False, "ranges": None, "runs": "auto", "denoise": "auto",
     "freeze_bn": "auto", "adapt_bn": "auto",
 }
+DEFAULTS.update(blend_defaults())  # the blend settings' one home is configs/pretrain/finetune.yaml
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "finetune.yaml"
 
 
@@ -100,18 +103,29 @@ def select_detectors(meta: Mapping, detectors: Sequence[str], *, detector: str |
     return [detectors.index(d) for d in base], base
 
 
-def grey_ranges(images: np.ndarray, n_derived: int) -> list[list[float]]:
-    """Normalisation ranges mapping the dataset's grey values onto the base model's 8-bit scale."""
-    from seglearn.pretrain.stream import DETECTOR_RANGE, DIFF_RANGE
+def scaled_inputs(ck: Mapping, images: np.ndarray, detectors: Sequence[str], *, detector: str | None = None,
+                  name: str = "dataset") -> tuple[np.ndarray, list[str], dict]:
+    """The dataset's detectors a base model reads, in its order, on its grey scale.
 
-    if images.dtype == np.uint8 or (np.issubdtype(images.dtype, np.integer) and images.max() <= 255
-                                     and images.min() >= 0):
-        return [list(DETECTOR_RANGE) for _ in images] + [list(DIFF_RANGE) for _ in range(n_derived)]
-    from seglearn.segment.channels import fit_normalisation
+    The scale is decided once, by :func:`seglearn.io.intensity.fit_to_model` (uint8 and 0..255 data as
+    they are, 0..1 floats times 255, anything else by robust percentiles onto the model's ranges),
+    the same rule ``predict.py`` applies to the volumes it is given.
 
-    r = fit_normalisation(images, (0.1, 99.9))
-    span = float(np.mean([hi - lo for lo, hi in r]))
-    return r + [[-span / 2, span / 2] for _ in range(n_derived)]
+    Returns
+    -------
+    raw : (C', Z, Y, X) ndarray
+        ``images`` of the selected detectors, float32 unless read as they are.
+    names : list of str
+        Detector names for the fine-tuned checkpoint (:func:`select_detectors`).
+    record : dict
+        The decision (dtype, statistics, map), for ``finetune_summary.json``.
+    """
+    from seglearn.io.intensity import apply_map, fit_array
+
+    idx, names = select_detectors(ck["meta"], detectors, detector=detector, where=name)
+    raw = np.asarray(images)[idx]
+    scaled, record = fit_array(dict(ck), raw, list(ck["meta"]["detectors"]), where=name)
+    return apply_map(raw, scaled["meta"]["normalisation"].get("input_map")), names, record
 
 
 def class_medians(x: np.ndarray, labels: np.ndarray, n_classes: int, *, min_voxels: int = 20) -> np.ndarray:
@@ -292,6 +306,14 @@ def _adapt(ckpt: Path, images: np.ndarray, detectors: Sequence[str], s: Mapping,
     return adapt_bn(ckpt, images, detectors, alpha=alpha, patch=int(s["patch"]), seed=int(s["seed"]))
 
 
+def _judge_split(train: np.ndarray, test: np.ndarray | None, s: Mapping) -> tuple[np.ndarray, np.ndarray]:
+    """The scribbles the first run trained on and the labels it validated on (as :func:`finetune` splits)."""
+    train = np.asarray(train).astype(np.uint8)
+    if test is not None and (np.asarray(test) > 0).any():
+        return train, np.asarray(test).astype(np.uint8)
+    return split_scribbles(train, fraction=float(s["val_fraction"]), tile=int(s["val_tile"]), seed=int(s["seed"]))
+
+
 def finetune_runs(init: str | Path, images: np.ndarray, detectors: Sequence[str], train: np.ndarray,
                   out_dir: str | Path, *, settings: Mapping, overwrite: bool = False, **kwargs) -> dict:
     """``settings["runs"]`` fine-tunings (seeds ``seed, seed + 1, ...``: each its own held-out
@@ -303,6 +325,7 @@ def finetune_runs(init: str | Path, images: np.ndarray, detectors: Sequence[str]
     Arguments as :func:`finetune`; returns its keys, with ``steps`` summed, ``best_step`` a list,
     ``val_awe_zero_shot`` and ``best_val_awe`` means over the runs, and ``runs`` each run's result.
     """
+    from seglearn.pretrain.blend import attach as attach_blend
     from seglearn.pretrain.soup import average_checkpoints
 
     s = settings_from(settings)
@@ -312,15 +335,38 @@ def finetune_runs(init: str | Path, images: np.ndarray, detectors: Sequence[str]
         raise OutputExistsError(f"{out_dir}: already holds best.ckpt; pass overwrite=true to replace it")
     t0 = time.perf_counter()
     results = []
+    on_step = kwargs.pop("on_step", None)
     for i in range(n):
         log.info("fine-tuning run %d of %d (seed %d)", i + 1, n, int(s["seed"]) + i)
         run = {**s, "runs": 1, "seed": int(s["seed"]) + i, "max_minutes": float(s["max_minutes"]) / n,
-               "adapt_bn": "off"}  # the average is adapted once, below
+               "adapt_bn": "off", "blend": "off"}  # the average is adapted and blended once, below
+        hook = None if on_step is None else (lambda info, i=i: on_step({**info, "run": i, "runs": n}))
         results.append(finetune(init, images, detectors, train, out_dir / "runs" / f"run{i}", settings=run,
-                                overwrite=True, **kwargs))
-    ck = average_checkpoints([r["best_ckpt"] for r in results], out_dir / "best.ckpt", overwrite=True,
-                             section="finetune")
-    adapted = _adapt(ck, images, detectors, s, frozen=bool(results[0]["freeze_bn"]))
+                                overwrite=True, on_step=hook, **kwargs))
+        if results[-1].get("stopped"):  # stopped by on_step: average the runs done so far
+            break
+    if len(results) > 1:
+        ck = average_checkpoints([r["best_ckpt"] for r in results], out_dir / "best.ckpt", overwrite=True,
+                                 section="finetune")
+    else:  # stopped during the first run: its best weights are the model
+        import shutil
+
+        from seglearn.io.atomic import atomic_path
+
+        ck = out_dir / "best.ckpt"
+        with atomic_path(ck, overwrite=True) as tmp:
+            shutil.copyfile(results[0]["best_ckpt"], tmp)
+    from seglearn.ckpt import load_checkpoint
+
+    raw, names, _ = scaled_inputs(load_checkpoint(init, kind="unet"), images, detectors, detector=s["detector"],
+                                  name=str(kwargs.get("name", "dataset")))
+    adapted = _adapt(ck, raw, names, s, frozen=bool(results[0]["freeze_bn"]))
+    blended = None
+    if not results[-1].get("stopped"):  # judged by the first run's network on the scribbles it held out
+        fit, val = _judge_split(train, kwargs.get("test"), s)
+        blended = attach_blend(ck, raw, names, np.asarray(train).astype(np.uint8), fit_labels=fit, val_labels=val,
+                               judge_ckpt=results[0]["best_ckpt"], settings=s,
+                               voxel_size_nm=kwargs.get("voxel_size_nm"))
     keep = ("steps", "best_step", "best_val_awe", "val_awe_zero_shot", "seconds")
     result = {"best_ckpt": str(ck), "val_source": results[0]["val_source"],
               "val_awe_zero_shot": round(float(np.mean([r["val_awe_zero_shot"] for r in results])), 3),
@@ -328,7 +374,8 @@ def finetune_runs(init: str | Path, images: np.ndarray, detectors: Sequence[str]
               "best_step": [r["best_step"] for r in results], "steps": int(sum(r["steps"] for r in results)),
               "seconds": round(time.perf_counter() - t0, 1), "class_map": results[0]["class_map"],
               "denoise": results[0]["denoise"], "freeze_bn": results[0]["freeze_bn"], "adapt_bn": adapted,
-              "runs": [{k: r[k] for k in keep} for r in results]}
+              "runs": [{k: r[k] for k in keep} for r in results], "stopped": bool(results[-1].get("stopped")),
+              "intensity": results[0]["intensity"], "blend": blended}
     (out_dir / "finetune_summary.json").write_text(json.dumps(result, indent=2))
     log.info("averaged %d fine-tuned runs in %.0f s (best steps %s): wrote %s", n, result["seconds"],
              result["best_step"], ck)
@@ -338,7 +385,8 @@ def finetune_runs(init: str | Path, images: np.ndarray, detectors: Sequence[str]
 def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], train: np.ndarray, out_dir: str | Path, *,
              classes: Sequence[str] | None = None, voxel_size_nm: Sequence[float] | None = None,
              test: np.ndarray | None = None, settings: Mapping | None = None, overwrite: bool = False,
-             name: str = "arrays", preprocess: Mapping | None = None) -> dict:
+             name: str = "arrays", preprocess: Mapping | None = None,
+             on_step: Callable[[dict], bool | None] | None = None) -> dict:
     """Fine-tune a base model on sparse labels; writes ``out_dir/best.ckpt`` (``kind="unet"``).
 
     Parameters
@@ -361,20 +409,29 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
     preprocess : mapping, optional
         The checkpoint entry of the preprocessing already applied to ``images`` and the labels
         (:func:`seglearn.preprocess.stage.preprocess_loaded`); ``predict.py`` re-applies it.
+    on_step : callable, optional
+        Called after every step with ``{"step", "max_steps", "loss"}`` (+ ``"run", "runs"`` when
+        several runs are averaged); returning True stops training there (the best weights so far
+        are kept and written, ``stopped`` is True in the result). The napari widget's progress bar
+        and Cancel button.
 
     Returns
     -------
     dict
         ``best_ckpt``, ``val_awe_zero_shot``, ``best_val_awe``, ``best_step``, ``steps``, ``seconds``,
-        ``class_map``, ``val_source``.
+        ``class_map``, ``val_source``, ``stopped``.
     """
     import copy
 
     import torch
 
     from seglearn.ckpt import load_checkpoint, save_checkpoint
+    from seglearn.segment.calibrate import calibration_record
 
     s = settings_from(settings)
+    from seglearn.pretrain.blend import check_mode
+
+    check_mode(s["blend"])  # a bad setting fails before the training
     ck = load_checkpoint(init, kind="unet")
     base_meta = ck["meta"]
     if s["runs"] == "auto":  # several runs averaged only where the base model's head is kept
@@ -382,9 +439,11 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
         s["runs"] = AUTO_RUNS if resolve_classes(base_classes, np.asarray(train), test, classes) == base_classes else 1
     if int(s["runs"]) > 1:
         return finetune_runs(init, images, detectors, train, out_dir, classes=classes, voxel_size_nm=voxel_size_nm,
-                             test=test, settings=s, overwrite=overwrite, name=name, preprocess=preprocess)
+                             test=test, settings=s, overwrite=overwrite, name=name, preprocess=preprocess,
+                             on_step=on_step)
 
     from seglearn.metrics import score
+    from seglearn.pretrain.blend import attach as attach_blend
     from seglearn.pretrain.noise import resolve_smoothing
     from seglearn.pretrain.stream import PhantomPatchStream
     from seglearn.pretrain.train import make_randomiser
@@ -408,16 +467,15 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
                          f"do not agree; expected (C, Z, Y, X) and (Z, Y, X)")
     if not (train > 0).any():
         raise InputError(f"{name}: the training labels hold no scribble (all 0)")
-    idx, names = select_detectors(base_meta, detectors, detector=s["detector"], where=name)
     base_classes = list(base_meta["classes"])
     classes = resolve_classes(base_classes, train, test, classes)
     k_user = len(classes)
     same_head = classes == base_classes
 
     # channels on the base model's scale
-    raw = images[idx]
+    raw, names, intensity = scaled_inputs(ck, images, detectors, detector=s["detector"], name=name)
     base_dets, derived = list(base_meta["detectors"]), list(base_meta.get("derived", []))
-    ranges = grey_ranges(raw, len(derived))
+    ranges = [[float(v) for v in r] for r in base_meta["normalisation"]["ranges"]]
     smooth, noise_info = resolve_smoothing(s["denoise"], base_meta, raw, train)
     if any(v > 0 for v in smooth):
         log.info("%s: smoothing the detectors %s in-plane with sigma %s px (%s)", name, base_dets, smooth,
@@ -481,6 +539,7 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
             syn_ranges.update(voxel_xy_nm=[xy, xy], anisotropy=[vz / xy, vz / xy])
         rnd = make_randomiser({"detectors": base_dets, "ranges": syn_ranges, "sources": None,
                                "p_real": pre.get("p_real", 0.3), "p_flat": pre.get("p_flat", 0.15),
+                               "p_family_b": pre.get("p_family_b", 0.0),
                                "phantom_shape": s["phantom_shape"]})
         target = class_medians(x[:len(base_dets)], fit_labels, len(base_classes)) if same_head else None
         stream = iter(PhantomPatchStream(rnd, derived=derived, patch=min(patch, *rnd.shape[1:]), halo=halo,
@@ -521,8 +580,8 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
     log.info("fine-tuning %s on %s (%d classes, %s, val on %s): zero-shot validation awe %.2f %%", init, name, k_user,
              "same head" if same_head else f"new head (linear probe; resembles base classes {cmap})", val_source, zero_shot)
     train_mode()
-    step = 0
-    while step < max_steps and time.perf_counter() - t0 < budget:
+    step, stopped = 0, False
+    while step < max_steps and time.perf_counter() - t0 < budget and not stopped:
         ub = [_user_patch(x, fit_labels, coords, patch, halo, rng) for _ in range(n_user)]
         sb = [next(stream) for _ in range(n_syn)] if stream is not None else []
         xb = torch.from_numpy(np.stack([b[0] for b in ub + sb]))
@@ -553,7 +612,11 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
         loss.backward()
         opt.step()
         step += 1
-        if step % every == 0 or step == max_steps:
+        stopped = bool(on_step is not None and on_step({"step": step, "max_steps": max_steps,
+                                                        "loss": float(loss.detach())}))
+        if stopped:
+            log.info("fine-tuning stopped at step %d by the caller", step)
+        if step % every == 0 or step == max_steps or (stopped and step % every):
             awe = validate()
             history.append({"step": step, "val_awe": round(awe, 3), "loss": round(float(loss.detach()), 4)})
             log.info("step %d (%.0f s): loss %.4f, validation awe %.2f %%", step, time.perf_counter() - t0,
@@ -576,7 +639,8 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
     meta["derived"] = [f"{names[base_dets.index(a)]}-{names[base_dets.index(b)]}" for a, b in
                        (d.split("-") for d in derived)]
     meta["channels"] = meta["detectors"] + meta["derived"]
-    meta["normalisation"] = {"method": "fixed", "percentiles": None, "ranges": ranges}
+    meta["normalisation"] = {"method": base_meta["normalisation"].get("method", "fixed"),
+                             "percentiles": base_meta["normalisation"].get("percentiles"), "ranges": ranges}
     if any(v > 0 for v in smooth):
         meta["normalisation"]["smooth"] = [float(v) for v in smooth]
     meta["classes"] = classes
@@ -585,15 +649,22 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
     result = {"best_ckpt": str(out_dir / "best.ckpt"), "val_source": val_source, "val_awe_zero_shot": round(zero_shot, 3),
               "best_val_awe": round(best, 3), "best_step": best_step, "steps": step, "seconds": round(seconds, 1),
               "class_map": None if same_head else [base_classes[c] for c in cmap], "history": history,
-              "denoise": noise_info, "freeze_bn": freeze_bn, "precision": precision_record("cpu", bf16)}
+              "denoise": noise_info, "freeze_bn": freeze_bn, "precision": precision_record("cpu", bf16),
+              "stopped": stopped, "intensity": intensity}
     meta["train"] = {"dataset": name, "seed": int(s["seed"]), "val_source": val_source,
                      "val": {"awe": round(best, 3)}, "global_step": step}
     meta["finetune"] = {"init": str(init), "settings": {k: v for k, v in s.items()}, **{k: v for k, v in result.items()
                                                                                           if k != "best_ckpt"}}
     meta["preprocess"] = dict(preprocess) if preprocess else None
+    net.eval()  # temperature fitted on the held-out labels, applied by the Segmenter (seglearn/segment/calibrate.py)
+    meta["calibration"] = calibration_record(predict_slices(net, x, val_z, halo, bf16=bf16), val_labels[val_z], axis=1,
+                                             source=val_source)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out_dir / "best.ckpt", kind="unet", state_dict=net.state_dict(), meta=meta, overwrite=True)
-    result["adapt_bn"] = _adapt(out_dir / "best.ckpt", images, detectors, s, frozen=freeze_bn)
+    result["adapt_bn"] = _adapt(out_dir / "best.ckpt", raw, names, s, frozen=freeze_bn)
+    result["blend"] = None if stopped else attach_blend(
+        out_dir / "best.ckpt", raw, names, train, fit_labels=fit_labels, val_labels=val_labels,
+        judge_ckpt=out_dir / "best.ckpt", settings=s, voxel_size_nm=voxel_size_nm)
     (out_dir / "finetune_summary.json").write_text(json.dumps(result, indent=2))
     log.info("fine-tuned in %.0f s (%d steps): validation awe %.2f %% (zero-shot %.2f %%, best at step %d); wrote %s",
              seconds, step, best, zero_shot, best_step, out_dir / "best.ckpt")

@@ -35,11 +35,12 @@ def resolve_device(device: str = "auto"):
     return torch.device(device)
 
 
-def torch_net_fn(net, device, *, bf16: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+def torch_net_fn(net, device, *, bf16: bool = False, temperature: float = 1.0) -> Callable[[np.ndarray], np.ndarray]:
     """Wrap a network as ``(B, C, Z, Y, X)`` numpy -> softmax probabilities ``(B, K, z, Y, X)`` numpy.
 
     The input is cast to the network's weight dtype (a bfloat16 :func:`~seglearn.segment.net.inference_copy`
-    takes bf16 input); ``bf16`` adds autocast around an fp32 network. Softmax is computed in fp32.
+    takes bf16 input); ``bf16`` adds autocast around an fp32 network. Softmax is computed in fp32, of
+    ``logits / temperature`` (the checkpoint's calibration, :mod:`seglearn.segment.calibrate`).
     """
     import torch
 
@@ -50,7 +51,7 @@ def torch_net_fn(net, device, *, bf16: bool = False) -> Callable[[np.ndarray], n
         t = torch.from_numpy(np.ascontiguousarray(batch)).to(device=device, dtype=dtype)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             logits = net(t)
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return torch.softmax(logits.float() / float(temperature), dim=1).cpu().numpy()
 
     return fn
 
@@ -92,10 +93,11 @@ class Segmenter:
         The checkpoint's metadata.
     """
 
-    def __init__(self, net, meta: Mapping, *, device: str = "auto", bf16: bool | str | None = None):
+    def __init__(self, net, meta: Mapping, *, device: str = "auto", bf16: bool | str | None = None, blend=None):
         import torch
 
         from seglearn.precision import resolve_bf16
+        from seglearn.segment.calibrate import temperature_of
         from seglearn.segment.net import inference_copy
 
         self.meta = dict(meta)
@@ -115,6 +117,13 @@ class Segmenter:
         self.ranges = [list(r) for r in meta["normalisation"]["ranges"]]
         #: in-plane Gaussian sigma per detector applied before the network (set by noise-matched fine-tuning)
         self.smooth = meta["normalisation"].get("smooth")
+        #: per-detector ``gain`` / ``offset`` putting this volume's raw values on the model's scale
+        #: (:func:`seglearn.io.intensity.fit_to_model`); None = read as they are
+        self.input_map = meta["normalisation"].get("input_map")
+        #: a forest whose probabilities are blended with the network's (:class:`seglearn.pretrain.blend.Blend`), or None
+        self.blend = blend
+        #: softmax temperature fitted on held-out labels (``meta["calibration"]``); 1.0 for older checkpoints
+        self.temperature = temperature_of(self.meta)
 
     @property
     def n_classes(self) -> int:
@@ -143,14 +152,16 @@ class Segmenter:
 
     def prepare(self, raw: np.ndarray) -> np.ndarray:
         """Raw detector images ``(C, z, Y, X)`` in :attr:`detectors` order -> normalised channels."""
+        from seglearn.io.intensity import apply_map
         from seglearn.segment.channels import apply_normalisation, compute_channels
 
+        raw = apply_map(raw, self.input_map)
         return apply_normalisation(compute_channels(raw, self.detectors, self.derived, self.smooth), self.ranges)
 
     def iter_proba(self, read_raw: Callable[[int, int], np.ndarray], shape: Sequence[int], *,
                    block_slices: int | None = None, tile=None, overlap=None, border=None, batch_size=None,
                    progress: bool = False, blocks: Sequence[int] | None = None,
-                   tta: str | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                   tta: str | None = None, band_rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """Probabilities block by block of slices, reading the input on demand.
 
         Parameters
@@ -166,13 +177,16 @@ class Segmenter:
         tta : {"none", "flips", "dihedral"}, optional
             Test-time augmentation (:mod:`seglearn.segment.tta`; 4 or 8 passes per tile); default the
             checkpoint's ``inference.tta``, else none.
+        band_rows : int, optional
+            Predict each block in bands of this many rows (plus a margin of context each side),
+            for slices too large to hold whole (:func:`seglearn.segment.memory.plan_blocks`).
 
         Yields
         ------
         z0 : int
         probs : (K, zb, Y, X) float32 ndarray
         """
-        from seglearn.segment.tiling import predict_slab
+        from seglearn.segment.tiling import predict_banded
 
         n = int(shape[0])
         kw = inference_kwargs(self.meta, self.net, tile=tile, overlap=overlap, border=border, batch_size=batch_size)
@@ -181,7 +195,7 @@ class Segmenter:
             context = max(kw["tile"][0] // 2, 1)
         from seglearn.segment.tta import tta_net_fn
 
-        fn = tta_net_fn(torch_net_fn(self.fast_net, self.device), self.tta_mode(tta))
+        fn = tta_net_fn(torch_net_fn(self.fast_net, self.device, temperature=self.temperature), self.tta_mode(tta))
         block = int(block_slices) if block_slices else n
         starts = list(range(0, n, block))
         if blocks is not None:
@@ -195,8 +209,17 @@ class Segmenter:
         try:
             for z0 in starts:
                 z1 = min(n, z0 + block)
-                yield z0, predict_slab(fn, lambda a, b: self.prepare(read_raw(a, b)), n, z0, z1, halo_z=self.net.halo,
-                                       context_z=context, progress=progress and not many, **kw)
+                probs = predict_banded(fn, lambda a, b: self.prepare(read_raw(a, b)), n, z0, z1, halo_z=self.net.halo,
+                                       context_z=context, progress=progress and not many, band_rows=band_rows,
+                                       height=int(shape[1]),
+                                       prepare_band=lambda a, b, y0, y1: self.prepare(read_raw(a, b)[..., y0:y1, :]),
+                                       **kw)
+                if self.blend is not None:  # the forest reads the detectors on the network's grey scale
+                    from seglearn.io.intensity import apply_map
+
+                    forest = self.blend.forest_proba(lambda a, b: apply_map(read_raw(a, b), self.input_map), n, z0, z1)
+                    probs = self.blend.apply(probs, forest)
+                yield z0, probs
                 if bar is not None:
                     bar.update(z1 - z0)
         finally:
@@ -246,7 +269,9 @@ def segmenter_from_checkpoint(ckpt: Mapping, *, device: str = "auto", bf16: bool
     if missing or unexpected:
         raise InputError(f"checkpoint weights do not fit its network config (missing {list(missing)[:3]}, "
                          f"unexpected {list(unexpected)[:3]})")
-    return Segmenter(net, meta, device=device, bf16=bf16)
+    from seglearn.pretrain.blend import from_checkpoint
+
+    return Segmenter(net, meta, device=device, bf16=bf16, blend=from_checkpoint(ckpt))
 
 
 def load_segmenter(ckpt_path: str | os.PathLike, *, device: str = "auto", bf16: bool | None = None) -> Segmenter:

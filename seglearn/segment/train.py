@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -53,8 +54,62 @@ def _check_out_dir(out_dir: Path, overwrite: bool, resume: str | None, clean: bo
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def fit(cfg, ds) -> dict:
+def _check_resume(resume: str, meta: dict) -> None:
+    """Refuse to resume from a checkpoint of another network, class list, channel set or dataset (one line)."""
+    from seglearn.ckpt import load_checkpoint
+
+    ck = load_checkpoint(resume, kind="unet")  # validated: keys, sizes, shapes
+    if "optimizer_states" not in ck or "loops" not in ck:
+        raise InputError(f"{resume}: holds weights only, not a training state to resume; resume from the run's "
+                         f"last.ckpt, or fine-tune it with init=")
+    old = ck["meta"]
+    net_old = {k: v for k, v in old["net"].items() if k != "channels_last"}
+    net_new = {k: v for k, v in meta["net"].items() if k != "channels_last"}
+    if net_old != net_new:
+        diff = sorted(k for k in set(net_old) | set(net_new) if net_old.get(k) != net_new.get(k))
+        raise InputError(f"{resume}: checkpoint network differs from this run's in "
+                         f"{', '.join(f'{k} ({net_old.get(k)!r} vs {net_new.get(k)!r})' for k in diff[:3])}; "
+                         f"resume with the run's own settings")
+    for key in ("classes", "channels"):
+        if list(old.get(key) or []) != list(meta[key]):
+            raise InputError(f"{resume}: checkpoint {key} {old.get(key)} differ from this run's {meta[key]}")
+    tr_old, tr_new = old.get("train") or {}, meta["train"]
+    same_root = str(tr_old.get("dataset")) == str(tr_new["dataset"])
+    ranges_old = np.asarray((old.get("normalisation") or {}).get("ranges") or [], dtype=float)
+    ranges_new = np.asarray(meta["normalisation"]["ranges"], dtype=float)
+    same_data = (tr_old.get("dataset_name") == tr_new["dataset_name"] and ranges_old.shape == ranges_new.shape
+                 and np.allclose(ranges_old, ranges_new, rtol=1e-6))
+    if not (same_root or same_data):
+        raise InputError(f"{resume}: checkpoint was trained on dataset {tr_old.get('dataset_name')!r} "
+                         f"({tr_old.get('dataset')}), this run uses {tr_new['dataset_name']!r} ({tr_new['dataset']}); "
+                         f"resume only on the same data, or train into a new out_dir")
+
+
+def _discard(out_dir: Path, trainer, created: bool) -> None:
+    """Remove the out_dir a failed run created, unless it holds a checkpoint to resume from."""
+    if created and trainer.is_global_zero and not any(out_dir.glob("*.ckpt")):
+        import shutil
+
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _check_produced(out_dir: Path, trainer, created: bool) -> None:
+    """Refuse a run that trained no step or wrote no best.ckpt (and remove the folder it created for nothing)."""
+    best = out_dir / "best.ckpt"
+    steps = int(trainer.global_step)
+    if steps > 0 and best.is_file():
+        return
+    _discard(out_dir, trainer, created)
+    why = "ran 0 steps" if steps == 0 else f"ran {steps} steps but wrote no {best.name}"
+    kept = "last.ckpt is kept" if (out_dir / "last.ckpt").is_file() else "nothing was saved"
+    raise SeglearnError(f"{out_dir}: training {why}; {kept} (no training batches or no validation? check "
+                        f"trainer.devices, trainer.limit_train_batches, trainer.max_time and the labels)")
+
+
+def fit(cfg, ds, callbacks_extra: Sequence = ()) -> dict:
     """Train a U-Net on a loaded :class:`~seglearn.data.Dataset` as configured by ``cfg``.
+
+    ``callbacks_extra``: more Lightning callbacks (the napari widget's progress bar and Cancel).
 
     Returns
     -------
@@ -80,7 +135,7 @@ def fit(cfg, ds) -> dict:
     resume = cfg.get("ckpt_path")
     if resume and not Path(str(resume)).is_file():
         raise InputError(f"{resume}: ckpt_path to resume from does not exist")
-    _check_out_dir(out_dir, bool(cfg.get("overwrite", False)), resume)
+    _check_out_dir(out_dir, bool(cfg.get("overwrite", False)), resume, clean=False)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     trainer_cfg, channels_last = _resolve_auto(_plain(cfg.trainer), m.get("channels_last", "auto"))
 
@@ -123,6 +178,10 @@ def fit(cfg, ds) -> dict:
     max_steps = int(trainer_cfg.get("max_steps", -1))
     if max_steps <= 0:
         raise InputError(f"trainer.max_steps={max_steps}: the U-Net trains for a step budget; give a positive number")
+    if resume:
+        _check_resume(str(resume), meta)  # before anything is written
+    created = not out_dir.exists()
+    _check_out_dir(out_dir, bool(cfg.get("overwrite", False)), resume)
     module = SegModule(meta, lr=float(m.optim.lr), weight_decay=float(m.optim.weight_decay), max_steps=max_steps,
                        dice=float(loss.get("dice", 0.0) or 0.0), weights=class_weights(loss.get("class_weights"), dm.class_counts))
     es = _plain(m.get("early_stopping")) or {}
@@ -136,8 +195,8 @@ def fit(cfg, ds) -> dict:
         callbacks.append(EarlyStopping(monitor="val/awe", mode="min", patience=int(es["patience"]),
                                        min_delta=float(es.get("min_delta", 0.0)), check_on_train_epoch_end=False))
     logger = CSVLogger(save_dir=str(out_dir), name="logs", version="")
-    trainer = L.Trainer(callbacks=callbacks, logger=logger, default_root_dir=str(out_dir), num_sanity_val_steps=0,
-                        **trainer_cfg)
+    trainer = L.Trainer(callbacks=callbacks + list(callbacks_extra), logger=logger, default_root_dir=str(out_dir),
+                        num_sanity_val_steps=0, **trainer_cfg)
     n_params = sum(p.numel() for p in module.parameters())
     log.info("training a %s U-Net (%d parameters, %s) on %s for at most %d steps, out_dir %s", mode, n_params,
              trainer_cfg.get("precision"), ds.name, max_steps, out_dir)
@@ -147,8 +206,14 @@ def fit(cfg, ds) -> dict:
         trainer.fit(module, datamodule=dm, **fit_kwargs)
     except SystemExit:  # Lightning's SIGTERMException: stopped by a scheduler or kill
         if not trainer.received_sigterm:
+            _discard(out_dir, trainer, created)
             raise
+    except BaseException:
+        _discard(out_dir, trainer, created)
+        raise
     seconds = time.perf_counter() - t0
+    if not trainer.received_sigterm:
+        _check_produced(out_dir, trainer, created)
     if trainer.received_sigterm:
         # keep the exact step (written atomically), then exit non-zero
         trainer.save_checkpoint(out_dir / "last.ckpt", weights_only=False)
