@@ -72,6 +72,23 @@ def test_train_needs_instances(tmp_path):
         train(cfg)
 
 
+def test_train_that_ran_no_step_fails_and_writes_nothing(tiny_dataset, tmp_path, monkeypatch):
+    """A trainer that ends without a step (e.g. devices it cannot use) must not save the random weights."""
+    import lightning.pytorch as lp
+    import yaml
+
+    from seglearn.errors import SeglearnError
+    from seglearn.instances.train import train
+
+    monkeypatch.setattr(lp.Trainer, "fit", lambda self, *a, **k: None)  # returns at once: 0 steps
+    model = {**yaml.safe_load((ROOT / "configs" / "model" / "stardist.yaml").read_text()), **TINY}
+    cfg = OmegaConf.create({"data": {"root": str(tiny_dataset)}, "out_dir": str(tmp_path / "o"), "model": model,
+                            "progress": False})
+    with pytest.raises(SeglearnError, match="ran 0 steps; nothing was saved") as e:
+        train(cfg)
+    assert "\n" not in str(e.value) and not (tmp_path / "o").exists()
+
+
 def test_predict_writes_instances_features_preview(trained, tiny_dataset, tmp_path):
     import pandas as pd
     import tifffile

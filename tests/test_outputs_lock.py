@@ -103,6 +103,30 @@ CORPUS_CASES = [
          "test.tif", ["{out}", "{tmp}/.out.lock"], setup=_bad_test_labels, cls="outputs"),
 ]
 
+#: the other commands that write a folder of results (synth, preprocess, tofsims): same three rows each
+_FOLDER_COMMANDS = {
+    "synth": ["-m seglearn.synth", "out={out}", "shape=[6,32,32]", "n_train_slices=2", "test_gap=1"],
+    "preprocess": ["preprocess.py", "input={dataset}", "output={out}", "preprocess=none", "progress=false"],
+    "tofsims": ["tofsims.py", "input={bad[tofsims_good]}", "ions=[Ni+,C2H-]", "output={out}"],
+}
+for _cmd, _argv in _FOLDER_COMMANDS.items():
+    CORPUS_CASES += [
+        Case(f"{_cmd}-output-locked-by-another-run", _argv, "another run", ["{out}"], setup=_hold_lock,
+             cls="outputs"),
+        Case(f"{_cmd}-output-exists-no-overwrite", _argv, "overwrite=true", unchanged=["{out}"], setup=_keep,
+             cls="outputs"),
+        # valid control (that the earlier set's files are gone: test_folder_commands_replace_the_whole_set)
+        Case(f"{_cmd}-overwrite-replaces-whole-set", [*_argv, "overwrite=true"], code=0, setup=_old_set,
+             cls="outputs"),
+    ]
+
+CORPUS_CASES += [
+    Case("finetune-zero-steps", ["train.py", "data.root={dataset}", "out_dir={out}",
+                                 "init={root}/checkpoints/fibsem_base.ckpt", "+finetune.max_steps=1",
+                                 "+finetune.runs=1", "+finetune.max_minutes=1e-9", "+finetune.denoise=off"],
+         "ran 0 steps", ["{out}"], cls="false-success"),
+]
+
 
 # --------------------------------------------------------------------------- unit tests
 
@@ -244,3 +268,35 @@ def test_torchrun_prediction_into_a_locked_folder_stops_every_rank(tmp_path):
     assert res.returncode != 0
     assert res.stderr.count("seglearn: error:") == 2 and "another run" in res.stderr  # one line from each rank
     assert time.time() - t0 < 150 and not out.exists()
+
+
+@pytest.mark.parametrize("cmd", sorted(_FOLDER_COMMANDS))
+def test_folder_commands_replace_the_whole_set(cmd, tmp_path):
+    """synth / preprocess / tofsims with overwrite=true: only the new set remains, nothing beside it."""
+    import numpy as np
+    from bad_inputs import _good_dataset
+    from cli_harness import Workspace, run_cli
+
+    bad = {"tofsims_good": tmp_path / "tof"}
+    bad["tofsims_good"].mkdir()
+    for ion in ("Ni+", "C2H-"):  # as tests/bad_inputs.py writes it
+        rows = "\n".join(" ".join(str(v) for v in r) for r in np.random.default_rng(3).integers(0, 50, (16, 16)))
+        (bad["tofsims_good"] / f"{ion}.txt").write_text(f"# Ion: {ion}\n# Image size: 16 x 16\n"
+                                                       f"# Field of view: 10 um\n{rows}\n")
+    dataset = _good_dataset(tmp_path / "ds") if cmd == "preprocess" else tmp_path / "none"
+    ws = Workspace(tmp=tmp_path / "case", bad=bad, dataset=dataset)
+    ws.tmp.mkdir()
+    _old_set(ws)
+    r = run_cli([ws.fill(a) for a in _FOLDER_COMMANDS[cmd]] + ["overwrite=true"])
+    assert r.code == 0, r.stderr[-2000:]
+    names = {p.name for p in ws.out.iterdir()}
+    assert "labels.tif" in names or "dataset.yaml" in names
+    assert "probabilities.tif" not in names  # the earlier run's file went with its set
+    assert sorted(p.name for p in ws.tmp.iterdir()) == ["out"]  # no lock, no temporary folder
+    if cmd == "synth":
+        import yaml
+
+        assert yaml.safe_load((ws.out / "dataset.yaml").read_text())["name"] == "phantom"
+    if cmd == "tofsims":  # summary.json names the published folder, not the temporary one
+        outputs = json.loads((ws.out / "summary.json").read_text())["outputs"]
+        assert all(str(Path(v).parent) == str(ws.out) for k, v in outputs.items() if k != "slicegan_rgb")

@@ -92,9 +92,13 @@ def test_synth_cli_writes_dataset(tmp_path):
     assert r.returncode == 0, r.stderr
     ds = load_dataset(out, require=("train", "test"))
     assert ds.shape == (12, 48, 48) and ds.truth is not None and ds.instances is not None
+    import yaml
+
+    assert yaml.safe_load((out / "dataset.yaml").read_text())["name"] == "phantom"  # not the temporary folder's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ph"]  # no lock or temporary folder left
     r = subprocess.run([sys.executable, "-m", "seglearn.synth", f"out={out}", "shape=[12,48,48]"],
                        capture_output=True, text=True)
-    assert r.returncode != 0 and "already holds a dataset" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode != 0 and "overwrite=true" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_deep_glow_brightens_deep_pores_only_when_asked():

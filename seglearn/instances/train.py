@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seglearn.errors import InputError, OutputExistsError
+from seglearn.errors import InputError, OutputExistsError, SeglearnError
 from seglearn.instances.targets import VIEWS, fit_normalisation, normalise, relabel_slice, slice_targets, view_stack
 
 log = logging.getLogger("seglearn")
@@ -256,6 +256,11 @@ def train(cfg) -> dict:
                         max_time={"minutes": float(p["max_minutes"])}, enable_progress_bar=bool(_get(cfg, "progress", True)),
                         deterministic=False)
     trainer.fit(module)
+    steps = int(trainer.global_step)
+    if steps == 0 or not module.history:  # no best weights: the "best" would be the random initialisation
+        why = "ran 0 steps" if steps == 0 else f"ran {steps} steps but validated none"
+        raise SeglearnError(f"{out_dir}: particle training {why}; nothing was saved (check model.epochs, "
+                            f"model.steps_per_epoch, model.max_minutes and labels/instances.tif)")
     net.load_state_dict(module.best_state)
     net.eval().cpu()
     t_train = time.perf_counter() - t0
@@ -283,6 +288,8 @@ def train(cfg) -> dict:
                   "steps": int(trainer.global_step), "bf16": bool(module.use_bf16), "seconds": round(t_train, 1)},
     }
     save_checkpoint(ckpt_path, kind="stardist", state_dict=net.state_dict(), meta=meta, overwrite=True)
+    if not ckpt_path.is_file():
+        raise SeglearnError(f"{out_dir}: particle training ran {steps} steps but wrote no {ckpt_path.name}")
     metrics = {"checkpoint": str(ckpt_path), "thresholds": meta["thresholds"], "val_scores": val_scores,
                "history": module.history, "seconds": {"train": t_train, "total": time.perf_counter() - t0}}
     from seglearn.io.atomic import atomic_path

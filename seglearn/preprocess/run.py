@@ -100,10 +100,8 @@ def preprocess_dataset(input_dir: str | os.PathLike, output_dir: str | os.PathLi
     dict
         ``shape`` of the output (C, Z, Y, X), ``state`` of the fitted steps, ``files`` written.
     """
-    import yaml
-
-    from seglearn.data.layout import _find_image, read_meta
-    from seglearn.io import open_stack
+    from seglearn.data.layout import read_meta
+    from seglearn.io.outset import OutputSet
 
     src, dst = Path(input_dir), Path(output_dir)
     meta = read_meta(src)
@@ -113,6 +111,25 @@ def preprocess_dataset(input_dir: str | os.PathLike, output_dir: str | os.PathLi
         raise OutputExistsError(f"{dst}: already holds a dataset; pass overwrite=true to replace it")
     pipe = steps if isinstance(steps, Pipeline) else Pipeline.from_config(steps)
     frame = labels_frame_for(meta, labels_frame)
+    # claimed (a second run is refused), written into a temporary sibling, published by rename
+    with OutputSet(dst, replace=overwrite, inputs=[src]) as tmp:
+        files = _write_dataset(src, tmp, meta, pipe, frame, chunk=chunk, progress=progress)
+    log.info("wrote %s: %s", dst, "x".join(map(str, pipe.out_shape[1:])))
+    return {"shape": pipe.out_shape, "state": pipe.state(),
+            "files": [str(dst / Path(f).relative_to(tmp)) for f in files]}
+
+
+def _write_dataset(src: Path, dst: Path, meta: dict, pipe: Pipeline, frame: str, *, chunk: int,
+                   progress: bool) -> list:
+    """Fit ``pipe`` on dataset ``src`` and write the preprocessed dataset into the new, empty folder ``dst``.
+
+    Returns the list of files written.
+    """
+    import yaml
+
+    from seglearn.data.layout import _find_image
+    from seglearn.io import open_stack
+
     readers = []
     for det in meta["detectors"]:
         p = _find_image(src / "images", det)
@@ -149,9 +166,6 @@ def preprocess_dataset(input_dir: str | os.PathLike, output_dir: str | os.PathLi
     for name, dtype in _LABELS.items():
         p = src / "labels" / f"{name}.tif"
         if not p.exists():
-            stale = dst / "labels" / f"{name}.tif"
-            if stale.exists():  # left by an overwritten earlier output
-                stale.unlink()
             continue
         with open_stack(p) as lab:
             if tuple(lab.shape) != tuple(source.shape[1:]):
@@ -183,8 +197,7 @@ def preprocess_dataset(input_dir: str | os.PathLike, output_dir: str | os.PathLi
     tmp.write_text(yaml.safe_dump(out_meta, sort_keys=False))
     os.replace(tmp, dst / "dataset.yaml")
     files.append(dst / "dataset.yaml")
-    log.info("wrote %s: %s", dst, "x".join(map(str, pipe.out_shape[1:])))
-    return {"shape": pipe.out_shape, "state": pipe.state(), "files": [str(f) for f in files]}
+    return files
 
 
 def run(cfg) -> dict:

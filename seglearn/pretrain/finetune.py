@@ -46,7 +46,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from seglearn.errors import InputError, OutputExistsError
+from seglearn.errors import InputError, OutputExistsError, SeglearnError
 from seglearn.pretrain.blend import defaults as blend_defaults
 from seglearn.precision import precision_record, resolve_bf16
 
@@ -628,6 +628,9 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
                 if patience and bad >= patience:
                     log.info("early stopping at step %d (best %.2f %% at step %d)", step, best, best_step)
                     break
+    if step == 0:  # the "fine-tuned" model would be the base model: no false success (issue 25)
+        raise SeglearnError(f"{out_dir}: fine-tuning ran 0 steps; nothing was saved (max_minutes "
+                            f"{s['max_minutes']} used up before the first step? check max_minutes and max_steps)")
     if s["keep_best"]:
         net.load_state_dict(best_state)
     else:  # naive fine-tuning (for comparison): the last weights, whatever the validation says
@@ -700,6 +703,10 @@ def train(cfg) -> dict:
     out_dir = Path(str(cfg.out_dir))
     if str(cfg.out_dir) == "runs/unet":
         out_dir = Path("runs/finetune")
-    return finetune(str(cfg.init), images, dets, ds.train, out_dir, classes=ds.classes, voxel_size_nm=ds.voxel_size_nm,
-                    test=ds.test, settings=s, overwrite=bool(cfg.get("overwrite", False)), name=str(root),
-                    preprocess=entry)
+    result = finetune(str(cfg.init), images, dets, ds.train, out_dir, classes=ds.classes,
+                      voxel_size_nm=ds.voxel_size_nm, test=ds.test, settings=s,
+                      overwrite=bool(cfg.get("overwrite", False)), name=str(root), preprocess=entry)
+    if not int(result.get("steps") or 0) or not Path(result["best_ckpt"]).is_file():
+        raise SeglearnError(f"{out_dir}: fine-tuning ran {result.get('steps', 0)} steps but wrote no "
+                            f"{Path(result['best_ckpt']).name}")
+    return result

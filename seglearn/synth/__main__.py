@@ -22,7 +22,13 @@ def run(cfg: DictConfig) -> None:
     out = params.pop("out")
     overwrite = bool(params.pop("overwrite"))
     name = params.pop("name")
-    ph = write_phantom(out, params, overwrite=overwrite, name=name)
+    from pathlib import Path
+
+    from seglearn.io.outset import OutputSet
+
+    # claimed (a second run is refused), written into a temporary sibling, published by rename
+    with OutputSet(out, replace=overwrite) as tmp:
+        ph = write_phantom(tmp, params, overwrite=True, name=name or Path(out).name)
     logging.getLogger("seglearn").info("wrote %s (train slices %s, test slice %d)", out,
                                        ph.info["train_slices"], ph.info["test_slice"])
 

@@ -260,8 +260,15 @@ def check_outputs(out: str | os.PathLike, names: Sequence[str], *, overwrite: bo
         check_writable(out / name, overwrite=overwrite)
 
 
-def write_outputs(result: Result, out: str | os.PathLike, *, overwrite: bool = False) -> dict[str, str]:
+def write_outputs(result: Result, out: str | os.PathLike, *, overwrite: bool = False,
+                  final: str | os.PathLike | None = None) -> dict[str, str]:
     """Write the files of a :class:`Result` into folder ``out`` (see ``docs/tofsims.md``).
+
+    Parameters
+    ----------
+    final : path-like, optional
+        Where ``out`` will be published (``out`` is then a temporary folder): the paths recorded
+        in ``summary.json`` and returned name that folder.
 
     Returns
     -------
@@ -320,6 +327,8 @@ def write_outputs(result: Result, out: str | os.PathLike, *, overwrite: bool = F
     files["preview.png"] = str(write_preview(out / "preview.png", panels, r.names, overwrite=overwrite,
                                              title=f"ToF-SIMS scan {z}"))
     files["summary.json"] = str(out / "summary.json")
+    if final is not None:
+        files = {k: str(Path(final) / Path(v).relative_to(out)) for k, v in files.items()}
     summary = dict(s, outputs=files)
     with atomic_path(out / "summary.json", overwrite=overwrite) as tmp:
         tmp.write_text(json.dumps(summary, indent=2, default=_json_default))
@@ -354,11 +363,14 @@ def run(params: Mapping[str, Any]) -> dict:
         ions = [s.strip() for s in ions.split(",") if s.strip()]
     inp, out = params.pop("input"), params.pop("output")
     overwrite = bool(params.pop("overwrite", False))
-    check_outputs(out, [str(i) for i in ions], overwrite=overwrite)
-    stack = load_ions(inp, ions)
-    log.info("read %d ions %s, %d scan(s) of %d x %d pixels", len(ions), ions, *stack.counts.shape[1:])
-    result = process(stack, params)
-    files = write_outputs(result, out, overwrite=overwrite)
+    from seglearn.io.outset import OutputSet
+
+    # claimed (a second run is refused), written into a temporary sibling, published by rename
+    with OutputSet(out, replace=overwrite, inputs=[inp]) as tmp:
+        stack = load_ions(inp, ions)
+        log.info("read %d ions %s, %d scan(s) of %d x %d pixels", len(ions), ions, *stack.counts.shape[1:])
+        result = process(stack, params)
+        files = write_outputs(result, tmp, overwrite=True, final=out)
     s = result.stats
     log.info("fractions: %s", ", ".join(f"{k} {v:.3f}" for k, v in s["fractions"].items()))
     log.info("wrote %d outputs to %s", len(files), out)
