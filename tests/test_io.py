@@ -108,7 +108,7 @@ def _imagej_calibration(path):
 @pytest.mark.parametrize("big", [False, True])
 def test_every_tiff_output_carries_imagej_calibration(tmp_path, monkeypatch, dtype, big):
     """uint32 instance ids and BigTIFFs are no ImageJ hyperstacks, yet carry the same calibration."""
-    import seglearn.io.tiff as tiff
+    import seglearn.io.tiff_write as tiff
 
     if big:  # the BigTIFF branch of volumes over 2 GiB, on a small volume
         monkeypatch.setattr(tiff, "BIGTIFF_BYTES", 16)
@@ -153,7 +153,7 @@ def test_complex_stacks_refused_by_the_block_reader(tmp_path):
 def test_choose_voxel_size_logs_its_source(caplog):
     import logging
 
-    from seglearn.io.tiff import choose_voxel_size
+    from seglearn.io.tiff_write import choose_voxel_size
 
     caplog.set_level(logging.INFO, logger="seglearn")
     v, src = choose_voxel_size([("option", None), ("input file", (30, 10, 10)), ("checkpoint", (33, 16.5, 16.5))])

@@ -556,7 +556,7 @@ def test_zero_shot_prediction_adapts_to_the_volume_without_labels(base_ckpt, tmp
 
 def test_eight_bit_scale_rules():
     from seglearn.io.intensity import input_scale
-    from seglearn.pretrain.adapt import on_eight_bit_scale
+    from seglearn.io.intensity import on_eight_bit_scale
 
     base = {"detectors": ["SE2", "InLens"], "normalisation": {"method": "fixed", "ranges": [[0, 255], [0, 255], [-128, 128]]}}
     assert on_eight_bit_scale(base)

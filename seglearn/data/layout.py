@@ -24,7 +24,8 @@ import numpy as np
 
 from seglearn.errors import InputError, OutputExistsError
 from seglearn.io.intensity import check_dtype
-from seglearn.io.tiff import read_stack, write_volume
+from seglearn.io.tiff import read_stack
+from seglearn.io.tiff_write import write_volume
 
 log = logging.getLogger("seglearn")
 

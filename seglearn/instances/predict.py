@@ -152,7 +152,7 @@ def predict(cfg, ckpt: dict) -> dict:
         check_writable(out / name, overwrite=overwrite)
     images, found, detectors, truth = _read_input(inp, meta)
     from seglearn.characterise.labels import as_voxel_size
-    from seglearn.io.tiff import choose_voxel_size
+    from seglearn.io.tiff_write import choose_voxel_size
 
     opt = _get(cfg, "voxel_size_nm")
     opt = None if opt is None else as_voxel_size(opt, source="voxel_size_nm")

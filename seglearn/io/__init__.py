@@ -9,9 +9,8 @@ from seglearn.io.tiff import (
     read_image,
     read_stack,
     read_voxel_size_nm,
-    write_volume,
-    write_volume_stream,
 )
+from seglearn.io.tiff_write import write_volume, write_volume_stream
 from seglearn.io.atomic import atomic_path, check_writable
 from seglearn.io.preview import label_colours, write_preview
 

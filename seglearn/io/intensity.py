@@ -135,12 +135,10 @@ def model_reference(meta: dict) -> dict:
     """The grey scale a model reads: ``scale`` (``8bit`` / ``unit`` / ``other``), the detector
     ``ranges`` and the ``percentiles`` its ranges stand for.
 
-    Base models and models fine-tuned from them read 0..255 (:func:`seglearn.pretrain.adapt.on_eight_bit_scale`);
+    Base models and models fine-tuned from them read 0..255 (:func:`on_eight_bit_scale`);
     a model trained from scratch reads the scale of its training data, taken from its ranges (the
     training volume's percentiles) unless the checkpoint records ``normalisation.input_scale``.
     """
-    from seglearn.pretrain.adapt import on_eight_bit_scale
-
     norm = meta.get("normalisation") or {}
     n = len(meta.get("detectors") or [])
     ranges = [[float(v) for v in r] for r in (norm.get("ranges") or [])[:n]]
@@ -257,3 +255,15 @@ def fit_array(ck: dict, images: np.ndarray, names: Sequence[str], *, where: str 
     """:func:`fit_to_model` for a ``(C, Z, Y, X)`` array held in memory, channels as ``names``."""
     images = np.asarray(images)
     return fit_to_model(ck, lambda a, b: images[:, a:b], images.shape[1:], names, where=where)
+
+
+#: the fixed grey-value range of each detector channel of the base models (pretraining phantoms are 8-bit)
+DETECTOR_RANGE = [0.0, 255.0]
+
+
+def on_eight_bit_scale(meta: dict) -> bool:
+    """Whether a model reads its detectors on the fixed 8-bit scale of the base models (0..255)."""
+    norm = meta.get("normalisation") or {}
+    n = len(meta.get("detectors") or [])
+    return norm.get("method") == "fixed" and n > 0 and \
+        [list(map(float, r)) for r in norm.get("ranges", [])[:n]] == [list(DETECTOR_RANGE)] * n

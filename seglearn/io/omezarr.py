@@ -166,7 +166,7 @@ class OmeZarrWriter:
     shape : (Z, Y, X) or (C, Z, Y, X)
     dtype : numpy dtype
     voxel_size_nm : (z, y, x), optional
-        Written as level 0's ``scale`` in nanometres (1 when unknown).
+        Written as level 0's ``scale`` in nanometres; when unknown, scale 1 with no unit (not a size).
     labels : bool
         Subsample coarser levels (ids stay ids) instead of averaging.
     chunks : (z, y, x)
@@ -185,7 +185,8 @@ class OmeZarrWriter:
         zyx = tuple(int(v) for v in shape[-3:])
         self.levels = pyramid_shapes(zyx, min_size=min_size)
         self.labels, self.dtype = bool(labels), np.dtype(dtype)
-        self.voxel = [float(v) for v in voxel_size_nm] if voxel_size_nm is not None else [1.0, 1.0, 1.0]
+        self.calibrated = voxel_size_nm is not None
+        self.voxel = [float(v) for v in voxel_size_nm] if self.calibrated else [1.0, 1.0, 1.0]
         self.channel_names = list(channel_names or [])
         self.group = zarr.open_group(str(self.path), mode="w-", zarr_format=2)
         lead = (int(shape[0]),) if self.channels else ()
@@ -221,8 +222,10 @@ class OmeZarrWriter:
         extra = {}
         if self.channels and self.channel_names:
             extra["metadata"] = {"omero": {"channels": [{"label": str(n), "active": True} for n in self.channel_names]}}
-        write_multiscales_metadata(self.group, datasets, fmt=FormatV04(),
-                                   axes=AXES_CZYX if self.channels else AXES_ZYX, name=self.path.name, **extra)
+        axes = AXES_CZYX if self.channels else AXES_ZYX
+        if not self.calibrated:  # scale 1 without a unit: readers (ours included) see "no voxel size", not 1 nm
+            axes = [{k: v for k, v in a.items() if k != "unit"} for a in axes]
+        write_multiscales_metadata(self.group, datasets, fmt=FormatV04(), axes=axes, name=self.path.name, **extra)
         if self.labels and not self.channels:
             self.group.attrs["image-label"] = {"version": "0.4", "source": {}}
         return self.path

@@ -264,16 +264,6 @@ def resolve_predict_alpha(setting, meta: dict, where: str = "checkpoint") -> flo
     return a
 
 
-def on_eight_bit_scale(meta: dict) -> bool:
-    """Whether a model reads its detectors on the fixed 8-bit scale of the base models (0..255)."""
-    from seglearn.pretrain.stream import DETECTOR_RANGE
-
-    norm = meta.get("normalisation") or {}
-    n = len(meta.get("detectors") or [])
-    return norm.get("method") == "fixed" and n > 0 and \
-        [list(map(float, r)) for r in norm.get("ranges", [])[:n]] == [list(DETECTOR_RANGE)] * n
-
-
 def adapt_to_volume(ck: dict, read_raw, shape: Sequence[int], detectors: Sequence[str], setting="auto", *,
                     where: str = "checkpoint", seed: int = 0, fit_scale: bool = True) -> tuple[dict, dict | None]:
     """Adapt a model to the volume it is about to predict, without labels.

@@ -13,12 +13,12 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from seglearn.io.intensity import DETECTOR_RANGE  # the base models' 8-bit detector range (defined in the io layer)
 from seglearn.pretrain.randomise import Randomiser
 
 log = logging.getLogger("seglearn")
 
-#: fixed normalisation of the base models: 8-bit detectors to [0, 1], differences from [-128, 128]
-DETECTOR_RANGE = [0.0, 255.0]
+#: fixed normalisation of the base models: 8-bit detectors (DETECTOR_RANGE) to [0, 1], differences from [-128, 128]
 DIFF_RANGE = [-128.0, 128.0]
 
 

@@ -127,6 +127,22 @@ def _adapt(cfg, ckpt: dict, seg, read_raw, shape) -> tuple[dict, dict | None, di
     return adapted, info, intensity
 
 
+def _from_rank0(dist, rank: int, fn, n: int) -> list:
+    """``fn()`` (a list of ``n`` values) computed on rank 0 and broadcast; a user error there reaches every rank."""
+    sent = [None] * (n + 1)
+    if rank == 0:
+        try:
+            sent = [*fn(), None]
+        except Exception as exc:  # any failure: the other ranks must not wait for a broadcast that never comes
+            sent = [None] * n + [str(exc) if isinstance(exc, SeglearnError) else f"rank 0 failed: {exc!r}"]
+            dist.broadcast_object_list(sent, src=0)
+            raise
+    dist.broadcast_object_list(sent, src=0)
+    if sent[-1] is not None:
+        raise SeglearnError(sent[-1])
+    return sent[:n]
+
+
 def _world() -> tuple[int, int, int]:
     """(rank, world size, local rank) from the torchrun environment; (0, 1, 0) when not distributed."""
     return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
@@ -162,6 +178,7 @@ def predict(cfg, ckpt: dict) -> dict:
     t0 = time.perf_counter()
     seg = segmenter_from_checkpoint(ckpt, device=str(cfg.get("device", "auto")), bf16=cfg.get("bf16"))
     src, where, paths, readers = open_inputs(cfg, seg)
+    oset = test = probs_tmp = pre_tmp = None
     try:
         shape = readers[0].shape
         voxel, voxel_extra = voxel_size(cfg, src, readers, seg)
@@ -228,17 +245,17 @@ def predict(cfg, ckpt: dict) -> dict:
                          probabilities=f"probabilities.{ext}" if want_probs else None)
         summary = finish(cfg, seg, src, where, out, shape, voxel, stats, readers, t0, want_probs, pre_extra)
     except BaseException:
-        if "oset" in locals():
+        if oset is not None:
             oset.abandon()  # the output folder stays as it was; the temporary set is deleted
         raise
     finally:
         for r in readers:
             r.close()
-        if "test" in locals() and test is not None:
+        if test is not None:
             test.close()
-        if "probs_tmp" in locals() and probs_tmp.exists():
+        if probs_tmp is not None and probs_tmp.exists():
             probs_tmp.unlink()
-        if "pre_tmp" in locals():
+        if pre_tmp is not None:
             import shutil
 
             shutil.rmtree(pre_tmp, ignore_errors=True)
@@ -286,20 +303,17 @@ def predict_distributed(cfg, ckpt: dict) -> dict:
         src, where, paths, readers = open_inputs(cfg, seg)
         shape = readers[0].shape
         # rank 0 adapts (when there is anything to adapt) and sends the result: every rank predicts alike
-        sent = [None, None, None]
-        if rank == 0:
-            adapted, adapt_info, intensity = _adapt(cfg, ckpt, seg, raw_reader(paths, readers), shape)
-            sent = [adapted if adapted is not ckpt else None, adapt_info, intensity]
-        dist.broadcast_object_list(sent, src=0)
-        adapted, adapt_info, intensity = sent
+        def adapt_and_plan():  # on rank 0 only; the others get the result, or rank 0's error, by broadcast
+            adapted, info, intensity = _adapt(cfg, ckpt, seg, raw_reader(paths, readers), shape)
+            s = segmenter_from_checkpoint(adapted, device=device, bf16=cfg.get("bf16")) if adapted is not ckpt else seg
+            return [adapted if adapted is not ckpt else None, info, intensity, memory_plan(cfg, s, readers, shape)]
+
+        adapted, adapt_info, intensity, plan = _from_rank0(dist, rank, adapt_and_plan, 4)
         if adapted is not None:
             seg = segmenter_from_checkpoint(adapted, device=device, bf16=cfg.get("bf16"))
         voxel, voxel_extra = voxel_size(cfg, src, readers, seg)
         k = seg.n_classes
-        plan = [memory_plan(cfg, seg, readers, shape) if rank == 0 else None]
-        dist.broadcast_object_list(plan, src=0)  # every rank cuts the same blocks
-        plan = plan[0]
-        block = int(plan["block_slices"])
+        block = int(plan["block_slices"])  # every rank cuts the same blocks
         n_blocks = -(-shape[0] // block)
         want_probs = bool(cfg.get("probabilities", False))
         test = open_stack(src["test"]) if src["test"] is not None else None

@@ -126,7 +126,7 @@ def publish(oset, summary: dict) -> dict:
     return summary
 
 
-def characterise_output(cfg, out: Path, classes: list, voxel) -> str:
+def characterise_output(cfg, out: Path, classes: list, voxel, labels_name: str = "labels.tif") -> str:
     """Run the microstructure report on the written labels (``characterise=true`` or a list of steps)."""
     from seglearn.characterise import characterise
     from seglearn.io import read_stack
@@ -137,7 +137,7 @@ def characterise_output(cfg, out: Path, classes: list, voxel) -> str:
     steps = _plain(cfg.characterise)
     if isinstance(steps, (list, tuple)):
         opts["steps"] = list(steps)
-    labels, _ = read_stack(out / "labels.tif")
+    labels, _ = read_stack(out / labels_name)  # labels.tif or labels.ome.zarr
     characterise(labels, voxel, list(classes), out_dir=out / "characterise", overwrite=True, **opts)
     return "characterise/report.html"
 
@@ -195,7 +195,7 @@ def voxel_size(cfg, src: dict, readers, seg) -> tuple[list | None, dict]:
     """The voxel size written on the outputs and where it came from (``voxel_size_nm=``, dataset.yaml,
     the input file's calibration, else the checkpoint's, with a warning)."""
     from seglearn.characterise.labels import as_voxel_size
-    from seglearn.io.tiff import choose_voxel_size
+    from seglearn.io.tiff_write import choose_voxel_size
 
     opt = _plain(cfg.get("voxel_size_nm"))
     opt = None if opt is None else as_voxel_size(opt, source="voxel_size_nm")
@@ -289,7 +289,7 @@ def finish(cfg, seg, src, where, out: Path, shape, voxel, stats: Stats, readers,
         write_preview(out / "preview.png", panels, seg.classes, overwrite=True,
                       title=f"{Path(str(cfg.ckpt)).name} on {src['name']}")
     if cfg.get("characterise"):
-        summary["characterise"] = characterise_output(cfg, out, seg.classes, voxel)
+        summary["characterise"] = characterise_output(cfg, out, seg.classes, voxel, summary["labels"])
     with atomic_path(out / "summary.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     return summary
@@ -300,7 +300,7 @@ def write_probabilities_tif(out: Path, shape, k: int, pages, voxel=None) -> None
     import tifffile
 
     from seglearn.io.atomic import atomic_path
-    from seglearn.io.tiff import calibration_kwargs
+    from seglearn.io.tiff_write import calibration_kwargs
 
     full = (shape[0], k, *shape[1:])
     kwargs = {**calibration_kwargs(full, np.float16, voxel, axes="ZCYX"), "bigtiff": True}
