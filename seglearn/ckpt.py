@@ -186,6 +186,18 @@ def _check_unet_meta(meta: Mapping, path) -> dict:
             or not all(isinstance(r, list) and len(r) == 2 and all(_finite(x) for x in r) for r in ranges)):
         raise InputError(f"{_where(path, 'normalisation.ranges')}: expected {cin} [low, high] pairs of numbers, "
                          f"found {str(ranges)[:80]}")
+    cal = meta.get("calibration")
+    if cal is not None:  # a huge or non-finite temperature would make every softmax uniform: all one class
+        from seglearn.segment.calibrate import T_BOUNDS
+
+        t = cal.get("temperature") if isinstance(cal, dict) else None
+        if not _finite(t) or not T_BOUNDS[0] <= float(t) <= T_BOUNDS[1]:
+            raise InputError(f"{_where(path, 'calibration.temperature')} = {t!r}: expected a number in "
+                             f"[{T_BOUNDS[0]}, {T_BOUNDS[1]}]")
+    smooth = (meta.get("normalisation") or {}).get("smooth")
+    if smooth is not None and (not isinstance(smooth, list) or not all(_finite(v) and 0 <= float(v) <= 20
+                                                                      for v in smooth)):
+        raise InputError(f"{_where(path, 'normalisation.smooth')} = {str(smooth)[:60]}: expected sigmas in [0, 20] px")
     return net
 
 

@@ -167,7 +167,7 @@ TILE3 = NULL | integers(3, 1)
 #: predict.py, any checkpoint kind (configs/predict.yaml; ``tta`` and ``adapt`` are checked by
 #: :func:`seglearn.segment.tta.check_mode` and :func:`seglearn.pretrain.adapt.parse_predict_adapt`)
 PREDICT = {
-    "detectors": NULL | TEXT | names(), "overwrite": BOOL, "probabilities": BOOL, "preview": BOOL,
+    "detectors": NULL | TEXT | names(), "overwrite": BOOL, "probabilities": BOOL, "uncertainty": BOOL, "preview": BOOL,
     "keep_zarr": BOOL, "device": DEVICE, "bf16": NULL | AUTO_BOOL, "batch_size": NULL | integer(1),
     "block_slices": NULL | integer(1) | one_of("auto"), "memory_budget_gib": number(0, lo_open=True),
     "output_format": one_of("tiff", "ome-zarr"), "labels_frame": one_of("auto", "raw", "registered"),

@@ -171,6 +171,25 @@ def test_declared_sizes_out_of_bounds_are_refused(key, value, match):
         validate_checkpoint(ck, "x.ckpt")
 
 
+@pytest.mark.parametrize("meta,match", [
+    ({"calibration": {"temperature": float("inf")}}, "calibration.temperature"),
+    ({"calibration": {"temperature": 1e6}}, "calibration.temperature"),
+    ({"calibration": {"temperature": "hot"}}, "calibration.temperature"),
+    ({"calibration": {}}, "calibration.temperature"),
+])
+def test_a_temperature_that_would_flatten_every_softmax_is_refused(meta, match):
+    """A tampered calibration would make every voxel one class with exit code 0: refused on loading."""
+    ck = _demo()
+    ck["meta"].update(meta)
+    with pytest.raises(InputError, match=match):
+        validate_checkpoint(ck, "x.ckpt")
+    ck["meta"]["calibration"] = {"temperature": 1.3}
+    validate_checkpoint(ck, "x.ckpt")
+    ck["meta"]["normalisation"]["smooth"] = [float("nan"), 0.0]
+    with pytest.raises(InputError, match="normalisation.smooth"):
+        validate_checkpoint(ck, "x.ckpt")
+
+
 def test_lightning_training_checkpoint_and_stardist_checkpoint_validate(tmp_path):
     from seglearn.instances.model import build_model
 

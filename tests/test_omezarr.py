@@ -123,7 +123,7 @@ def test_predict_reads_and_writes_ome_zarr_like_tiff(tiny_dataset, tmp_path):
     from seglearn.segment.memory import current_rss
 
     budget = round((current_rss() + 0.6 * 2**30) / 2**30, 2)  # in-process: what this test process holds, + 0.6 GiB
-    common = ["ckpt=checkpoints/demo.ckpt", "probabilities=true", "preview=false", "adapt=off"]
+    common = ["ckpt=checkpoints/demo.ckpt", "probabilities=true", "uncertainty=true", "preview=false", "adapt=off"]
     r1 = run_cli(["predict.py", f"input={tiny_dataset}", f"output={tmp_path / 'tif'}", *common])
     r2 = run_cli(["predict.py", f"input=[{zin[0]},{zin[1]}]", "detectors=[SE2,InLens]", f"output={tmp_path / 'zarr'}",
                   "output_format=ome-zarr", f"memory_budget_gib={budget}", *common])
@@ -139,3 +139,12 @@ def test_predict_reads_and_writes_ome_zarr_like_tiff(tiny_dataset, tmp_path):
     assert summary["labels"] == "labels.ome.zarr" and summary["output_format"] == "ome-zarr"
     assert summary["memory"]["source"] == "memory_budget_gib" and summary["memory"]["estimated_peak_gib"] <= budget
     assert not any(p.suffix == ".tif" for p in (tmp_path / "zarr").iterdir())
+    # uncertainty: the normalised entropy of the probabilities, the same in both formats, in [0, 1]
+    from seglearn.segment.calibrate import uncertainty_map
+
+    unc_tif = tifffile.imread(tmp_path / "tif" / "uncertainty.tif")
+    unc_z = OmeZarrReader(tmp_path / "zarr" / "uncertainty.ome.zarr")
+    np.testing.assert_array_equal(unc_z.read(0, unc_z.shape[0]), unc_tif)
+    assert unc_tif.dtype == np.float16 and 0 <= unc_tif.min() and unc_tif.max() <= 1 and unc_tif.max() > 0.1
+    np.testing.assert_allclose(unc_tif, uncertainty_map(prob_tif.transpose(1, 0, 2, 3).astype(np.float32)), atol=2e-2)
+    assert summary["uncertainty"] == "uncertainty.ome.zarr"

@@ -169,16 +169,20 @@ def predict(cfg, ckpt: dict) -> dict:
             raise InputError(f"{cfg.ckpt}: the checkpoint has preprocessing steps, which distributed prediction "
                              f"does not re-apply; preprocess the input with preprocess.py first, or predict "
                              f"in one process")
+        if cfg.get("uncertainty", False):
+            raise InputError("uncertainty=true: distributed prediction (torchrun) does not write it yet; predict "
+                             "in one process, or compute it from probabilities=true")
         return predict_distributed(cfg, ckpt)
     from seglearn.cli import setup_logging
     from seglearn.io import open_stack, write_volume_stream
     from seglearn.segment.api import segmenter_from_checkpoint
+    from seglearn.segment.calibrate import uncertainty_map
 
     setup_logging()
     t0 = time.perf_counter()
     seg = segmenter_from_checkpoint(ckpt, device=str(cfg.get("device", "auto")), bf16=cfg.get("bf16"))
     src, where, paths, readers = open_inputs(cfg, seg)
-    oset = test = probs_tmp = pre_tmp = None
+    oset = test = probs_tmp = unc_tmp = pre_tmp = None
     try:
         shape = readers[0].shape
         voxel, voxel_extra = voxel_size(cfg, src, readers, seg)
@@ -204,8 +208,12 @@ def predict(cfg, ckpt: dict) -> dict:
                      **({"adapt": adapt_info} if adapt_info is not None else {})}
         stats = Stats(k, shape[0], test)
         want_probs = bool(cfg.get("probabilities", False))
+        want_unc = bool(cfg.get("uncertainty", False))
         plan = memory_plan(cfg, seg, readers, shape)
-        zarr_out = writers(cfg, out, shape, k, voxel, seg.classes, plan, want_probs)
+        zarr_out = writers(cfg, out, shape, k, voxel, seg.classes, plan, want_probs, want_unc)
+        unc_tmp = out / f".uncertainty.f16.tmp-{os.getpid()}"
+        unc_mm = (np.lib.format.open_memmap(unc_tmp, mode="w+", dtype=np.float16, shape=tuple(shape))
+                  if want_unc and zarr_out is None else None)
         probs_tmp = out / f".probabilities.f16.tmp-{os.getpid()}"
         probs_mm = (np.lib.format.open_memmap(probs_tmp, mode="w+", dtype=np.float16, shape=(shape[0], k, *shape[1:]))
                     if want_probs and zarr_out is None else None)
@@ -220,9 +228,16 @@ def predict(cfg, ckpt: dict) -> dict:
                     probs_mm[z0:z1] = probs.transpose(1, 0, 2, 3)
                 if zarr_out is not None and zarr_out[1] is not None:
                     zarr_out[1].write(z0, probs.astype(np.float16))
+                unc = uncertainty_map(probs) if want_unc else None
+                if unc_mm is not None:
+                    unc_mm[z0:z1] = unc
+                if zarr_out is not None and zarr_out[2] is not None:
+                    zarr_out[2].write(z0, unc)
                 stats.add(z0, labels)
                 if stats.preview["z"] is None and z0 <= preview_z < z1:
                     stats.preview.update(z=preview_z, labels=labels[preview_z - z0], test=None)
+                if unc is not None and stats.preview["z"] is not None and z0 <= stats.preview["z"] < z1:
+                    stats.preview["uncertainty"] = unc[stats.preview["z"] - z0]
                 log.debug("predicted slices %d-%d", z0, z1)
                 yield z0, labels
 
@@ -240,9 +255,16 @@ def predict(cfg, ckpt: dict) -> dict:
             write_probabilities_tif(out, shape, k, (probs_mm[z, c] for z in range(shape[0]) for c in range(k)), voxel)
             del probs_mm
             probs_tmp.unlink(missing_ok=True)
+        if unc_mm is not None:
+            unc_mm.flush()
+            write_volume_stream(out / "uncertainty.tif", (unc_mm[z] for z in range(shape[0])), shape=shape,
+                                dtype=np.float16, voxel_size_nm=voxel, overwrite=True)
+            del unc_mm
+            unc_tmp.unlink(missing_ok=True)
         ext = "tif" if zarr_out is None else "ome.zarr"
         pre_extra.update(memory=plan, output_format=str(cfg.get("output_format", "tiff")), labels=f"labels.{ext}",
-                         probabilities=f"probabilities.{ext}" if want_probs else None)
+                         probabilities=f"probabilities.{ext}" if want_probs else None,
+                         uncertainty=f"uncertainty.{ext}" if want_unc else None)
         summary = finish(cfg, seg, src, where, out, shape, voxel, stats, readers, t0, want_probs, pre_extra)
     except BaseException:
         if oset is not None:
@@ -253,8 +275,9 @@ def predict(cfg, ckpt: dict) -> dict:
             r.close()
         if test is not None:
             test.close()
-        if probs_tmp is not None and probs_tmp.exists():
-            probs_tmp.unlink()
+        for tmp in (probs_tmp, unc_tmp):
+            if tmp is not None and tmp.exists():
+                tmp.unlink()
         if pre_tmp is not None:
             import shutil
 
@@ -384,7 +407,7 @@ def predict_distributed(cfg, ckpt: dict) -> dict:
                     zarr_out[1].write(z0, np.asarray(probs_z[z0:z0 + block]).transpose(1, 0, 2, 3))
             for w in zarr_out:
                 if w is not None:
-                    w.finish(block_slices=block)
+                    w.finish(block_slices=block)  # (no uncertainty writer here: refused before the run)
         else:
             write_volume_stream(out / "labels.tif", (s for z0 in range(0, shape[0], block)
                                                      for s in np.asarray(labels_z[z0:z0 + block])),

@@ -110,7 +110,7 @@ def prepare_output(cfg, name: str):
 
 def publish(oset, summary: dict) -> dict:
     """Check the finished result set, rename it to the output folder, then say so."""
-    claimed = [summary["labels"], "summary.json"] + [summary[k] for k in ("probabilities", "characterise")
+    claimed = [summary["labels"], "summary.json"] + [summary[k] for k in ("probabilities", "uncertainty", "characterise")
                                                      if summary.get(k)]
     missing = [n for n in claimed if not (oset.tmp / n).exists()]
     if missing:
@@ -238,8 +238,8 @@ def memory_plan(cfg, seg, readers, shape) -> dict:
     return {**plan.describe(), "source": "memory_budget_gib"}
 
 
-def writers(cfg, out: Path, shape, k: int, voxel, classes, plan: dict, want_probs: bool):
-    """OME-Zarr writers of labels (and probabilities) for ``output_format=ome-zarr``; None for TIFF."""
+def writers(cfg, out: Path, shape, k: int, voxel, classes, plan: dict, want_probs: bool, want_unc: bool = False):
+    """OME-Zarr writers of labels (probabilities, uncertainty) for ``output_format=ome-zarr``; None for TIFF."""
     if str(cfg.get("output_format", "tiff")) != "ome-zarr":
         return None
     from seglearn.io.omezarr import OmeZarrWriter
@@ -248,7 +248,9 @@ def writers(cfg, out: Path, shape, k: int, voxel, classes, plan: dict, want_prob
     labels = OmeZarrWriter(out / "labels.ome.zarr", shape, np.uint8, voxel_size_nm=voxel, labels=True, chunks=chunks)
     probs = OmeZarrWriter(out / "probabilities.ome.zarr", (k, *shape), np.float16, voxel_size_nm=voxel,
                           chunks=chunks, channel_names=classes) if want_probs else None
-    return labels, probs
+    unc = OmeZarrWriter(out / "uncertainty.ome.zarr", shape, np.float16, voxel_size_nm=voxel,
+                        chunks=chunks) if want_unc else None
+    return labels, probs, unc
 
 
 def finish(cfg, seg, src, where, out: Path, shape, voxel, stats: Stats, readers, t0: float, want_probs: bool,
@@ -284,6 +286,8 @@ def finish(cfg, seg, src, where, out: Path, shape, voxel, stats: Stats, readers,
         z = preview["z"]
         img = readers[0].read(z, z + 1)[0]
         panels = [(f"{seg.detectors[0]} z={z}", img, None), ("prediction", img, preview["labels"])]
+        if preview.get("uncertainty") is not None:
+            panels.append(("uncertainty (0 sure .. 1 uniform)", preview["uncertainty"].astype(np.float32), None))
         if preview.get("test") is not None:
             panels.append(("test labels", img, preview["test"]))
         write_preview(out / "preview.png", panels, seg.classes, overwrite=True,
