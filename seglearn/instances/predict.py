@@ -150,74 +150,78 @@ def predict(cfg, ckpt: dict) -> dict:
     names = ("instances.tif", "particles.csv", "contacts.csv", "preview.png")
     for name in names:
         check_writable(out / name, overwrite=overwrite)
-    images, found, detectors, truth = _read_input(inp, meta)
-    from seglearn.characterise.labels import as_voxel_size
-    from seglearn.io.tiff_write import choose_voxel_size
+    from seglearn.io.outset import OutputSet
 
-    opt = _get(cfg, "voxel_size_nm")
-    opt = None if opt is None else as_voxel_size(opt, source="voxel_size_nm")
-    voxel, voxel_source = choose_voxel_size([("voxel_size_nm option", opt), *found,
-                                             ("checkpoint", meta.get("voxel_size_nm"))], where=str(inp))
-    scaled, intensity = _on_model_scale(images, meta, str(inp))
-    x = prepare_images(scaled, meta, where=str(inp))
-    del scaled
-    threads = _get(cfg, "threads", (meta.get("predict") or {}).get("threads"))
-    if threads:
-        import torch
+    # the folder is claimed (a second run is refused) and published whole at the end (issue 25)
+    with OutputSet(out, replace=overwrite, inputs=[*([inp] if isinstance(inp, str) else list(inp))]) as dst:
+        images, found, detectors, truth = _read_input(inp, meta)
+        from seglearn.characterise.labels import as_voxel_size
+        from seglearn.io.tiff_write import choose_voxel_size
 
-        torch.set_num_threads(int(threads))
-    device = str(_get(cfg, "device", "auto"))
-    net = load_model(ckpt, device=None if device == "auto" else device)
-    params = dict(meta.get("predict") or {})
-    tile = _get(cfg, "tile")
-    if tile is not None:
-        params["tile"] = [int(t) for t in list(tile)[-2:]]
-    if _get(cfg, "batch_size") is not None:
-        params["batch_size"] = int(_get(cfg, "batch_size"))
-    over = _get(cfg, "instances", {})  # +instances.method=linking, +instances.prob_thresh=0.6, ...
-    method = str(_get(over, "method", params.get("method", "auto")))
-    if _get(cfg, "bf16") is not None:  # bf16=false: the network in float32 (null: the checkpoint's, auto)
-        params["bf16"] = _get(cfg, "bf16")
-    for group in ("fusion", "linking"):  # +instances.fusion.h=0.2, +instances.linking.max_distance=6, ...
-        extra = _get(over, group)
-        if extra is not None:
-            params[group] = {**dict(params.get(group) or {}), **{str(k): v for k, v in dict(extra).items()}}
-    thr = meta["thresholds"]
-    prob_t = float(_get(over, "prob_thresh", thr["prob"]))
-    nms_t = float(_get(over, "nms_thresh", thr["nms"]))
-    labels, info = segment_particles(net, x, method=method, prob_thresh=prob_t, nms_thresh=nms_t, params=params,
-                                     progress=bool(_get(cfg, "progress", True)))
-    if info["method"] == "2d":
-        # ids unique over the stack so the file means the same as a 3D result
-        offs = np.cumsum([0] + [int(s.max()) for s in labels[:-1]])
-        labels = np.where(labels > 0, labels.astype(np.int64) + offs[:, None, None], 0)
-        n = int(labels.max()) if labels.size else 0
-        labels = labels.astype(np.uint32 if n < 2**32 else np.uint64)
-    write_volume(out / "instances.tif", labels, voxel_size_nm=voxel, overwrite=overwrite, compression="zlib")
-    table = particle_features(labels, images, voxel_size_nm=voxel or (1.0, 1.0, 1.0), detectors=detectors,
-                              progress=bool(_get(cfg, "progress", True)))
-    write_features(out / "particles.csv", table, overwrite=overwrite)
-    pairs = contact_pairs(labels)
-    with atomic_path(out / "contacts.csv", overwrite=overwrite) as tmp:
-        tmp.write_text("id_a,id_b\n" + "".join(f"{a},{b}\n" for a, b in pairs))
-    if bool(_get(cfg, "preview", True)):
-        write_instance_preview(out / "preview.png", images, labels, overwrite=overwrite,
-                               title=f"{len(table)} particles ({info['method']})")
-    result = {"n_particles": int(len(table)), "method": info["method"], "prob_thresh": prob_t, "nms_thresh": nms_t,
-              "seconds": {"segment": info["seconds"], "total": time.perf_counter() - t0},
-              "voxel_size_nm": voxel, "voxel_size_source": voxel_source, "intensity": intensity,
-              "outputs": [str(out / n) for n in names]}
-    if truth is not None and np.any(truth):
+        opt = _get(cfg, "voxel_size_nm")
+        opt = None if opt is None else as_voxel_size(opt, source="voxel_size_nm")
+        voxel, voxel_source = choose_voxel_size([("voxel_size_nm option", opt), *found,
+                                                 ("checkpoint", meta.get("voxel_size_nm"))], where=str(inp))
+        scaled, intensity = _on_model_scale(images, meta, str(inp))
+        x = prepare_images(scaled, meta, where=str(inp))
+        del scaled
+        threads = _get(cfg, "threads", (meta.get("predict") or {}).get("threads"))
+        if threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
+        device = str(_get(cfg, "device", "auto"))
+        net = load_model(ckpt, device=None if device == "auto" else device)
+        params = dict(meta.get("predict") or {})
+        tile = _get(cfg, "tile")
+        if tile is not None:
+            params["tile"] = [int(t) for t in list(tile)[-2:]]
+        if _get(cfg, "batch_size") is not None:
+            params["batch_size"] = int(_get(cfg, "batch_size"))
+        over = _get(cfg, "instances", {})  # +instances.method=linking, +instances.prob_thresh=0.6, ...
+        method = str(_get(over, "method", params.get("method", "auto")))
+        if _get(cfg, "bf16") is not None:  # bf16=false: the network in float32 (null: the checkpoint's, auto)
+            params["bf16"] = _get(cfg, "bf16")
+        for group in ("fusion", "linking"):  # +instances.fusion.h=0.2, +instances.linking.max_distance=6, ...
+            extra = _get(over, group)
+            if extra is not None:
+                params[group] = {**dict(params.get(group) or {}), **{str(k): v for k, v in dict(extra).items()}}
+        thr = meta["thresholds"]
+        prob_t = float(_get(over, "prob_thresh", thr["prob"]))
+        nms_t = float(_get(over, "nms_thresh", thr["nms"]))
+        labels, info = segment_particles(net, x, method=method, prob_thresh=prob_t, nms_thresh=nms_t, params=params,
+                                         progress=bool(_get(cfg, "progress", True)))
         if info["method"] == "2d":
-            from skimage.measure import label as cc
+            # ids unique over the stack so the file means the same as a 3D result
+            offs = np.cumsum([0] + [int(s.max()) for s in labels[:-1]])
+            labels = np.where(labels > 0, labels.astype(np.int64) + offs[:, None, None], 0)
+            n = int(labels.max()) if labels.size else 0
+            labels = labels.astype(np.uint32 if n < 2**32 else np.uint64)
+        write_volume(dst / "instances.tif", labels, voxel_size_nm=voxel, overwrite=overwrite, compression="zlib")
+        table = particle_features(labels, images, voxel_size_nm=voxel or (1.0, 1.0, 1.0), detectors=detectors,
+                                  progress=bool(_get(cfg, "progress", True)))
+        write_features(dst / "particles.csv", table, overwrite=overwrite)
+        pairs = contact_pairs(labels)
+        with atomic_path(dst / "contacts.csv", overwrite=overwrite) as tmp:
+            tmp.write_text("id_a,id_b\n" + "".join(f"{a},{b}\n" for a, b in pairs))
+        if bool(_get(cfg, "preview", True)):
+            write_instance_preview(dst / "preview.png", images, labels, overwrite=overwrite,
+                                   title=f"{len(table)} particles ({info['method']})")
+        result = {"n_particles": int(len(table)), "method": info["method"], "prob_thresh": prob_t, "nms_thresh": nms_t,
+                  "seconds": {"segment": info["seconds"], "total": time.perf_counter() - t0},
+                  "voxel_size_nm": voxel, "voxel_size_source": voxel_source, "intensity": intensity,
+                  "outputs": [str(out / n) for n in names]}
+        if truth is not None and np.any(truth):
+            if info["method"] == "2d":
+                from skimage.measure import label as cc
 
-            scores = {"2d": instance_scores_2d(np.stack([cc(s) for s in truth]), np.stack([cc(s) for s in labels]))}
-        else:
-            scores = {"3d": instance_scores(truth, labels)}
-        result["scores"] = scores
-        with atomic_path(out / "scores.json", overwrite=True) as tmp:
-            tmp.write_text(json.dumps(scores, indent=2))
-        key = next(iter(scores))
-        log.info("particles: F1 at IoU 0.5 against the dataset's instances (%s): %.3f", key, scores[key]["0.5"]["f1"])
+                scores = {"2d": instance_scores_2d(np.stack([cc(s) for s in truth]), np.stack([cc(s) for s in labels]))}
+            else:
+                scores = {"3d": instance_scores(truth, labels)}
+            result["scores"] = scores
+            with atomic_path(dst / "scores.json", overwrite=True) as tmp:
+                tmp.write_text(json.dumps(scores, indent=2))
+            key = next(iter(scores))
+            log.info("particles: F1 at IoU 0.5 against the dataset's instances (%s): %.3f", key, scores[key]["0.5"]["f1"])
     log.info("particles: %d (%s) written to %s in %.1f s", len(table), info["method"], out, result["seconds"]["total"])
     return result
