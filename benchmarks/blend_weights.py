@@ -27,7 +27,7 @@ def main() -> None:
     from seglearn.data import load_dataset
     from seglearn.metrics import score
     from seglearn.pretrain import blend
-    from seglearn.pretrain.finetune import scaled_inputs
+    from seglearn.pretrain.rules import scaled_inputs
 
     ds = load_dataset(args.data, labels=("train", "test"), require=("train", "test"))
     ck = load_checkpoint(args.ckpt, kind="unet")

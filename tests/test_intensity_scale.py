@@ -187,7 +187,7 @@ def test_no_contrast_between_the_percentiles_is_refused():
 def test_finetuning_inputs_on_the_base_scale(crop):
     """Fine-tuning feeds the base model through the same rule (recorded for finetune_summary.json)."""
     from seglearn.ckpt import load_checkpoint
-    from seglearn.pretrain.finetune import scaled_inputs
+    from seglearn.pretrain.rules import scaled_inputs
 
     ck = load_checkpoint(ROOT / "checkpoints" / "fibsem_base.ckpt", kind="unet")
     raw8, names, rec8 = scaled_inputs(ck, crop, list(DETS))

@@ -74,7 +74,7 @@ def test_flat_samples_repeat_one_slice():
 
 
 def test_detector_rule():
-    from seglearn.pretrain.finetune import select_detectors
+    from seglearn.pretrain.rules import select_detectors
 
     two = {"detectors": ["SE2", "InLens"], "derived": ["SE2-InLens"]}
     assert select_detectors(two, ["InLens", "SE2"]) == ([1, 0], ["SE2", "InLens"])
@@ -87,7 +87,7 @@ def test_detector_rule():
 
 
 def test_split_scribbles_keeps_every_class_on_both_sides():
-    from seglearn.pretrain.finetune import split_scribbles
+    from seglearn.pretrain.rules import split_scribbles
 
     rng = np.random.default_rng(0)
     lab = np.zeros((2, 128, 128), np.uint8)
@@ -206,7 +206,7 @@ def test_match_contrast_moves_class_medians_onto_the_target():
 
 
 def test_class_medians_from_scribbles():
-    from seglearn.pretrain.finetune import class_medians
+    from seglearn.pretrain.rules import class_medians
 
     x = np.zeros((1, 2, 10, 10), np.float32)
     lab = np.zeros((2, 10, 10), np.uint8)

@@ -7,8 +7,13 @@ Modules, one job each:
 - :mod:`~seglearn.pretrain.stream`: an endless stream of densely labelled patches from a small
   in-memory cache of randomised phantoms.
 - :mod:`~seglearn.pretrain.train`: pretraining of a base model (``model.kind=unet_pretrain``).
+- :mod:`~seglearn.pretrain.lit`: pretraining on the Lightning Trainer (phantom-stream DataModule,
+  LightningModule, checkpoints on rank 0; ``trainer=ddp``).
 - :mod:`~seglearn.pretrain.finetune`: adaptation of a base model to a dataset's scribbles
-  (``python train.py data.root=DATASET init=BASE.ckpt``).
+  (``python train.py data.root=DATASET init=BASE.ckpt``); its numeric rules (detector selection,
+  grey scale, scribble split, class mapping) in :mod:`~seglearn.pretrain.rules`.
+- :mod:`~seglearn.pretrain.blend`, :mod:`~seglearn.pretrain.forest_pack`: the forest fitted on the same
+  scribbles, blended into the fine-tuned model, stored as plain arrays in the checkpoint.
 - :mod:`~seglearn.pretrain.noise`: how noisy a dataset is next to the base model's phantoms, and
   the in-plane smoothing that brings it into their range.
 - :mod:`~seglearn.pretrain.adapt`: adaptation to a volume without labels (BatchNorm statistics

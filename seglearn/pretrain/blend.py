@@ -292,7 +292,7 @@ def _net_proba(ckpt, raw: np.ndarray, detectors: Sequence[str], zs: Sequence[int
     import torch
 
     from seglearn.ckpt import load_checkpoint
-    from seglearn.pretrain.finetune import predict_slices
+    from seglearn.pretrain.rules import predict_slices
     from seglearn.segment.api import segmenter_from_checkpoint
 
     seg = segmenter_from_checkpoint(load_checkpoint(ckpt, kind="unet"), device="cpu")
@@ -310,7 +310,7 @@ def attach(ckpt: str | Path, raw: np.ndarray, detectors: Sequence[str], train: n
     ckpt : path-like
         The fine-tuned checkpoint that gets the blend.
     raw : (C, Z, Y, X) ndarray
-        The dataset's detectors as the network reads them (:func:`seglearn.pretrain.finetune.scaled_inputs`).
+        The dataset's detectors as the network reads them (:func:`seglearn.pretrain.rules.scaled_inputs`).
     train : (Z, Y, X) uint8
         All training scribbles: the stored forest is fitted on them.
     fit_labels, val_labels : (Z, Y, X) uint8
