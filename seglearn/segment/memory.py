@@ -17,6 +17,8 @@ import logging
 import math
 from dataclasses import dataclass
 
+from seglearn.segment.tiling import BAND_MARGIN
+
 log = logging.getLogger("seglearn")
 
 #: activations of one batch of tiles, gradients off (measured ~100-150 MiB for the shipped 2.5D nets)
@@ -62,7 +64,7 @@ def current_rss() -> int:
 
 
 def plan_blocks(shape, *, n_raw: int, raw_itemsize: int, n_channels: int, n_classes: int, halo: int,
-                budget_bytes: int, base_bytes: int | None = None, margin: int = 128) -> BlockPlan:
+                budget_bytes: int, base_bytes: int | None = None, margin: int = BAND_MARGIN) -> BlockPlan:
     """The largest block of slices (or band of rows) whose prediction fits ``budget_bytes``.
 
     Parameters

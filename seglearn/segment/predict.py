@@ -29,10 +29,12 @@ from seglearn.errors import InputError, SeglearnError
 from seglearn.segment.predict_io import (
     Stats,
     finish,
+    finish_writers,
     iter_kwargs,
     match_names,
     memory_plan,
     open_inputs,
+    open_test,
     prepare_output,
     publish,
     raw_reader,
@@ -174,7 +176,7 @@ def predict(cfg, ckpt: dict) -> dict:
                              "in one process, or compute it from probabilities=true")
         return predict_distributed(cfg, ckpt)
     from seglearn.cli import setup_logging
-    from seglearn.io import open_stack, write_volume_stream
+    from seglearn.io import write_volume_stream
     from seglearn.segment.api import segmenter_from_checkpoint
     from seglearn.segment.calibrate import uncertainty_map
 
@@ -191,11 +193,7 @@ def predict(cfg, ckpt: dict) -> dict:
         oset = prepare_output(cfg, src["name"])
         out = oset.tmp  # everything is written here, then renamed to the output folder by publish
         k = seg.n_classes
-        test = open_stack(src["test"]) if src["test"] is not None else None
-        if test is not None and test.shape != shape:
-            raise InputError(f"{src['test']}: test labels of shape {test.shape}, expected {shape}")
-        if test is not None:
-            check_label_stack(test, src["test"], k)  # values outside 0..K would give a bogus awe
+        test = open_test(src, shape, k)
         pre = _preprocess_inputs(cfg, ckpt, seg, src, where, out, readers, test)
         pre_extra = None
         if pre is not None:  # predict the registered, cropped frame of this stack
@@ -247,9 +245,7 @@ def predict(cfg, ckpt: dict) -> dict:
         else:
             for z0, labels in label_blocks():
                 zarr_out[0].write(z0, labels)
-            for w in zarr_out:
-                if w is not None:
-                    w.finish(block_slices=plan["block_slices"])
+            finish_writers(zarr_out, plan["block_slices"])
         if probs_mm is not None:
             probs_mm.flush()
             write_probabilities_tif(out, shape, k, (probs_mm[z, c] for z in range(shape[0]) for c in range(k)), voxel)
@@ -307,7 +303,7 @@ def predict_distributed(cfg, ckpt: dict) -> dict:
     import zarr
 
     from seglearn.cli import setup_logging
-    from seglearn.io import open_stack, write_volume_stream
+    from seglearn.io import write_volume_stream
     from seglearn.segment.api import segmenter_from_checkpoint
 
     setup_logging()
@@ -339,11 +335,9 @@ def predict_distributed(cfg, ckpt: dict) -> dict:
         block = int(plan["block_slices"])  # every rank cuts the same blocks
         n_blocks = -(-shape[0] // block)
         want_probs = bool(cfg.get("probabilities", False))
-        test = open_stack(src["test"]) if src["test"] is not None else None
-        if test is not None and test.shape != shape:
-            raise InputError(f"{src['test']}: test labels of shape {test.shape}, expected {shape}")
+        test = open_test(src, shape, k, check=False)  # checked once, on rank 0 (it reads the whole stack)
         if test is not None:
-            check_label_stack(test, src["test"], k)  # values outside 0..K would give a bogus awe
+            _from_rank0(dist, rank, lambda: [check_label_stack(test, src["test"], k)], 1)
         chunk_yx = [min(s, 1024) for s in shape[1:]]
         if rank == 0:
             if src.get("classes") and list(src["classes"]) != seg.classes:
@@ -405,9 +399,7 @@ def predict_distributed(cfg, ckpt: dict) -> dict:
                 zarr_out[0].write(z0, np.asarray(labels_z[z0:z0 + block]))
                 if zarr_out[1] is not None:
                     zarr_out[1].write(z0, np.asarray(probs_z[z0:z0 + block]).transpose(1, 0, 2, 3))
-            for w in zarr_out:
-                if w is not None:
-                    w.finish(block_slices=block)  # (no uncertainty writer here: refused before the run)
+            finish_writers(zarr_out, block)  # (no uncertainty writer here: refused before the run)
         else:
             write_volume_stream(out / "labels.tif", (s for z0 in range(0, shape[0], block)
                                                      for s in np.asarray(labels_z[z0:z0 + block])),

@@ -253,6 +253,33 @@ def writers(cfg, out: Path, shape, k: int, voxel, classes, plan: dict, want_prob
     return labels, probs, unc
 
 
+def open_test(src: dict, shape, k: int, *, check: bool = True):
+    """The input's test labels as a block reader (None without), of the input's shape; ``check``: values 0..K."""
+    from seglearn.data.layout import check_label_stack
+    from seglearn.io import open_stack
+
+    if src["test"] is None:
+        return None
+    test = open_stack(src["test"])
+    if test.shape != tuple(shape):
+        test.close()
+        raise InputError(f"{src['test']}: test labels of shape {test.shape}, expected {tuple(shape)}")
+    if check:
+        try:
+            check_label_stack(test, src["test"], k)  # values outside 0..K would give a bogus awe
+        except InputError:
+            test.close()
+            raise
+    return test
+
+
+def finish_writers(zarr_out, block_slices: int) -> None:
+    """Build the pyramids and write the metadata of the OME-Zarr outputs that :func:`writers` opened."""
+    for w in zarr_out:
+        if w is not None:
+            w.finish(block_slices=block_slices)
+
+
 def finish(cfg, seg, src, where, out: Path, shape, voxel, stats: Stats, readers, t0: float, want_probs: bool,
             extra: dict | None = None) -> dict:
     """Write OUT/summary.json, OUT/preview.png and the characterisation; returns the summary."""

@@ -163,8 +163,12 @@ def predict_slab(net_fn: Callable[[np.ndarray], np.ndarray], read: Callable[[int
     return probs[:, z0 - a: z1 - a]
 
 
+#: rows of context above and below a band of rows (:func:`predict_banded`), dropped afterwards
+BAND_MARGIN = 128
+
+
 def predict_banded(net_fn: Callable[[np.ndarray], np.ndarray], read: Callable[[int, int], np.ndarray], n_slices: int,
-                   z0: int, z1: int, *, height: int, band_rows: int | None = None, margin: int = 128,
+                   z0: int, z1: int, *, height: int, band_rows: int | None = None, margin: int = BAND_MARGIN,
                    prepare_band: Callable[[int, int, int, int], np.ndarray] | None = None, **kwargs) -> np.ndarray:
     """:func:`predict_slab`, in bands of ``band_rows`` rows when given (bounded memory for huge slices).
 
