@@ -1,14 +1,10 @@
-"""Benchmark table: ``python benchmark.py data.root=DATASET [methods=[...]] [unet.ckpt=PATH] [out=DIR]``."""
+"""Benchmark table: ``python benchmark.py data.root=DATASET [methods=[...]] [unet.ckpt=PATH] [out=DIR]``.
 
-from seglearn.cli import command
+A thin wrapper of ``seglearn-benchmark`` (``python -m seglearn benchmark``), which runs from any directory after
+``pip install .``; see :mod:`seglearn.commands`.
+"""
 
-
-@command("benchmark")
-def main(cfg) -> None:
-    from seglearn.benchmark.cli import run
-
-    run(cfg)
-
+from seglearn.commands import benchmark as main
 
 if __name__ == "__main__":
     main()

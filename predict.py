@@ -1,14 +1,10 @@
-"""Predict a tomogram: ``python predict.py ckpt=C input=DATASET_OR_TIFFS output=OUT``; no arguments: the demo."""
+"""Predict a tomogram: ``python predict.py ckpt=C input=DATASET_OR_TIFFS output=OUT``; no arguments: the demo.
 
-from seglearn.cli import command
+A thin wrapper of ``seglearn-predict`` (``python -m seglearn predict``), which runs from any directory after
+``pip install .``; see :mod:`seglearn.commands`.
+"""
 
-
-@command("predict")
-def main(cfg) -> None:
-    from seglearn.runner import predict
-
-    predict(cfg)
-
+from seglearn.commands import predict as main
 
 if __name__ == "__main__":
     main()

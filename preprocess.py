@@ -1,14 +1,10 @@
-"""``python preprocess.py input=DATASET output=NEW_DATASET [preprocess=seed001] [steps=[...]]``"""
+"""``python preprocess.py input=DATASET output=NEW_DATASET [preprocess=seed001] [steps=[...]]``
 
-from seglearn.cli import command
+A thin wrapper of ``seglearn-preprocess`` (``python -m seglearn preprocess``), which runs from any directory after
+``pip install .``; see :mod:`seglearn.commands`.
+"""
 
-
-@command("preprocess")
-def main(cfg) -> None:
-    from seglearn.preprocess.run import run
-
-    run(cfg)
-
+from seglearn.commands import preprocess as main
 
 if __name__ == "__main__":
     main()

@@ -1,14 +1,10 @@
-"""Train a model: ``python train.py data.root=DATASET out_dir=DIR [model=unet|stardist] [experiment=NAME]``."""
+"""Train a model: ``python train.py data.root=DATASET out_dir=DIR [model=unet|stardist] [experiment=NAME]``.
 
-from seglearn.cli import command
+A thin wrapper of ``seglearn-train`` (``python -m seglearn train``), which runs from any directory after
+``pip install .``; see :mod:`seglearn.commands`.
+"""
 
-
-@command("train")
-def main(cfg) -> None:
-    from seglearn.runner import train
-
-    train(cfg)
-
+from seglearn.commands import train as main
 
 if __name__ == "__main__":
     main()

@@ -38,10 +38,8 @@ def main() -> None:
     bl = blend.from_checkpoint(ck)
     if bl is None:  # the network alone was kept: the forest it was compared with
         cfg = blend.forest_config("rf_tailored", names)
-        from seglearn.pretrain import forest_pack
-
         clf = blend.fit_forest(raw, names, ds.train, cfg, voxel_size_nm=ds.voxel_size_nm)
-        bl = blend.Blend(forest_pack.pack(clf, k), {"weight": 0.0, "features": cfg["features"], "detectors": names,
+        bl = blend.Blend(blend.pack(clf, k), {"weight": 0.0, "features": cfg["features"], "detectors": names,
                                                     "n_features": int(clf.n_features_in_), "n_classes": k,
                                                     "voxel_size_nm": ds.voxel_size_nm})
     p_rf = np.concatenate([bl.forest_proba(lambda a, b: raw[:, a:b], raw.shape[1], z, z + 1) for z in zs], axis=1)

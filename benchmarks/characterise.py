@@ -1,12 +1,19 @@
 """Time a characterisation of a label volume (all steps, or some) and check tortuosity against taufactor.
 
 ``python benchmarks/characterise.py [--input ../shared/data/real/electrode_nmc_3phase_256.tif]
-[--crop Z Y X] [--voxel-nm 100] [--out /tmp/bench_characterise] [--steps tortuosity ...]
+[--crop Z Y X] [--mirror 1|2|4] [--voxel-nm 100] [--out /tmp/bench_characterise] [--steps tortuosity ...]
 [--directions z y x] [--tortuosity-phases pore] [--solver auto|fv|taufactor] [--time-limit-s S]
-[--threads 2] [--skip-direct]``
+[--workers N] [--memory-gb G] [--full-sizes] [--no-plots] [--threads 2] [--skip-direct]``
 
-Prints (and writes ``OUT/bench.json``): wall and CPU seconds of the whole report and of each step,
-peak resident memory, the load average, each tortuosity solve (tau, status, iterations, seconds)
+The 512³ timing of issue 28 (every default step; the 256³ file tiled 2 x 2 x 2, mirrored)::
+
+    /usr/bin/time -v .venv/bin/python benchmarks/characterise.py --mirror 2 --out /tmp/bench_512 \
+        --skip-direct --threads 1
+
+Prints (and writes ``OUT/bench.json``): wall and CPU seconds of the whole report (CPU of this
+process and its worker processes) and of each step, peak resident memory (this process, the
+largest worker, and the peak summed PSS of all of them sampled every 0.5 s), the load average
+before and after, each tortuosity solve (tau, status, iterations, seconds)
 and, unless ``--skip-direct``, taufactor's own tau for the pore phase along z (``Solver`` called
 directly, isotropic voxels only) against the report's value. ``--crop`` keeps the leading
 ``Z x Y x X`` corner. The file has no calibration: ``--voxel-nm`` is an assumption (tau and
@@ -46,6 +53,14 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--input", default=str(DEFAULT))
     ap.add_argument("--crop", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"))
+    ap.add_argument("--mirror", type=int, default=1, choices=(1, 2, 4),
+                    help="tile the volume n times along each axis, mirrored (256^3 -> 512^3 with 2)")
+    ap.add_argument("--workers", type=int, default=None, help="parallel.workers (default: the YAML's)")
+    ap.add_argument("--memory-gb", type=float, default=None, help="parallel.memory_gb (default: the YAML's)")
+    ap.add_argument("--full-sizes", action="store_true", help="sizes and geodesic on the whole volume (no sampling)")
+    ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots and HTML")
+    ap.add_argument("--sampling-error", type=float, default=None, metavar="MAX_VOXELS",
+                    help="instead: sizes (every phase) and geodesic tau (first class) sampled at MAX_VOXELS vs whole")
     ap.add_argument("--voxel-nm", type=float, nargs="+", default=[100.0], help="one number or z y x")
     ap.add_argument("--classes", nargs="+", default=["pore", "active_material", "carbon_binder"])
     ap.add_argument("--out", default="/tmp/bench_characterise")
@@ -73,6 +88,7 @@ def main(argv=None) -> dict:
     voxel = meta.get("voxel_size_nm") or (args.voxel_nm * 3 if len(args.voxel_nm) == 1 else args.voxel_nm)
     if args.crop:
         raw = np.ascontiguousarray(raw[: args.crop[0], : args.crop[1], : args.crop[2]])
+    raw = mirror_tile(raw, args.mirror)
     tort = {"directions": args.directions, "phases": args.tortuosity_phases}
     if args.solver:
         tort["solver"] = args.solver
@@ -86,18 +102,36 @@ def main(argv=None) -> dict:
         res.update(input=args.input, phase=args.compare, shape=list(raw.shape))
         print(json.dumps(res, indent=1))
         return res
+    if args.sampling_error:
+        from seglearn.characterise.labels import map_labels
+
+        lab, classes, _ = map_labels(raw, args.classes)
+        res = sampling_error(lab, classes, [float(v) for v in voxel], args.sampling_error)
+        print(json.dumps(res, indent=1))
+        return res
     res: dict = {"input": args.input, "shape": list(raw.shape), "voxel_size_nm": list(voxel),
                  "torch_threads": args.threads, "cpu_count": os.cpu_count(), "load_before": os.getloadavg(),
                  "tortuosity_options": tort}
-    t0, c0 = time.perf_counter(), time.process_time()
-    rep = characterise(raw, voxel, args.classes, out_dir=args.out, overwrite=True, progress=False,
-                       steps=args.steps or list(STEPS), tortuosity=tort)
+    extra: dict = {"parallel": {k: v for k, v in (("workers", args.workers), ("memory_gb", args.memory_gb))
+                                if v is not None}}
+    if args.full_sizes:
+        extra.update(sizes={"max_voxels": None}, geodesic={"max_voxels": None})
+    res["options"] = extra
+    t0 = time.perf_counter()
+    with MemorySampler() as mem:
+        rep = characterise(raw, voxel, args.classes, out_dir=args.out, overwrite=True, progress=False,
+                           steps=args.steps or list(STEPS), tortuosity=tort, plots=not args.no_plots,
+                           html=not args.no_plots, **extra)
     res["report_wall_s"] = round(time.perf_counter() - t0, 1)
-    res["report_cpu_s"] = round(time.process_time() - c0, 1)
+    res["report_cpu_s"] = rep["timings_cpu_s"]["total"]  # this process and its workers
     res["step_wall_s"] = rep["timings_s"]
     res["step_cpu_s"] = rep["timings_cpu_s"]
+    res["parallel"] = rep.get("parallel")
     res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    res["peak_rss_mb_workers"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+    res["peak_pss_mb_all_processes"] = mem.peak_mb
     res["load_after"] = os.getloadavg()
+    res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     res["fractions"] = rep.get("fractions")
     res["tortuosity"] = [{k: r[k] for k in ("phase", "direction", "tau", "status", "solver", "iterations", "seconds")}
                          for r in rep.get("tortuosity") or []]
@@ -120,6 +154,77 @@ def main(argv=None) -> dict:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "bench.json").write_text(json.dumps(res, indent=1))
     return res
+
+
+def sampling_error(lab, classes, spacing, max_voxels: float) -> dict:
+    """Sizes of every phase (inlet z0) and geodesic tau of phase 1 (from z0), sampled against whole."""
+    from seglearn.characterise.geodesic import sampled_geodesic
+    from seglearn.characterise.sizes import sampled_size_distribution
+
+    def rel(a, b):
+        return None if a is None or b in (None, 0) else round((a - b) / b, 5)
+
+    def timed(fn):
+        c = time.process_time()
+        return fn(), round(time.process_time() - c, 1)
+
+    out: dict = {"shape": list(lab.shape), "max_voxels": max_voxels, "sizes": {}, "geodesic": {}}
+    keys = ("r50_opening_nm", "r50_intrusion_nm", "constrictivity", "mean_diameter_nm")
+    for pid, name in enumerate(classes, 1):
+        (whole, tw), (samp, ts) = [timed(lambda mv=mv: sampled_size_distribution(
+            lab, pid, spacing, n_linear=6, growth=1.2, inlet="z0", max_voxels=mv)) for mv in (None, max_voxels)]
+        out["sizes"][name] = {k: {"whole": whole[k], "sampled": samp[k], "rel_err": rel(samp[k], whole[k])} for k in keys}
+        out["sizes"][name].update(cpu_s={"whole": tw, "sampled": ts}, box=samp["box"])
+    mask = lab == 1
+    for f in (0.25, 0.5):
+        d = f * lab.shape[0] * spacing[0]
+        (whole, tw), (samp, ts) = [timed(lambda mv=mv: sampled_geodesic(mask, "z0", d, spacing, max_starts=20000,
+                                                                        max_voxels=mv)) for mv in (None, max_voxels)]
+        out["geodesic"][str(f)] = {k: {"whole": whole[k], "sampled": samp[k], "rel_err": rel(samp[k], whole[k])}
+                                   for k in ("mean", "median", "std")}
+        out["geodesic"][str(f)].update(cpu_s={"whole": tw, "sampled": ts}, box=samp["box"])
+    return out
+
+
+def mirror_tile(vol, n: int):
+    """``vol`` repeated ``n`` times along each axis, every other copy mirrored (no seams)."""
+    import numpy as np
+
+    for ax in range(3):
+        parts = [vol if i % 2 == 0 else np.flip(vol, ax) for i in range(n)]
+        vol = np.concatenate(parts, axis=ax) if n > 1 else vol
+    return np.ascontiguousarray(vol)
+
+
+class MemorySampler:
+    """Peak summed proportional set size (PSS, MB) of this process and its children, sampled every 0.5 s."""
+
+    def __enter__(self):
+        import threading
+
+        import psutil
+
+        self.peak_mb, self._stop = 0.0, threading.Event()
+
+        def loop():
+            me = psutil.Process()
+            while not self._stop.wait(0.5):
+                total = 0
+                for p in [me] + me.children(recursive=True):
+                    try:
+                        total += p.memory_full_info().pss
+                    except (psutil.Error, OSError):
+                        pass
+                self.peak_mb = max(self.peak_mb, total / 2**20)
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = round(self.peak_mb, 1)
 
 
 def compare_solvers(mask, spacing) -> dict:

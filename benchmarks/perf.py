@@ -43,7 +43,7 @@ def measure(ckpt: str, shape, *, reps: int = 2, device: str = "cpu") -> dict:
     from monai.inferers import sliding_window_inference
 
     from seglearn.segment.api import load_segmenter
-    from seglearn.segment.tiling import _axis_weight
+    from seglearn.tiling import _axis_weight
     from seglearn.synth import make_phantom
 
     seg = load_segmenter(ckpt, device=device)  # defaults: bf16 where native

@@ -9,7 +9,7 @@ Cases:
   ``fibsem_base_1det`` with a new 2-class head.
 
 Methods: ``rf`` (seglearn.baselines random forest, ``configs/method/rf_ilastik.yaml``),
-``scratch`` (the U-Net from scratch on the scribbles, :func:`seglearn.segment.api.fit_segmenter`),
+``scratch`` (the U-Net from scratch on the scribbles, :func:`seglearn.segment.train.fit_segmenter`),
 ``zeroshot`` (base model, no training; for a class-count mismatch the new head is only
 initialised from the scribble class map), ``zeroshot_adapt`` (base model adapted to the volume
 without labels, as ``predict.py`` does by default: :func:`seglearn.pretrain.adapt.adapt_to_volume`;
@@ -23,7 +23,7 @@ Every method's result is appended to ``OUT/results.json`` so stages can run sepa
     python benchmarks/pretrain.py --cases phantom micro --methods rf scratch zeroshot zeroshot_adapt finetune naive
 
 ``--set KEY=VALUE ...`` overrides fine-tuning settings of the ``finetune`` method
-(``configs/pretrain/finetune.yaml`` keys), e.g. ``--set max_steps=1200 "ranges={noise: [0.12, 0.2]}"``.
+(``configs/finetune/default.yaml`` keys), e.g. ``--set max_steps=1200 "ranges={noise: [0.12, 0.2]}"``.
 ``--phantom-seed N`` draws the out-of-range phantom again with another seed (same parameters).
 """
 
@@ -128,7 +128,7 @@ def run_rf(case: dict, out: Path) -> dict:
 
 
 def run_scratch(case: dict, out: Path) -> dict:
-    from seglearn.segment.api import fit_segmenter
+    from seglearn.segment.train import fit_segmenter
 
     t0 = time.perf_counter()
     d = out / f"scratch_{case['name']}"
@@ -197,7 +197,7 @@ def merged_zeroshot(ck: dict, images: np.ndarray, case: dict, t0: float) -> dict
 def run_finetune(case: dict, out: Path, base: Path, kind: str, tta: str | None = None,
                  extra: dict | None = None) -> dict:
     """One base-model method on ``case``; ``extra`` overrides the fine-tuning settings of ``finetune``
-    (configs/pretrain/finetune.yaml keys)."""
+    (configs/finetune/default.yaml keys)."""
     from seglearn.pretrain.finetune import finetune
 
     settings = {"max_steps": STEPS, **(extra or {})}
@@ -262,7 +262,7 @@ def main(argv=None) -> None:
     ap.add_argument("--tta", default="none", choices=["none", "flips", "dihedral"],
                     help="also score the U-Nets with this test-time augmentation")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="settings",
-                    help="fine-tuning settings for the finetune method (configs/pretrain/finetune.yaml keys, YAML values)")
+                    help="fine-tuning settings for the finetune method (configs/finetune/default.yaml keys, YAML values)")
     ap.add_argument("--report", action="store_true", help="print the markdown table of OUT/results.json and exit")
     ap.add_argument("--png", default=None, metavar="PATH",
                     help="picture of the scored slice with each U-Net method's labels (PATH gets the case name)")

@@ -45,7 +45,7 @@ def score_on_test(seg, ds, tta: str | None = None) -> dict:
 
 def phantom(args) -> dict:
     from seglearn.data import load_dataset
-    from seglearn.segment.api import fit_segmenter, load_segmenter
+    from seglearn.segment import fit_segmenter, load_segmenter
 
     ds = load_dataset(args.data, require=("train", "test"))
     info = {"data": str(args.data), "shape": list(ds.shape)}
@@ -74,7 +74,7 @@ def phantom(args) -> dict:
 def micrograph(args) -> dict:
     from seglearn.io import read_stack
     from seglearn.metrics import score
-    from seglearn.segment.api import fit_segmenter, load_segmenter
+    from seglearn.segment import fit_segmenter, load_segmenter
 
     img, _ = read_stack(REAL / "micrograph_2class.tif")
     scrib, _ = read_stack(REAL / "micrograph_2class_scribbles.tif")

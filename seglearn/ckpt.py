@@ -294,6 +294,6 @@ def validate_checkpoint(obj: Mapping, path: str | os.PathLike = "checkpoint") ->
         if got[k].is_floating_point() and not bool(torch.isfinite(got[k]).all()):
             raise InputError(f"{path}: checkpoint tensor {k} holds NaN or Inf values")
     if obj.get("blend") is not None or meta.get("blend") is not None:
-        from seglearn.pretrain.blend import from_checkpoint
+        from seglearn.segment.blend import from_checkpoint
 
         from_checkpoint(obj, where=str(path))  # the packed forest: indices in range, every traversal ends

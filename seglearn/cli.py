@@ -9,6 +9,7 @@ import sys
 from typing import Any, Callable
 
 from seglearn.errors import SeglearnError
+from seglearn.log import setup_logging  # noqa: F401  (kept here for the entry points)
 
 log = logging.getLogger("seglearn")
 
@@ -73,16 +74,21 @@ def report_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def command(config_name: str, config_path: str = "configs") -> Callable[[Callable[[Any], Any]], Callable[[], Any]]:
+def command(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[], Any]]:
     """``@hydra.main`` with :func:`report_errors` around both the task and Hydra itself, so a bad
     override (``tile=[1,2``, an unknown key) is also one line and exit code 2.
 
-    ``config_path`` is relative to the file of the decorated function (Hydra's rule)::
+    The config ``config_name`` comes from the package (``pkg://seglearn.configs``, Hydra's search
+    path), so the command runs from any directory after any kind of install::
 
         @command("predict")
         def main(cfg): ...
     """
     import hydra
+
+    from seglearn.paths import CONFIGS_MODULE
+
+    config_path = f"pkg://{CONFIGS_MODULE}"
 
     def decorate(func: Callable[[Any], Any]) -> Callable[[], Any]:
         hydra_main = hydra.main(version_base="1.3", config_path=config_path, config_name=config_name)(
@@ -104,14 +110,3 @@ def command(config_name: str, config_path: str = "configs") -> Callable[[Callabl
         return entry
 
     return decorate
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    """Log seglearn's messages to stderr as ``[seglearn] message``."""
-    if log.handlers:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[seglearn] %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(level)
-    log.propagate = False

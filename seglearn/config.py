@@ -127,7 +127,7 @@ def parse_pairs(items: Any, where: str) -> dict:
 
 def resolve_seed(cfg: Any, section: str, default: int = 0) -> int:
     """The seed of a ``train.py`` run: ``SECTION.seed`` when the command line gave one
-    (``+finetune.seed=3``, ``+model.seed=3``), else the top-level ``seed``, else ``default``."""
+    (``finetune.seed=3``, ``model.seed=3``), else the top-level ``seed``, else ``default``."""
     sub = cfg.get(section) if cfg is not None else None
     if sub is not None and sub.get("seed") is not None:
         return int(sub.get("seed"))

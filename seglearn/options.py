@@ -175,8 +175,16 @@ PREDICT = {
 }
 #: predict.py with a U-Net checkpoint: tiles are (z, y, x)
 PREDICT_UNET = {"tile": TILE3, "overlap": NULL | integers(3, 0)}
-#: predict.py with a StarDist checkpoint: tiles are (y, x)
-PREDICT_STARDIST = {"tile": NULL | integers(2, 1)}
+#: predict.py with a StarDist checkpoint: tiles are (y, x); the ``instances`` group (configs/instances/)
+PREDICT_STARDIST = {
+    "tile": NULL | integers(2, 1),
+    "instances.method": NULL | one_of("auto", "fusion", "linking", "2d"), "instances.prob_thresh": NULL | PROB,
+    "instances.nms_thresh": NULL | PROB, "instances.fusion.fg_vote": NULL | PROB,
+    "instances.fusion.foreground": NULL | one_of("polygons", "probability"), "instances.fusion.fg_prob": NULL | PROB,
+    "instances.fusion.seed_thresh": NULL | PROB, "instances.fusion.h": NULL | NONNEG,
+    "instances.fusion.sigma": NULL | NONNEG, "instances.fusion.min_size": NULL | integer(0),
+    "instances.linking.max_distance": NULL | NONNEG, "instances.linking.min_slices": NULL | integer(1),
+}
 
 #: train.py, every model kind (configs/train.yaml, configs/data/, configs/trainer/)
 TRAIN = {
@@ -203,21 +211,26 @@ UNET = {
     "model.early_stopping.min_delta": NONNEG, **{f"model.augment.{k}": PROB for k in _AUGMENT},
     "model.inference.tile": TILE3, "model.inference.overlap": NULL | integers(3, 0),
     "model.inference.border": NULL | integer(0) | integers(3, 0), "model.inference.batch_size": integer(1),
+    **{f"model.by_mode.{m}.{k}": integers(3, 1) for m in ("flat", "3d") for k in ("patch", "tile")},
+    **{f"model.by_mode.{m}.overlap": integers(3, 0) for m in ("flat", "3d")},
 }
 #: model=stardist (configs/model/stardist.yaml)
 STARDIST = {
     "model.n_rays": integer(3), "model.grid": integers(2, 1), "model.depth": integer(1, 8),
     "model.base_filters": integer(1, 1024), "model.head_filters": integer(1, 1024),
+    "model.n_conv_per_depth": integer(1), "model.kernel_size": integer(1) | integers(2, 1),
+    "model.batch_norm": BOOL, "model.stem": one_of("single", "stardist"), "model.pool": integer(1) | integers(2, 1),
     "model.views": names(("xy", "xz", "yz")), "model.patch_size": integers(2, 1), "model.batch_size": integer(1),
     "model.epochs": integer(1), "model.steps_per_epoch": integer(1), "model.lr": POS, "model.dist_weight": NONNEG,
     "model.background_reg": NONNEG, "model.val_fraction": number(0, 1, lo_open=True, hi_open=True),
-    "model.max_minutes": POS, "model.percentiles": PERCENTILES, "model.augment": BOOL,
+    "model.max_minutes": POS, "model.percentiles": PERCENTILES, "model.isotropic": BOOL, "model.augment": BOOL,
     "model.threads": NULL | integer(1), "model.bf16": AUTO_BOOL, "model.channels_last": BOOL,
     "model.prob_grid": numbers(None, 0, 1), "model.nms_grid": numbers(None, 0, 1),
     "model.predict.method": one_of("auto", "fusion", "linking", "2d"), "model.predict.bf16": AUTO_BOOL,
     "model.predict.tile": integers(2, 1),
     "model.predict.context": integer(0), "model.predict.batch_size": integer(1),
-    "model.predict.fusion.fg_vote": PROB, "model.predict.fusion.seed_thresh": NULL | PROB,
+    "model.predict.fusion.fg_vote": PROB, "model.predict.fusion.foreground": one_of("polygons", "probability"),
+    "model.predict.fusion.fg_prob": PROB, "model.predict.fusion.seed_thresh": NULL | PROB,
     "model.predict.fusion.h": NONNEG, "model.predict.fusion.sigma": NONNEG,
     "model.predict.fusion.min_size": integer(0), "model.predict.linking.max_distance": NONNEG,
     "model.predict.linking.min_slices": integer(1),
@@ -233,13 +246,13 @@ PRETRAIN = {
     "model.warmup": integer(0),
     "model.ema": SHARE, "model.noise_reference": BOOL, "model.seed": NULL | SEED,
 }
-#: train.py init=BASE.ckpt +finetune.KEY=VALUE (configs/pretrain/finetune.yaml)
+#: train.py init=BASE.ckpt finetune.KEY=VALUE (the finetune config group, configs/finetune/default.yaml)
 FINETUNE = {
     "max_steps": integer(1), "max_minutes": POS, "lr": POS, "weight_decay": NONNEG, "batch_size": integer(1),
     "synth_fraction": PROB, "synth_weight": NONNEG, "freeze_encoder": BOOL, "freeze_bn": AUTO_BOOL,
     "adapt_bn": one_of("auto", "off") | BOOL | PROB, "val_every": integer(1), "patience": integer(0),
     "patch": integer(8), "detector": NULL | TEXT, "val_fraction": number(0, 1, lo_open=True, hi_open=True),
-    "val_tile": integer(4), "seed": SEED, "threads": integer(0), "runs": one_of("auto") | integer(1),
+    "val_tile": integer(4), "seed": NULL | SEED, "threads": integer(0), "runs": one_of("auto") | integer(1),
     "bf16": AUTO_BOOL, "phantom_shape": integers(3, 1), "cache": integer(1), "reuse": integer(1),
     "keep_best": BOOL, "match": PROB, "match_geometry": BOOL,
     "denoise": one_of("auto", "off") | NONNEG | numbers(None, 0), "distill": NONNEG,
@@ -268,7 +281,9 @@ CHARACTERISE = {
     "tortuosity.phases": NULL | names(), "tortuosity.directions": names(("z", "y", "x")),
     "tortuosity.device": DEVICE, "tortuosity.iter_limit": integer(1), "tortuosity.conv_crit": POS,
     "tortuosity.solver": one_of("auto", "fv", "taufactor"), "tortuosity.time_limit_s": POS, "tortuosity.rtol": POS,
-    "tortuosity.max_phase_voxels": integer(1),
+    "tortuosity.max_phase_voxels": integer(1), "sizes.max_voxels": NULL | integer(1),
+    "geodesic.max_voxels": NULL | integer(1), "parallel.workers": integer(1), "parallel.memory_gb": POS,
+    "parallel.min_voxels": integer(0),
     "geodesic.face": one_of(*_FACES), "geodesic.d_fractions": NULL | numbers(None, 0, 1, lo_open=True),
     "geodesic.d_um": NULL | numbers(None, 0, lo_open=True), "geodesic.max_values": integer(1),
     "inner_pores.radius_um": POS, "inner_pores.step_nm": NULL | POS, "rve.n_sizes": integer(1),

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
+from typing import Mapping
+
+log = logging.getLogger("seglearn")
 
 
 @functools.lru_cache(maxsize=None)
@@ -85,6 +89,33 @@ def resolve_bf16(setting, device) -> bool:
     if isinstance(setting, str) and setting.lower() in ("true", "false"):
         return setting.lower() == "true"
     raise InputError(f"bf16: expected true, false or auto, got {setting!r}")
+
+
+def trainer_device(trainer_cfg: Mapping | None, bf16="auto") -> dict:
+    """The ``trainer`` config group with its device choices made, for every ``lightning.Trainer`` of seglearn
+    (U-Net training, pretraining, fine-tuning): the one place where precision and BatchNorm sync are decided.
+
+    ``precision: auto`` becomes ``bf16-mixed`` where :func:`resolve_bf16` says so for the device the
+    trainer will use (a GPU when one is visible and ``accelerator`` is auto / gpu / cuda, else the CPU;
+    ``bf16`` is the run's own setting, ``auto`` = native bf16 only), else ``32-true``;
+    ``sync_batchnorm`` is turned off off-GPU (torch's SyncBatchNorm runs on GPUs only; CPU DDP over gloo
+    keeps per-process statistics).
+
+    Returns
+    -------
+    dict
+        A copy of ``trainer_cfg`` with ``precision`` and ``sync_batchnorm`` resolved.
+    """
+    import torch
+
+    tr = dict(trainer_cfg or {})
+    gpu = torch.cuda.is_available() and tr.get("accelerator", "auto") in ("auto", "gpu", "cuda")
+    if tr.get("precision", "auto") in ("auto", None):
+        tr["precision"] = "bf16-mixed" if resolve_bf16(bf16, "cuda" if gpu else "cpu") else "32-true"
+    if tr.get("sync_batchnorm") and not gpu:
+        log.info("trainer.sync_batchnorm=true needs GPUs; turned off for CPU training")
+        tr["sync_batchnorm"] = False
+    return tr
 
 
 def autocast(device, enabled: bool):

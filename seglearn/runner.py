@@ -73,4 +73,8 @@ def predict(cfg) -> dict:
     ckpt = load_checkpoint(cfg.ckpt)
     kind_rules = {"unet": options.PREDICT_UNET, "stardist": options.PREDICT_STARDIST}.get(ckpt["kind"], {})
     check_options(cfg, kind_rules, "predict")
+    if ckpt["kind"] == "unet":  # adapt= smooths noisy inputs by the pretraining noise rule (phantom references)
+        from seglearn.pretrain.adapt import zero_shot_noise_rule
+
+        return _resolve(PREDICTORS, "unet", "prediction")(cfg, ckpt, noise_rule=zero_shot_noise_rule)
     return _resolve(PREDICTORS, ckpt["kind"], "prediction")(cfg, ckpt)

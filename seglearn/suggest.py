@@ -174,16 +174,14 @@ def suggest(probs: np.ndarray, train: np.ndarray | None, *, voxel_size_nm: Seque
 
 def load_config(overrides: Sequence[str] = ()) -> dict:
     """``configs/suggest.yaml`` with its forest method resolved, as ``python -m seglearn.suggest`` sees it."""
-    from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    conf = str(Path(__file__).resolve().parents[1] / "configs")
+    from seglearn.paths import compose
+
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=conf):
-        cfg = compose("suggest", overrides=list(overrides))
-    return OmegaConf.to_container(cfg, resolve=True)
+    return OmegaConf.to_container(compose("suggest", overrides), resolve=True)
 
 
 def forest_labels(cfg_forest: Mapping, ds, train: np.ndarray) -> np.ndarray:
@@ -250,9 +248,12 @@ def run(cfg) -> dict:
     return {"output": str(out), "suggestions": ranked}
 
 
+def main() -> None:
+    """``python -m seglearn.suggest`` / ``seglearn-suggest``: :func:`run` on ``configs/suggest.yaml`` + overrides."""
+    from seglearn.cli import command
+
+    command("suggest")(run)()
+
+
 if __name__ == "__main__":
-    import hydra
-
-    from seglearn.cli import report_errors
-
-    hydra.main(version_base="1.3", config_path="../configs", config_name="suggest")(report_errors(run))()
+    main()

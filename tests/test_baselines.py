@@ -185,7 +185,7 @@ def test_unet_method_calls_the_segment_api(tiny, tmp_path, monkeypatch):
 
 
 def test_unet_api_has_the_expected_signature():
-    api = pytest.importorskip("seglearn.segment.api")
+    api = pytest.importorskip("seglearn.segment")
     import inspect
 
     assert list(inspect.signature(api.fit_segmenter).parameters)[:4] == ["images", "train_labels", "detectors", "out_dir"]

@@ -101,14 +101,15 @@ def test_judge_weights_balance_the_classes():
 def test_packed_forest_gives_sklearns_probabilities_and_refuses_broken_arrays():
     from sklearn.ensemble import RandomForestClassifier
 
-    from seglearn.pretrain import forest_pack
+    from seglearn.pretrain.blend import pack as blend_pack
+    from seglearn.segment import forest_pack
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(600, 5)).astype(np.float32)
     y = 1 + (x[:, 0] > 0) + (x[:, 1] > 0.5)  # classes 1..3
     y[y == 2] = 3  # class 2 has no sample: its column stays 0
     clf = RandomForestClassifier(n_estimators=7, random_state=0).fit(x, y)
-    arrays = forest_pack.check(forest_pack.pack(clf, 3), 5, 3)
+    arrays = forest_pack.check(blend_pack(clf, 3), 5, 3)
     xt = rng.normal(size=(3000, 5)).astype(np.float32)
     p = forest_pack.proba(arrays, xt, threads=2)
     assert p.shape == (3000, 3) and np.allclose(p[:, 1], 0)
@@ -124,15 +125,15 @@ def test_packed_forest_gives_sklearns_probabilities_and_refuses_broken_arrays():
 
 def _blended_ckpt(tiny_base, tiny_forest, tiny_phantom, path, weight=0.5):
     from seglearn.ckpt import load_checkpoint, save_checkpoint
-    from seglearn.pretrain import forest_pack
     from seglearn.pretrain.blend import Blend
+    from seglearn.pretrain.blend import pack as blend_pack
 
     clf, cfg = tiny_forest
     ck = load_checkpoint(tiny_base, kind="unet")
-    bl = Blend(forest_pack.pack(clf, 3), {"weight": weight, "features": cfg["features"], "detectors": DETS,
-                                          "n_features": int(clf.n_features_in_), "n_classes": 3,
-                                          "voxel_size_nm": list(tiny_phantom.config.voxel_size_nm),
-                                          "max_chunk_mb": 1.0})  # small chunks: several per block
+    bl = Blend(blend_pack(clf, 3), {"weight": weight, "features": cfg["features"], "detectors": DETS,
+                                    "n_features": int(clf.n_features_in_), "n_classes": 3,
+                                    "voxel_size_nm": list(tiny_phantom.config.voxel_size_nm),
+                                    "max_chunk_mb": 1.0})  # small chunks: several per block
     tensors, meta = bl.to_checkpoint()
     save_checkpoint(path, kind="unet", state_dict=ck["state_dict"], meta={**ck["meta"], "blend": meta}, blend=tensors)
     return path

@@ -41,7 +41,8 @@ def test_train_writes_checkpoint(trained):
     cfg, metrics, out = trained
     ck = load_checkpoint(out / "best.ckpt", kind="stardist")
     meta = ck["meta"]
-    assert meta["net"] == {"n_rays": 16, "grid": [2, 2], "depth": 1, "base_filters": 4, "head_filters": 8, "in_channels": 2}
+    assert {k: meta["net"][k] for k in ("n_rays", "grid", "depth", "base_filters", "head_filters", "in_channels")} == {
+        "n_rays": 16, "grid": [2, 2], "depth": 1, "base_filters": 4, "head_filters": 8, "in_channels": 2}
     assert meta["channels"] == ["SE2", "InLens"]
     assert len(meta["normalisation"]["lo"]) == 2 and all(h > l for l, h in zip(meta["normalisation"]["lo"], meta["normalisation"]["hi"]))
     assert meta["thresholds"]["prob"] in (0.5, 0.7) and meta["thresholds"]["nms"] == 0.4
@@ -148,7 +149,7 @@ def test_cli_train_and_predict(tiny_dataset, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "run" / "best.ckpt").exists()
     r = subprocess.run([sys.executable, "predict.py", f"ckpt={tmp_path / 'run' / 'best.ckpt'}", f"input={tiny_dataset}",
-                        f"output={tmp_path / 'pred'}", "+instances.method=linking", "+instances.prob_thresh=0.9"], cwd=ROOT,
+                        f"output={tmp_path / 'pred'}", "instances.method=linking", "instances.prob_thresh=0.9"], cwd=ROOT,
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert tifffile.imread(tmp_path / "pred" / "instances.tif").shape == (24, 64, 64)

@@ -60,14 +60,15 @@ def test_train_killed_then_resumed_finishes(tiny_dataset, tmp_path, sig):
 
 def test_predict_killed_leaves_no_labels_and_rerun_completes(tmp_path):
     out = tmp_path / "pred"
-    args = ["input=data/demo", f"output={out}", "block_slices=2", "preview=false"]
+    # 8 TTA passes: the writing lasts long enough (seconds) for the kill to land inside it
+    args = ["input=data/demo", f"output={out}", "block_slices=2", "preview=false", "tta=dihedral"]
     proc = _start("predict.py", *args)
 
     def writing() -> bool:  # the result set is written in a temporary sibling .pred.tmp-PID
         return any(p.name.startswith(".labels.tif.tmp-") for d in tmp_path.glob(".pred.tmp-*") for p in d.iterdir())
 
     assert _wait_for(writing, proc), "predict.py ended before writing started"
-    time.sleep(0.5)
+    time.sleep(0.1)
     proc.kill()
     proc.wait(timeout=60)
     assert not out.exists(), "a partial result set appeared under the output folder's name"

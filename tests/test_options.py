@@ -28,9 +28,10 @@ CHECKED_ELSEWHERE = {
     "train": {"model.kind",                           # seglearn.runner (unknown kinds refused)
               "data.derived",                         # seglearn.segment.channels
               "trainer.devices", "trainer.strategy",  # Lightning (and the 0-steps check)
-              "preprocess."},                         # the preprocessing steps (seglearn.preprocess)
-    "stardist": {"model.kind", "data.derived", "trainer.devices", "trainer.strategy", "preprocess."},
-    "pretrain": {"model.kind", "data.derived", "trainer.devices", "trainer.strategy", "preprocess.",
+              "preprocess.",                          # the preprocessing steps (seglearn.preprocess)
+              "finetune."},                           # options.FINETUNE (test_every_finetune_option_has_a_rule)
+    "stardist": {"model.kind", "data.derived", "trainer.devices", "trainer.strategy", "preprocess.", "finetune."},
+    "pretrain": {"model.kind", "data.derived", "trainer.devices", "trainer.strategy", "preprocess.", "finetune.",
                  "model.detectors", "model.derived",  # seglearn.pretrain (detector names)
                  "model.sources", "model.init",       # paths
                  "model.ranges"},                     # seglearn.pretrain.randomise (merge_settings)
@@ -53,7 +54,7 @@ COMMAND_LINE_ONLY = {"model.seed"}
 
 #: (tables, config name, overrides) per command of CHECKED_ELSEWHERE
 COMPOSED = {
-    "predict": ((options.PREDICT, options.PREDICT_UNET), "predict", []),
+    "predict": ((options.PREDICT, options.PREDICT_UNET, options.PREDICT_STARDIST), "predict", []),
     "train": ((options.TRAIN, options.UNET), "train", []),
     "stardist": ((options.TRAIN, options.STARDIST), "train", ["model=stardist"]),
     "pretrain": ((options.TRAIN, options.PRETRAIN), "train", ["model=unet_pretrain"]),
@@ -98,7 +99,7 @@ def test_every_documented_option_has_a_rule(command):
 
 
 def test_every_finetune_option_has_a_rule():
-    leaves = _leaves(yaml.safe_load((CONFIGS / "pretrain" / "finetune.yaml").read_text()))
+    leaves = _leaves(yaml.safe_load((CONFIGS / "finetune" / "default.yaml").read_text()))
     assert not set(options.FINETUNE) - leaves
     assert not _uncovered(leaves, set(options.FINETUNE), CHECKED_ELSEWHERE["finetune"])
 
@@ -110,7 +111,7 @@ def test_the_documented_defaults_pass_their_rules():
         cfg = {k: v for k, v in cfg.items() if v != "???"}
         for table in tables:
             options.check_options(_fill_interpolations(cfg), table, command)
-    ft = yaml.safe_load((CONFIGS / "pretrain" / "finetune.yaml").read_text())
+    ft = yaml.safe_load((CONFIGS / "finetune" / "default.yaml").read_text())
     options.check_options(ft, options.FINETUNE, "train", prefix="finetune.")
 
 

@@ -122,8 +122,8 @@ for _cmd, _argv in _FOLDER_COMMANDS.items():
 
 CORPUS_CASES += [
     Case("finetune-zero-steps", ["train.py", "data.root={dataset}", "out_dir={out}",
-                                 "init={root}/checkpoints/fibsem_base.ckpt", "+finetune.max_steps=1",
-                                 "+finetune.runs=1", "+finetune.max_minutes=1e-9", "+finetune.denoise=off"],
+                                 "init={root}/checkpoints/fibsem_base.ckpt", "finetune.max_steps=1",
+                                 "finetune.runs=1", "finetune.max_minutes=1e-9", "finetune.denoise=off"],
          "ran 0 steps", ["{out}"], cls="false-success"),
 ]
 

@@ -135,8 +135,8 @@ def test_finetune_stores_preprocess_and_predict_reapplies_it(tiny_dataset, tmp_p
 
     steps = json.dumps(STEPS).replace('"', "")
     cfg = _compose("train", [f"data.root={tiny_dataset}", f"out_dir={tmp_path / 'ft'}", f"init={ROOT / 'checkpoints' / 'fibsem_base.ckpt'}",
-                             "+finetune.max_steps=2", "+finetune.val_every=1", "+finetune.synth_fraction=0",
-                             "+finetune.patch=32", "+finetune.batch_size=2", "+finetune.threads=1", f"preprocess.steps={steps}"])
+                             "finetune.max_steps=2", "finetune.val_every=1", "finetune.synth_fraction=0",
+                             "finetune.patch=32", "finetune.batch_size=2", "finetune.threads=1", f"preprocess.steps={steps}"])
     train(cfg)
     meta = load_checkpoint(tmp_path / "ft" / "best.ckpt")["meta"]
     assert [s["step"] for s in meta["preprocess"]["steps"]] == ["register", "crop"]

@@ -172,8 +172,8 @@ def test_finetune_two_classes_gets_a_new_head(base_ckpt, tmp_path):
 def test_train_py_init_finetunes_and_predict_py_runs_zero_shot(base_ckpt, tiny_dataset, tmp_path):
     out = tmp_path / "ftcli"
     r = _cli(["train.py", f"data.root={tiny_dataset}", f"init={base_ckpt}", f"out_dir={out}",
-              "+finetune.max_steps=1", "+finetune.val_every=1", "+finetune.batch_size=2", "+finetune.patch=32",
-              "+finetune.phantom_shape=[8,32,32]", "+finetune.cache=1", "+finetune.threads=1", "+finetune.blend=off"])
+              "finetune.max_steps=1", "finetune.val_every=1", "finetune.batch_size=2", "finetune.patch=32",
+              "finetune.phantom_shape=[8,32,32]", "finetune.cache=1", "finetune.threads=1", "finetune.blend=off"])
     assert r.returncode == 0, r.stderr[-2000:]
     assert (out / "best.ckpt").exists() and (out / "finetune_summary.json").exists()
     r = _cli(["predict.py", f"ckpt={base_ckpt}", f"input={tiny_dataset}", f"output={tmp_path / 'zs'}", "preview=false"])

@@ -1,6 +1,6 @@
 """The U-Net as one more benchmark method: load a checkpoint, fine-tune a base model, or train one.
 
-Uses ``seglearn.segment.api`` (``load_segmenter``, ``fit_segmenter``) and
+Uses ``seglearn.segment`` (``load_segmenter``, ``fit_segmenter``) and
 ``seglearn.pretrain.finetune``, imported only when called.
 """
 
@@ -15,9 +15,9 @@ from seglearn.errors import InputError
 
 def _api():
     try:
-        from seglearn.segment import api
+        import seglearn.segment as api
     except ImportError as exc:  # the segment package is optional for the classical baselines
-        raise InputError(f"unet: seglearn.segment.api is not available ({exc})") from exc
+        raise InputError(f"unet: seglearn.segment is not available ({exc})") from exc
     return api
 
 

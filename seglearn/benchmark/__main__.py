@@ -3,7 +3,7 @@
 from seglearn.cli import command
 
 
-@command("benchmark", "../../configs")
+@command("benchmark")
 def main(cfg) -> None:
     from seglearn.benchmark.cli import run
 

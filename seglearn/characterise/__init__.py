@@ -9,6 +9,6 @@ sizes from instances; with ``out_dir`` it writes ``report.json``, CSV tables, PN
 ``report.html``. ``python characterise.py input=labels.tif`` runs it on a file.
 """
 
-from seglearn.characterise.core import DEFAULTS, STEPS, characterise
+from seglearn.characterise.core import STEPS, characterise, default_options
 
-__all__ = ["characterise", "DEFAULTS", "STEPS"]
+__all__ = ["characterise", "default_options", "STEPS"]

@@ -12,7 +12,7 @@ from seglearn.errors import InputError
 log = logging.getLogger("seglearn")
 
 _PASSED = ("values", "pore", "active", "binder", "steps", "depth", "interfaces", "sizes", "tortuosity",
-           "geodesic", "inner_pores", "rve", "particles", "plots", "html", "progress", "intervals")
+           "geodesic", "inner_pores", "rve", "particles", "plots", "html", "progress", "intervals", "parallel")
 
 
 def read_probabilities(params: dict) -> tuple:

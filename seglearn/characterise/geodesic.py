@@ -95,3 +95,30 @@ def face_distance(shape, face: str, spacing_nm) -> np.ndarray:
     view = [1, 1, 1]
     view[ax] = n
     return np.broadcast_to(idx.reshape(view), shape)
+
+
+def sampled_geodesic(mask: np.ndarray, face: str, d_nm: float, spacing_nm, *, max_starts: int | None,
+                     max_voxels: int | None) -> dict:
+    """:func:`geodesic_tortuosity` from a box face, its search region cut to at most ``max_voxels``.
+
+    The region searched is the slab within ``d_nm`` of ``face``; when it has more voxels than
+    ``max_voxels`` a central window across the face's axis is kept (paths then cannot leave it,
+    which can only lengthen them; the error is measured in docs/characterise.md). Returns the dict
+    of :func:`geodesic_tortuosity` with ``box`` (``[start, stop]`` per axis of the window).
+    """
+    from seglearn.characterise.sizes import sample_box
+
+    ax = "zyx".index(face[0])
+    n_ax = mask.shape[ax]
+    depth = min(n_ax, int(np.ceil(d_nm / float(spacing_nm[ax]))) + 2)
+    slab = [slice(None)] * 3
+    slab[ax] = slice(0, depth) if face[1] == "0" else slice(n_ax - depth, n_ax)
+    shape = list(mask.shape)
+    shape[ax] = depth
+    box = list(sample_box(shape, ax, max_voxels))
+    box[ax] = slab[ax]
+    box = tuple(slice(*b.indices(n)) for b, n in zip(box, mask.shape))
+    sub = np.ascontiguousarray(mask[box])
+    g = geodesic_tortuosity(sub, face_distance(sub.shape, face, spacing_nm), d_nm, spacing_nm, max_starts=max_starts)
+    g["box"] = [[b.start, b.stop] for b in box]
+    return g

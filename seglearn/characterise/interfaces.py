@@ -127,39 +127,52 @@ def mesh_area_matrix(labels: np.ndarray, n_classes: int, spacing_nm=(1.0, 1.0, 1
     dict
         ``pairs``: (K, K) nm^2 symmetric; ``surface``: (K,) nm^2, each phase's whole mesh area.
     """
-    from skimage import measure
-
     labels = np.asarray(labels)
-    spacing = np.asarray([float(s) for s in spacing_nm])
-    shape = np.array(labels.shape)
     per_side = np.zeros((n_classes, n_classes + 1))  # [phase, neighbour id 0..K]
     surface = np.zeros(n_classes)
     for k in range(1, n_classes + 1):
-        mask = labels == k
-        if not mask.any() or mask.all() or min(labels.shape) < 2:
-            continue
-        # one replicated voxel around the box so the mesh reaches the outer voxel faces like face
-        # counting does; triangles outside the box (centroid beyond the outer faces) are dropped
-        vol = np.pad(_smoothed(mask, sigma, spacing), 1, mode="edge")
-        del mask
-        try:
-            verts, faces, normals, _ = measure.marching_cubes(vol, 0.5, spacing=tuple(spacing),
-                                                              allow_degenerate=False)
-        except (ValueError, RuntimeError):  # no crossing of the level
-            continue
-        del vol
-        verts -= spacing
-        lost = 0.0
-        for f0 in range(0, len(faces), _CHUNK):  # triangles in chunks bound the memory
-            a, nb, own = _assign(labels, k, verts, faces[f0:f0 + _CHUNK], normals, spacing, shape, probe)
-            surface[k - 1] += a.sum() + own
-            lost += own
-            per_side[k - 1] += np.bincount(nb, weights=a, minlength=n_classes + 1)
-        del verts, faces, normals
-        if lost:
-            log.debug("phase %d: %.2f %% of its mesh area found no neighbouring phase", k,
-                      100 * lost / max(surface[k - 1], 1e-12))
+        per_side[k - 1], surface[k - 1] = mesh_phase_areas(labels, k, n_classes, spacing_nm, sigma=sigma, probe=probe)
+    return {"pairs": pair_areas(per_side), "surface": surface}
+
+
+def pair_areas(per_side: np.ndarray) -> np.ndarray:
+    """Symmetric ``(K, K)`` pair areas from each phase's areas by neighbour ``(K, K + 1)`` (ids 0..K)."""
     pair = per_side[:, 1:]
     pairs = 0.5 * (pair + pair.T)
     np.fill_diagonal(pairs, 0.0)
-    return {"pairs": pairs, "surface": surface}
+    return pairs
+
+
+def mesh_phase_areas(labels: np.ndarray, k: int, n_classes: int, spacing_nm=(1.0, 1.0, 1.0), *,
+                     sigma: float = 0.7, probe: float = 1.0) -> tuple[np.ndarray, float]:
+    """Marching-cubes mesh of phase ``k``: its area by neighbouring id ``(K + 1,)`` nm^2, and its whole area.
+
+    One task of :func:`mesh_area_matrix` (phases can be meshed in parallel).
+    """
+    from skimage import measure
+
+    spacing = np.asarray([float(s) for s in spacing_nm])
+    shape = np.array(labels.shape)
+    per_side = np.zeros(n_classes + 1)
+    mask = labels == k
+    if not mask.any() or mask.all() or min(labels.shape) < 2:
+        return per_side, 0.0
+    # one replicated voxel around the box so the mesh reaches the outer voxel faces like face
+    # counting does; triangles outside the box (centroid beyond the outer faces) are dropped
+    vol = np.pad(_smoothed(mask, sigma, spacing), 1, mode="edge")
+    del mask
+    try:
+        verts, faces, normals, _ = measure.marching_cubes(vol, 0.5, spacing=tuple(spacing), allow_degenerate=False)
+    except (ValueError, RuntimeError):  # no crossing of the level
+        return per_side, 0.0
+    del vol
+    verts -= spacing
+    lost = surface = 0.0
+    for f0 in range(0, len(faces), _CHUNK):  # triangles in chunks bound the memory
+        a, nb, own = _assign(labels, k, verts, faces[f0:f0 + _CHUNK], normals, spacing, shape, probe)
+        surface += a.sum() + own
+        lost += own
+        per_side += np.bincount(nb, weights=a, minlength=n_classes + 1)
+    if lost:
+        log.debug("phase %d: %.2f %% of its mesh area found no neighbouring phase", k, 100 * lost / max(surface, 1e-12))
+    return per_side, float(surface)

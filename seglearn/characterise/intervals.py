@@ -12,9 +12,10 @@ each axis (smoothed white noise of ``sigma`` has correlation ``exp(-r² / 4 sigm
 
 Each sample is characterised; the interval of a number is the normal-theory *prediction*
 interval of one more draw, ``mean ± t_{n-1} · std · sqrt(1 + 1/n)`` (the truth is treated as one
-more plausible segmentation). Cheap numbers (fractions, face-counted interfaces, CBD coverage) use
-``intervals.n_samples`` draws, the costly ones (meshes, size distributions, tortuosity, geodesic
-tortuosity) the first ``intervals.n_samples_slow``. Options: ``configs/characterise.yaml``
+more plausible segmentation). Cheap numbers (fractions, face-counted interfaces, CBD coverage,
+sections, RVE) use ``intervals.n_samples`` draws, the costly ones (meshes, size distributions,
+tortuosity, geodesic tortuosity, inner pores, particles) the first ``intervals.n_samples_slow``.
+Which numbers get intervals and where the bounds go: :mod:`.intervals_numbers`. Options: ``configs/characterise.yaml``
 ``intervals``. docs/characterise.md, "Uncertainty intervals".
 """
 
@@ -26,16 +27,17 @@ from typing import Any, Callable
 
 import numpy as np
 
+from seglearn.characterise.intervals_numbers import annotate, flatten
+
 log = logging.getLogger("seglearn")
 
-#: steps whose numbers get intervals and the cheap subset run on every sample
-SLOW_STEPS = ("fractions", "depth", "interfaces", "sizes", "tortuosity", "geodesic")
-FAST_STEPS = ("fractions", "depth", "interfaces")
-#: key columns that identify a row of a table across samples; other numeric columns get intervals
-KEYS = {"fractions": ("phase",), "fractions_by_depth": ("region",), "interfaces": ("phase_a", "phase_b"),
-        "surface": ("phase",), "size_distribution": ("phase", "radius_um"), "tortuosity": ("phase", "direction")}
-SKIP = {"id", "value", "region", "start_um", "stop_um", "radius_um", "diameter_um", "iterations", "seconds",
-        "flux_spread", "percolating", "converged"}
+__all__ = ["FAST_STEPS", "SLOW_STEPS", "add_intervals", "characterise_intervals", "correlation_length", "flatten",
+           "interval", "sample_labels"]
+
+#: steps measured on every draw, and on the first ``n_samples_slow`` draws (all of them)
+FAST_STEPS = ("fractions", "depth", "interfaces", "sections", "rve")
+SLOW_STEPS = ("fractions", "depth", "interfaces", "sizes", "tortuosity", "geodesic", "inner_pores", "sections", "rve",
+              "particles")
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -130,40 +132,6 @@ def sample_labels(log_probs: np.ndarray, sigma, rng: np.random.Generator) -> np.
 
 # ------------------------------------------------------------------------------------------ numbers
 
-def _num(v) -> bool:
-    return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
-
-
-def _row_key(table: str, row: dict) -> str:
-    return "/".join(f"{row[k]:.6g}" if isinstance(row[k], float) else str(row[k]) for k in KEYS[table])
-
-
-def flatten(rep: dict, tables: dict) -> dict[str, float]:
-    """Every number that gets an interval, by path (``fractions/pore/fraction``, ``tortuosity/pore/z/tau``).
-
-    Not finite values (a phase that does not percolate, no constrictivity) are None.
-    """
-    flat: dict[str, Any] = {}
-    for t in KEYS:
-        for row in tables.get(t) or []:
-            key = _row_key(t, row)
-            for col, v in row.items():
-                if col not in SKIP and col not in KEYS[t] and (v is None or _num(v)):
-                    flat[f"{t}/{key}/{col}"] = v
-    for k, v in (rep.get("cbd_coverage_of_am") or {}).items():
-        flat[f"cbd_coverage_of_am/{k}"] = v
-    for name, p in ((rep.get("size_distribution") or {}).get("phases") or {}).items():
-        for k, v in p.items():
-            if not isinstance(v, list):
-                flat[f"size_distribution/{name}/{k}"] = v
-    for r in (rep.get("geodesic_tortuosity") or {}).get("results") or []:
-        for k in ("mean", "median", "std"):
-            flat[f"geodesic_tortuosity/{r['d_um']:.4g}/{k}"] = r[k]
-        for p, v in (r.get("percentiles") or {}).items():
-            flat[f"geodesic_tortuosity/{r['d_um']:.4g}/p{p}"] = v
-    return {k: (None if v is None or not math.isfinite(float(v)) else float(v)) for k, v in flat.items()}
-
-
 def interval(values, level: float = 0.95) -> dict:
     """Prediction interval of one more draw from ``values`` (None entries: not finite, counted apart).
 
@@ -187,53 +155,131 @@ def interval(values, level: float = 0.95) -> dict:
 
 # ------------------------------------------------------------------------------------------ driver
 
-def add_intervals(rep: dict, tables: dict, probs: np.ndarray, measure: Callable[[np.ndarray, list], tuple],
-                  options: dict) -> None:
-    """Draw segmentations from ``probs``, measure them, and add the intervals to ``rep`` and ``tables``.
-
-    Parameters
-    ----------
-    rep, tables : dict
-        The point estimate's report and tables (changed in place: rows get ``<col>_low`` /
-        ``<col>_high``, ``rep["intervals"]`` the method and every interval by path).
-    probs : (K, Z, Y, X) ndarray
-    measure : callable
-        ``measure(labels, steps) -> (rep, tables)`` of one sample.
-    options : dict
-        ``configs/characterise.yaml`` ``intervals``.
-    """
-    o = options
-    n, n_slow = int(o["n_samples"]), min(int(o["n_samples_slow"]), int(o["n_samples"]))
-    p = np.asarray(probs, dtype=np.float32)
-    logp = np.log(np.clip(p / np.clip(p.sum(0, keepdims=True), 1e-12, None), 1e-12, None))
+def _sigma(p: np.ndarray, o: dict) -> tuple[list, list]:
+    """Correlation length (voxels, per axis) and the noise's smoothing ``sigma``."""
     if o["correlation_length"] in (None, "auto"):
         length = correlation_length(p)
     else:
         cl = o["correlation_length"]
         length = [float(v) for v in (cl if isinstance(cl, (list, tuple)) else [cl] * 3)]
-    sigma = [float(o["correlation_scale"]) * v / 2 for v in length]
+    return length, [float(o["correlation_scale"]) * v / 2 for v in length]
+
+
+def add_intervals(rep: dict, tables: dict, probs: np.ndarray, measure: Callable[[np.ndarray, list, bool], tuple],
+                  options: dict, steps=SLOW_STEPS) -> None:
+    """Draw segmentations from ``probs``, measure them, and add the intervals to ``rep`` and ``tables``.
+
+    Parameters
+    ----------
+    rep, tables : dict
+        The point estimate's report and tables (changed in place: rows and dicts of named quantities
+        get ``<name>_low`` / ``<name>_high``, ``rep["intervals"]`` the method and every interval by
+        path, ``tables["intervals"]`` the same as rows).
+    probs : (K, Z, Y, X) ndarray
+    measure : callable
+        ``measure(labels, steps, full) -> (rep, tables)`` of one sample (``full``: one of the first
+        ``n_samples_slow`` draws, measured with every step and meshes).
+    options : dict
+        ``configs/characterise.yaml`` ``intervals``.
+    steps : sequence of str
+        The steps of the report: the draws run those of them in :data:`SLOW_STEPS` / :data:`FAST_STEPS`.
+    """
+    o = options
+    n, n_slow = int(o["n_samples"]), min(int(o["n_samples_slow"]), int(o["n_samples"]))
+    p = np.asarray(probs, dtype=np.float32)
+    logp = np.log(np.clip(p / np.clip(p.sum(0, keepdims=True), 1e-12, None), 1e-12, None))
+    length, sigma = _sigma(p, o)
     rng = np.random.default_rng(int(o["seed"]))
     point = flatten(rep, tables)
     draws: dict[str, list] = {k: [] for k in point}
+    slow = [s for s in SLOW_STEPS if s in steps]
+    fast = [s for s in FAST_STEPS if s in steps]
     for i in range(n):
         lab = sample_labels(logp, sigma, rng)
-        steps = list(SLOW_STEPS if i < n_slow else FAST_STEPS)
-        r, t = measure(lab, steps)
+        r, t = measure(lab, slow if i < n_slow else fast, i < n_slow)
         f = flatten(r, t)
         for k in draws:  # a fast sample's None is "not measured" (meshes), not "not finite"
             if k in f and (i < n_slow or f[k] is not None):
                 draws[k].append(f[k])
         log.info("intervals: sample %d of %d measured (%s)", i + 1, n, "all steps" if i < n_slow else "fast steps")
     ivs = {k: {"value": point[k], **interval(v, float(o["level"]))} for k, v in draws.items() if v}
-    for t in KEYS:  # the CSV / HTML tables carry the bounds next to each number
-        for row in tables.get(t) or []:
-            key = _row_key(t, row)
-            for col in list(row):
-                iv = ivs.get(f"{t}/{key}/{col}")
-                if iv is not None:
-                    row[f"{col}_low"], row[f"{col}_high"] = iv["low"], iv["high"]
+    annotate(rep, tables, ivs)  # the CSV / HTML tables carry the bounds next to each number
     tables["intervals"] = [{"number": k, **v} for k, v in ivs.items()]
     rep["intervals"] = {"method": "correlated Gumbel-max sampling of the probabilities",
                         "level": float(o["level"]), "n_samples": n, "n_samples_slow": n_slow,
+                        "steps_every_draw": fast, "steps_slow_draws": slow,
                         "correlation_length_voxels": [round(v, 3) for v in length],
                         "sigma_voxels": [round(v, 3) for v in sigma], "seed": int(o["seed"]), "values": ivs}
+
+
+def draw_instances(instances: np.ndarray | None, lab: np.ndarray, sample: np.ndarray, active: int | None,
+                   grow_voxels: float = 2.0) -> np.ndarray | None:
+    """The particle ids of a drawn segmentation: ``instances`` (of the argmax ``lab``) follow the drawn active phase.
+
+    Voxels where the draw and the argmax agree keep their id; an active voxel of the argmax that
+    the draw makes another class loses it; a voxel the draw makes active takes the id of the
+    nearest particle within ``grow_voxels`` (``skimage.segmentation.expand_labels``), else none.
+    The same draw as the argmax gives the same instances.
+    """
+    if instances is None or not active:
+        return instances
+    from skimage.segmentation import expand_labels
+
+    act, was = sample == active, lab == active
+    out = np.where(was & ~act, 0, instances)
+    new = act & ~was
+    if new.any():
+        out[new] = expand_labels(out, distance=grow_voxels)[new]
+    return out
+
+
+#: options of the report that the draws do not take (the draws write nothing and log little)
+_NOT_FOR_DRAWS = ("steps", "plots", "html", "overwrite", "progress", "source", "intervals", "values")
+
+
+def characterise_intervals(rep: dict, tables: dict, lab: np.ndarray, probabilities: np.ndarray, spacing, classes,
+                           opts: dict, instances: np.ndarray | None = None, roles: dict | None = None) -> None:
+    """Intervals of every number of ``rep`` from segmentations drawn from ``probabilities``.
+
+    Parameters
+    ----------
+    rep, tables : dict
+        The argmax's report and tables (changed in place, :func:`add_intervals`).
+    lab : (Z, Y, X) ndarray
+        The measured labels, ids ``1..K``.
+    probabilities : (K, Z, Y, X) ndarray
+    spacing : (3,) float
+        Voxel size in nm.
+    classes : list of str
+    opts : dict
+        The merged options of :func:`seglearn.characterise.characterise`.
+    instances : (Z, Y, X) int ndarray, optional
+        Particle ids of the argmax; each draw's follow its active phase (:func:`draw_instances`).
+    roles : dict, optional
+        ``{"active": id, ...}`` (:func:`seglearn.characterise.labels.find_roles`).
+    """
+    from seglearn.characterise.core import characterise
+    from seglearn.errors import InputError
+
+    probabilities = np.asarray(probabilities)
+    if probabilities.shape != (len(classes),) + lab.shape:
+        raise InputError(f"{opts['source'] or 'probabilities'}: probabilities of shape {probabilities.shape}, expected "
+                         f"(K={len(classes)}, Z, Y, X) = {(len(classes),) + lab.shape}")
+    sub = {k: v for k, v in opts.items() if k not in _NOT_FOR_DRAWS}
+    sub |= {"values": list(range(1, len(classes) + 1)), "progress": False, "plots": False, "html": False}
+    active = (roles or {}).get("active")
+
+    def measure(sample, steps, full):
+        t: dict = {}
+        mesh = bool(full and opts["interfaces"]["mesh"])  # the fast draws count faces only
+        inst = draw_instances(instances, lab, sample, active) if "particles" in steps else None
+        r = characterise(sample, spacing, classes, instances=inst, steps=steps, tables_out=t,
+                         **(sub | {"interfaces": {**opts["interfaces"], "mesh": mesh}}))
+        return r, t
+
+    level = logging.getLogger("seglearn").level
+    logging.getLogger("seglearn").setLevel(max(level, logging.WARNING))  # the samples' step logs are noise
+    try:
+        add_intervals(rep, tables, probabilities, measure, opts["intervals"], steps=opts["steps"])
+    finally:
+        logging.getLogger("seglearn").setLevel(level)

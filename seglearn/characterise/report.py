@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import logging
 import math
@@ -82,6 +81,8 @@ def write_report(out_dir, rep: dict, tables: dict[str, list[dict]], arrays: dict
             written.append(f"{name}.csv")
     images: dict[str, bytes] = {}
     if plots:
+        from seglearn.characterise.plots import make_plots
+
         images = make_plots(rep, tables, arrays or {})
         for name, png in images.items():
             with atomic_path(out / name, overwrite=overwrite) as tmp:
@@ -96,178 +97,6 @@ def write_report(out_dir, rep: dict, tables: dict[str, list[dict]], arrays: dict
     _write_text(out / "report.json", json.dumps(_clean(doc), indent=1), overwrite)
     log.info("characterise: wrote %s (%d files)", out, len(written))
     return written
-
-
-# ----------------------------------------------------------------------------------------- plots
-
-def _fig_png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def make_plots(rep: dict, tables: dict, arrays: dict) -> dict[str, bytes]:
-    """PNG bytes of each plot the report has data for, by file name."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    classes = rep["input"]["classes"]
-    out: dict[str, bytes] = {}
-    depth = rep.get("fractions_by_depth")
-    if depth and depth["regions"]:
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        mid = [(r["start_um"] + r["stop_um"]) / 2 for r in depth["regions"]]
-        for c in classes:
-            y = [r[f"fraction_{c}"] for r in depth["regions"]]
-            line, = ax.plot(mid, y, "o-", label=c)
-            if all(r.get(f"fraction_{c}_low") is not None for r in depth["regions"]):  # 95 % intervals
-                bounds = [[r[f"fraction_{c}_low"], r[f"fraction_{c}_high"]] for r in depth["regions"]]
-                err = np.abs(np.array(bounds).T - y)
-                ax.errorbar(mid, y, yerr=err, fmt="none", ecolor=line.get_color(), capsize=3)
-        ax.set_xlabel(f"depth along {depth['axis']} (µm)")
-        ax.set_ylabel("volume fraction")
-        ax.set_title("Volume fraction per depth region")
-        ax.legend(fontsize=8)
-        out["fractions_by_depth.png"] = _fig_png(fig)
-    sd = rep.get("size_distribution")
-    if sd and sd["phases"]:
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        for name, p in sd["phases"].items():
-            line, = ax.plot(2 * np.asarray(p["radius_um"]), p["opened"], "o-", ms=3, label=f"{name}")
-            rows = [r for r in tables.get("size_distribution") or [] if r["phase"] == name
-                    and r.get("opened_fraction_low") is not None]
-            if rows:  # 95 % band of the curve
-                ax.fill_between([r["diameter_um"] for r in rows], [r["opened_fraction_low"] for r in rows],
-                                [r["opened_fraction_high"] for r in rows], color=line.get_color(), alpha=0.2, lw=0)
-        ax.set_xlabel("diameter (µm)")
-        ax.set_ylabel("volume fraction with local thickness ≥ d")
-        ax.set_title("Continuous size distribution (granulometry)")
-        ax.legend(fontsize=8)
-        out["size_distribution.png"] = _fig_png(fig)
-        if any(p["intruded"] is not None for p in sd["phases"].values()):
-            fig, ax = plt.subplots(figsize=(5.5, 3.6))
-            for name, p in sd["phases"].items():
-                if p["intruded"] is None:
-                    continue
-                line, = ax.plot(p["radius_um"], p["intruded"], "o-", ms=3,
-                                label=f"{name} (β = {p['constrictivity']:.2f})" if p["constrictivity"] is not None
-                                else name)
-                ax.plot(p["radius_um"], p["opened"], ":", color=line.get_color())
-            ax.set_xlabel("sphere radius r (µm)")
-            ax.set_ylabel("fraction of the phase filled")
-            ax.set_title(f"Intrusion from {sd['inlet']} (solid) vs opening (dotted)")
-            ax.legend(fontsize=8)
-            out["intrusion.png"] = _fig_png(fig)
-    geo = rep.get("geodesic_tortuosity")
-    if geo and geo["results"] and arrays:
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        for r in geo["results"]:
-            vals = arrays.get(f"geodesic_{r['d_um']:.4g}")
-            if vals is not None and len(vals):
-                ax.hist(vals, bins=50, range=(1, max(2.0, float(np.percentile(vals, 99.5)))), histtype="step",
-                        density=True, label=f"d = {r['d_um']:.3g} µm (mean {r['mean']:.3f})")
-        ax.set_xlabel("geodesic tortuosity τ")
-        ax.set_ylabel("density")
-        ax.set_title(f"Geodesic tortuosity of {geo['phase']} from {geo['face']}")
-        ax.legend(fontsize=8)
-        out["geodesic_tortuosity.png"] = _fig_png(fig)
-    lf = tables.get("local_fraction")
-    if lf:
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        d = [r["delta_um"] for r in lf]
-        ax.plot(d, [np.nan if r["local_solid_fraction"] is None else r["local_solid_fraction"] for r in lf],
-                label="in [δ, δ + step)")
-        ax.plot(d, [r["cumulative_solid_fraction"] for r in lf], label="closer than δ + step")
-        ax.set_xlabel("distance to the particle boundary δ (µm)")
-        ax.set_ylabel("solid volume fraction")
-        ax.set_title("Local solid fraction vs distance to the boundary")
-        ax.legend(fontsize=8)
-        out["local_fraction.png"] = _fig_png(fig)
-    sec = tables.get("sections")
-    if sec:
-        fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), sharey=True)
-        for ax, plane in zip(axes, ("xy", "xz", "yz")):
-            rows = [r for r in sec if r["plane"] == plane]
-            for i, c in enumerate(classes):
-                line, = ax.plot([r["slice"] for r in rows],
-                                [np.nan if r[f"fraction_{c}"] is None else r[f"fraction_{c}"] for r in rows], lw=1,
-                                label=c)
-                ax.axhline(rep["sections"]["volume"][c], color=line.get_color(), ls="--", lw=0.8)
-            ax.set_title(f"{plane} sections (dashed: 3D)")
-            ax.set_xlabel("slice")
-        axes[0].set_ylabel("volume fraction")
-        axes[0].legend(fontsize=7)
-        out["sections.png"] = _fig_png(fig)
-    rv = rep.get("representative_volume")
-    if rv:
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        for c in classes:
-            ax.plot(rv["edge_um"], rv["std"][c], "o-", ms=3, label=c)
-        ax.axhline(rv["tolerance"], color="k", ls=":", lw=0.8, label="tolerance")
-        ax.set_xscale("log")
-        ax.set_yscale("symlog", linthresh=1e-3)
-        ax.set_xlabel("sub-volume edge (µm)")
-        ax.set_ylabel("std of the fraction")
-        ax.set_title("Representative volume: spread vs sub-volume size")
-        ax.legend(fontsize=8)
-        out["representative_volume.png"] = _fig_png(fig)
-    parts = tables.get("particles")
-    if parts:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-        axes[0].hist([r["equivalent_diameter_um"] for r in parts], bins=30)
-        axes[0].set_xlabel("equivalent diameter (µm)")
-        axes[0].set_ylabel("particles")
-        axes[1].hist([r["aspect_ratio"] for r in parts], bins=30)
-        axes[1].set_xlabel("aspect ratio (major / minor)")
-        out["particles.png"] = _fig_png(fig)
-    if rep.get("intervals"):
-        out["intervals.png"] = _interval_plot(rep)
-    return out
-
-
-def _interval_plot(rep: dict) -> bytes:
-    """Fractions, specific surface areas and tortuosity factors per phase with their 95 % intervals."""
-    import matplotlib.pyplot as plt
-
-    vals = rep["intervals"]["values"]
-    panels = [("volume fraction", "fractions/{}/fraction"), ("specific surface area (µm⁻¹, mesh or faces)", None),
-              ("tortuosity factor τ", "tortuosity/{}/tau")]
-    classes = rep["input"]["classes"]
-    dirs = sorted({k.split("/")[2] for k in vals if k.startswith("tortuosity/") and k.endswith("/tau")})
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    for ax, (title, pat) in zip(axes, panels):
-        names, keys = [], []
-        for c in classes:
-            if pat is None:
-                k = f"surface/{c}/ssa_mesh_per_um"
-                keys.append(k if k in vals and vals[k]["value"] is not None else f"surface/{c}/ssa_faces_per_um")
-                names.append(c)
-            elif "tortuosity" in pat:
-                for d in dirs:
-                    keys.append(f"tortuosity/{c}/{d}/tau")
-                    names.append(f"{c} {d}")
-            else:
-                keys.append(pat.format(c))
-                names.append(c)
-        for i, (n, k) in enumerate(zip(names, keys)):
-            iv = vals.get(k)
-            if not iv or iv["value"] is None:
-                continue
-            ax.plot(iv["value"], i, "o", color="C0")
-            if iv["low"] is not None:
-                ax.plot([iv["low"], iv["high"]], [i, i], "-", color="C0", lw=2)
-                ax.plot([iv["low"], iv["high"]], [i, i], "|", color="C0", ms=10)
-        ax.set_yticks(range(len(names)), names, fontsize=8)
-        ax.set_ylim(-0.7, len(names) - 0.3)
-        ax.set_title(title, fontsize=9)
-    fig.suptitle(f"Point estimate (argmax) and {100 * rep['intervals']['level']:g} % interval", fontsize=10)
-    return _fig_png(fig)
 
 
 # ------------------------------------------------------------------------------------------ html
@@ -352,17 +181,13 @@ def render_html(rep: dict, tables: dict, images: dict[str, bytes]) -> str:
         parts.append(f"<h2>Particles ({p['count']}, from {p['source']})</h2>"
                      + _table([{"quantity": k, **(v or {})} for k, v in p.items() if isinstance(v, dict) or v is None])
                      + img("particles.png", "particles"))
-    iv = rep.get("intervals")
-    if iv:
-        parts.append(f"<h2>Uncertainty intervals ({100 * iv['level']:g} %)</h2><p>{html.escape(iv['method'])}: "
-                     f"{iv['n_samples']} segmentations drawn from the probabilities ({iv['n_samples_slow']} of them "
-                     f"also for meshes, sizes and tortuosity), noise correlated over "
-                     f"{' × '.join(f'{v:g}' for v in iv['correlation_length_voxels'])} voxels (z, y, x). "
-                     f"Every table above has <code>_low</code> / <code>_high</code> columns; value = the argmax "
-                     f"segmentation (docs/characterise.md).</p>"
-                     + img("intervals.png", "intervals")
-                     + _table(tables.get("intervals") or [], ["number", "value", "low", "high", "mean", "std", "n"],
-                              limit=200))
+    if rep.get("intervals"):
+        from seglearn.characterise.intervals_report import interval_html
+
+        parts.append(interval_html(rep, tables, img))
+    if rep.get("not_run"):
+        parts.append("<h2>Steps not run (memory budget)</h2>"
+                     + _table([{"step": k, "why": v} for k, v in rep["not_run"].items()]))
     parts.append("<h2>Timings (s)</h2>" + _table([rep.get("timings_s", {})]))
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}"

@@ -30,6 +30,9 @@ log = logging.getLogger("seglearn")
 
 _ORDER = {"z": (0, 1, 2), "y": (1, 0, 2), "x": (2, 1, 0)}
 SOLVERS = ("auto", "fv", "taufactor")
+#: peak bytes of an fv solve per solved voxel (plus ~10 per voxel of the volume): 11.4 GB for the
+#: 6.0e7 pore voxels of the 512^3 benchmark (docs/characterise.md); what characterise() budgets
+BYTES_PER_UNKNOWN = 180.0
 
 
 @contextlib.contextmanager
@@ -119,6 +122,7 @@ def tortuosity_factor(mask: np.ndarray, direction: str, spacing_nm, *, solver: s
 
     if direction not in _ORDER:
         raise InputError(f"tortuosity direction must be z, y or x, got {direction!r}")
+    t0 = time.perf_counter()
     order = _ORDER[direction]
     arr = np.asarray(mask)
     field = np.ascontiguousarray(np.transpose(arr, order), np.float64 if arr.dtype != bool else bool)
@@ -127,35 +131,37 @@ def tortuosity_factor(mask: np.ndarray, direction: str, spacing_nm, *, solver: s
     d_mean = float(field.mean())
     out = {"direction": direction, "volume_fraction": float((field > 0).mean()), "solver": kind,
            "tau_unconverged": None, "stopped_by": None, "flux_spread": 0.0, "iterations": 0}
-    t0 = time.perf_counter()
     name = f"tortuosity {label} {direction}".replace("  ", " ")
-    blocked = {**out, "tau": float("inf"), "d_eff": 0.0, "converged": True}
-    r = None
     n_phase = int(np.count_nonzero(field))
     if n_phase > max_phase_voxels:
         why = f"max_phase_voxels={int(max_phase_voxels)} exceeded ({n_phase} voxels)"
         log.warning("%s: not solved, %s", name, why)
         return {**out, "tau": None, "d_eff": None, "converged": False, "stopped_by": why,
                 "seconds": time.perf_counter() - t0}
+    r = None
     if kind == "fv" and d_mean > 0:
         from seglearn.characterise.diffusion import solve_diffusion
 
         r = solve_diffusion(field, sp, rtol=rtol, conv_crit=conv_crit, iter_limit=iter_limit,
                             time_limit_s=time_limit_s)
         r = r if r["unknowns"] else None
-        extra = {"flux_spread": r["flux_spread"], "residual": r["residual"]} if r else {}
     elif kind == "taufactor" and d_mean > 0 and spans(field > 0):
         if field.dtype != bool:
             raise InputError("tortuosity.solver=taufactor takes a phase mask only; use solver=fv for diffusivities")
         r = _taufactor(field.astype(np.uint8), sp, device, iter_limit, time_limit_s, conv_crit)
-        extra = {"flux_spread": r["flux_spread"]}
     if r is None:
         if d_mean > 0:
             log.info("%s: the phase does not percolate (no face-connected path)", name)
-        return {**blocked, "seconds": time.perf_counter() - t0}
+        return {**out, "tau": float("inf"), "d_eff": 0.0, "converged": True, "seconds": time.perf_counter() - t0}
+    return _result(out, r, d_mean, conv_crit, name, t0)
+
+
+def _result(out: dict, r: dict, d_mean: float, conv_crit: float, name: str, t0: float) -> dict:
+    """The result of a solve that ran: ``tau`` when converged, else the bound and the estimate apart."""
     d_eff = r["d_eff"]
     tau = d_mean / d_eff if d_eff > 0 else float("inf")
     seconds = time.perf_counter() - t0
+    extra = {k: r[k] for k in ("flux_spread", "residual") if k in r}
     res = {**out, **extra, "iterations": r["iterations"], "converged": r["converged"], "stopped_by": r["stopped_by"],
            "seconds": seconds}
     if not r["converged"]:
@@ -164,7 +170,7 @@ def tortuosity_factor(mask: np.ndarray, direction: str, spacing_nm, *, solver: s
         log.warning("%s: NOT converged (%s) after %d iterations, %.1f s; last estimate %.4g is not "
                     "reported as a result", name, why, r["iterations"], seconds, tau)
         return {**res, "tau": None, "d_eff": None, "tau_unconverged": tau, "stopped_by": why}
-    log.info("%s: tau=%.4g after %d iterations (%s, %.1f s)", name, tau, r["iterations"], kind, seconds)
+    log.info("%s: tau=%.4g after %d iterations (%s, %.1f s)", name, tau, r["iterations"], out["solver"], seconds)
     return {**res, "tau": tau, "d_eff": d_eff}
 
 

@@ -15,14 +15,18 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from seglearn.ct.annotators import Annotator, annotate_volume, paint_slice, perceived_labels
+from seglearn.ct.annotators import annotate_volume, Annotator, paint_slice, perceived_labels
 from seglearn.errors import InputError
+from seglearn.features.stack import FeatureStack
+from seglearn.paths import load_config
 
 log = logging.getLogger("seglearn")
 
-DEFAULT_FEATURES = {"sigmas": [0.7, 1.0, 1.6, 3.5], "features": ["gauss", "log", "ggm", "dog", "ste", "hoge"],
-                    "dims": 3}
-DEFAULT_RF = {"n_estimators": 20, "max_depth": 14, "min_samples_leaf": 3, "max_samples": 10000}
+
+
+def study_default(key: str) -> dict:
+    """``ct_study.<key>`` of ``configs/experiment/ct_user_study.yaml`` (``features``, ``rf``): the defaults' one home."""
+    return dict(load_config("experiment/ct_user_study.yaml")["ct_study"][key])
 
 
 def volume_features(image: np.ndarray, spec: Mapping[str, Any] | None = None) -> np.ndarray:
@@ -39,9 +43,7 @@ def volume_features(image: np.ndarray, spec: Mapping[str, Any] | None = None) ->
     (Z * Y * X, F) float32 ndarray
         Row ``i`` is voxel ``i`` of the C-ordered volume.
     """
-    from seglearn.features.stack import FeatureStack
-
-    spec = dict(DEFAULT_FEATURES if spec is None else spec)
+    spec = dict(study_default("features") if spec is None else spec)
     stack = FeatureStack(np.asarray(image, np.float32)[None], ["CT"], {"inputs": ["CT"], "ilastik": spec})
     return stack.compute_samples(0, image.shape[0])
 
@@ -117,7 +119,7 @@ def user_training_labels(truth: np.ndarray, user: Annotator, coverage: float, sl
     """
     if not iterative or len(slices) < 2:
         return annotate_volume(truth, user, coverage, slices, rng)
-    rf = dict(DEFAULT_RF, **(rf or {}))
+    rf = {**study_default("rf"), **(rf or {})}
     lab = np.zeros(truth.shape, np.uint8)
     centre, others = int(slices[0]), [int(z) for z in slices[1:]]
     lab[centre] = paint_slice(truth[centre], user, coverage, rng)
@@ -149,7 +151,7 @@ def ml_segment(truth: np.ndarray, user: Annotator, coverage: float, slices: Sequ
     labels : (Z, Y, X) uint8
         The user's sparse annotations.
     """
-    rf = dict(DEFAULT_RF, **(rf or {}))
+    rf = {**study_default("rf"), **(rf or {})}
     lab = user_training_labels(truth, user, coverage, slices, features, rng, iterative=iterative, rf=rf, seed=seed)
     clf = fit_forest(features, lab, seed=seed, **rf)
     return predict_forest(clf, features, truth.shape), lab

@@ -17,6 +17,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from seglearn.errors import InputError
+from seglearn.io import read_stack
+from seglearn.synth.config import PhantomConfig
+from seglearn.synth.microstructure import generate_microstructure, microstructure_from_volume
 
 log = logging.getLogger("seglearn")
 
@@ -119,9 +122,6 @@ class CTPhantom:
 
 
 def _phases(cfg: CTConfig, rng: np.random.Generator) -> np.ndarray:
-    from seglearn.synth.config import PhantomConfig
-    from seglearn.synth.microstructure import generate_microstructure, microstructure_from_volume
-
     vs = float(cfg.voxel_size_nm)
     pcfg = PhantomConfig(shape=tuple(cfg.shape), voxel_size_nm=(vs, vs, vs), seed=cfg.seed,
                          source_classes=cfg.source_classes, am_fraction=cfg.am_fraction,
@@ -130,8 +130,6 @@ def _phases(cfg: CTConfig, rng: np.random.Generator) -> np.ndarray:
     if cfg.source is None:
         labels, _ = generate_microstructure(pcfg, rng)
         return labels
-    from seglearn.io import read_stack
-
     path = Path(cfg.source)
     vol, _ = read_stack(path)
     if any(s < t for s, t in zip(vol.shape, cfg.shape)):

@@ -37,39 +37,24 @@ def _save(fig, path: Path, overwrite: bool) -> str:
     return str(path)
 
 
-def write_figures(summary: dict, previews: dict, out: Path, *, overwrite: bool = False, real: dict | None = None) -> list[str]:
-    """Write ``fig4_ml_coverage.png``, ``fig5_ml_vs_unsupervised.png``, ``fig8_datasets.png`` and ``slices.png``.
-
-    Parameters
-    ----------
-    summary : dict
-        dataset -> filter -> method -> statistics (see :func:`seglearn.ct.study.run`).
-    previews : dict
-        (dataset, filter) -> {"image", "truth", method: [slice per user]}.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out)
-    files = []
-    cases = [(d, f) for d, fs in summary.items() for f in fs]
-    # Fig. 4: ML coverage sweep (std and image subtraction) per dataset/filter
+def _fig4(plt, summary: dict, cases: list, out: Path, overwrite: bool) -> list[str]:
+    """Fig. 4: ML coverage sweep (std and image subtraction) per dataset/filter."""
     covs = sorted({m for d, f in cases for m in summary[d][f] if m.startswith("MLX")}, key=_cov)
-    if covs:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-        series_s = {f"{d} {f}": [summary[d][f].get(m, {}).get("std", np.nan) for m in covs] for d, f in cases}
-        series_p = {f"{d} {f}": [summary[d][f].get(m, {}).get("pct_differ", np.nan) for m in covs] for d, f in cases}
-        _bars(axes[0], covs, series_s, "std of AM volume fraction")
-        _bars(axes[1], covs, series_p, "mean % voxels differing (pairs)")
-        axes[0].set_title("a) ML coverage sweep: user std")
-        axes[1].set_title("b) image subtraction")
-        files.append(_save(fig, out / "fig4_ml_coverage.png", overwrite))
-    # Fig. 5: S2 / cWS vs MLX10 / MLX25, every dataset and filter
+    if not covs:
+        return []
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    series_s = {f"{d} {f}": [summary[d][f].get(m, {}).get("std", np.nan) for m in covs] for d, f in cases}
+    series_p = {f"{d} {f}": [summary[d][f].get(m, {}).get("pct_differ", np.nan) for m in covs] for d, f in cases}
+    _bars(axes[0], covs, series_s, "std of AM volume fraction")
+    _bars(axes[1], covs, series_p, "mean % voxels differing (pairs)")
+    axes[0].set_title("a) ML coverage sweep: user std")
+    axes[1].set_title("b) image subtraction")
+    return [_save(fig, out / "fig4_ml_coverage.png", overwrite)]
+
+
+def _fig5(plt, summary: dict, cases: list, methods: list, out: Path, overwrite: bool) -> str:
+    """Fig. 5: S2 / cWS vs MLX10 / MLX25, every dataset and filter."""
     groups = [f"{d}\n{f}" for d, f in cases]
-    methods = [m for m in COMPARE if any(m in summary[d][f] for d, f in cases)]
-    methods += sorted({m for d, f in cases for m in summary[d][f] if m.startswith("UNet")})
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     _bars(axes[0], groups, {m: [summary[d][f].get(m, {}).get("std", np.nan) for d, f in cases] for m in methods},
           "std of AM volume fraction")
@@ -77,8 +62,11 @@ def write_figures(summary: dict, previews: dict, out: Path, *, overwrite: bool =
           "mean % voxels differing (pairs)")
     axes[0].set_title("a) user variation")
     axes[1].set_title("b) image subtraction")
-    files.append(_save(fig, out / "fig5_ml_vs_unsupervised.png", overwrite))
-    # Fig. 8: raw data of each dataset, with distance to the true fraction (and real CT IoU)
+    return _save(fig, out / "fig5_ml_vs_unsupervised.png", overwrite)
+
+
+def _fig8(plt, summary: dict, cases: list, methods: list, real: dict | None, out: Path, overwrite: bool) -> str:
+    """Fig. 8: raw data of each dataset, with distance to the true fraction (and real CT IoU)."""
     raw = [(d, "raw") for d in summary if "raw" in summary[d]] or cases
     n_pan = 4 if real and real.get("methods") else 3
     fig, axes = plt.subplots(1, n_pan, figsize=(4.6 * n_pan, 3.8))
@@ -98,28 +86,56 @@ def write_figures(summary: dict, previews: dict, out: Path, *, overwrite: bool =
         axes[3].set_xticklabels(rm)
         axes[3].set_ylabel("binary IoU vs mask")
         axes[3].set_title("d) real CT slice (users)")
-    files.append(_save(fig, out / "fig8_datasets.png", overwrite))
-    # Figs. 1/2: central slices
+    return _save(fig, out / "fig8_datasets.png", overwrite)
+
+
+def _slices(plt, previews: dict, out: Path, overwrite: bool) -> list[str]:
+    """Figs. 1/2: central slices of the first dataset, per user, and two users' difference."""
     key = next(iter(previews), None)
-    if key is not None:
-        pv = previews[key]
-        show = [m for m in ("S2", "cWS", "MLX25") if m in pv] or [m for m in pv if m.startswith("MLX")][:1]
-        n_u = len(pv[show[0]]) if show else 0
-        cols = max(3, n_u + 1)
-        fig, axes = plt.subplots(1 + len(show), cols, figsize=(2.6 * cols, 2.6 * (1 + len(show))))
-        axes = np.atleast_2d(axes)
-        for a in axes.ravel():
-            a.axis("off")
-        axes[0, 0].imshow(pv["image"], cmap="gray")
-        axes[0, 0].set_title(f"{key[0]} {key[1]}", fontsize=8)
-        axes[0, 1].imshow(pv["truth"], cmap="gray")
-        axes[0, 1].set_title("truth (AM white)", fontsize=8)
-        for r, m in enumerate(show, start=1):
-            for c, s in enumerate(pv[m]):
-                axes[r, c].imshow(s, cmap="gray")
-                axes[r, c].set_title(f"{m} user {c + 1}", fontsize=8)
-            if len(pv[m]) >= 2:
-                axes[r, n_u].imshow(pv[m][0] != pv[m][1], cmap="magma")
-                axes[r, n_u].set_title(f"{m} |user1 - user2|", fontsize=8)
-        files.append(_save(fig, out / "slices.png", overwrite))
-    return files
+    if key is None:
+        return []
+    pv = previews[key]
+    show = [m for m in ("S2", "cWS", "MLX25") if m in pv] or [m for m in pv if m.startswith("MLX")][:1]
+    n_u = len(pv[show[0]]) if show else 0
+    cols = max(3, n_u + 1)
+    fig, axes = plt.subplots(1 + len(show), cols, figsize=(2.6 * cols, 2.6 * (1 + len(show))))
+    axes = np.atleast_2d(axes)
+    for a in axes.ravel():
+        a.axis("off")
+    axes[0, 0].imshow(pv["image"], cmap="gray")
+    axes[0, 0].set_title(f"{key[0]} {key[1]}", fontsize=8)
+    axes[0, 1].imshow(pv["truth"], cmap="gray")
+    axes[0, 1].set_title("truth (AM white)", fontsize=8)
+    for r, m in enumerate(show, start=1):
+        for c, s in enumerate(pv[m]):
+            axes[r, c].imshow(s, cmap="gray")
+            axes[r, c].set_title(f"{m} user {c + 1}", fontsize=8)
+        if len(pv[m]) >= 2:
+            axes[r, n_u].imshow(pv[m][0] != pv[m][1], cmap="magma")
+            axes[r, n_u].set_title(f"{m} |user1 - user2|", fontsize=8)
+    return [_save(fig, out / "slices.png", overwrite)]
+
+
+def write_figures(summary: dict, previews: dict, out: Path, *, overwrite: bool = False, real: dict | None = None) -> list[str]:
+    """Write ``fig4_ml_coverage.png``, ``fig5_ml_vs_unsupervised.png``, ``fig8_datasets.png`` and ``slices.png``.
+
+    Parameters
+    ----------
+    summary : dict
+        dataset -> filter -> method -> statistics (see :func:`seglearn.ct.study.run`).
+    previews : dict
+        (dataset, filter) -> {"image", "truth", method: [slice per user]}.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    cases = [(d, f) for d, fs in summary.items() for f in fs]
+    methods = [m for m in COMPARE if any(m in summary[d][f] for d, f in cases)]
+    methods += sorted({m for d, f in cases for m in summary[d][f] if m.startswith("UNet")})
+    files = _fig4(plt, summary, cases, out, overwrite)
+    files.append(_fig5(plt, summary, cases, methods, out, overwrite))
+    files.append(_fig8(plt, summary, cases, methods, real, out, overwrite))
+    return files + _slices(plt, previews, out, overwrite)

@@ -26,55 +26,34 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from seglearn.config import to_plain as _plain
 from seglearn.ct.annotators import annotation_slices, make_users
-from seglearn.ct.ml import DEFAULT_FEATURES, DEFAULT_RF, ml_segment, volume_features
-from seglearn.ct.phantom import AM, NON_AM, gaussian_prefilter, make_ct_phantom
+from seglearn.ct.ml import ml_segment, user_training_labels, volume_features
+from seglearn.ct.phantom import AM, gaussian_prefilter, make_ct_phantom, NON_AM
+from seglearn.ct.plots import write_figures
 from seglearn.ct.unsupervised import apply_threshold, gradient_magnitude, pick_threshold, watershed_segment
-from seglearn.errors import InputError
+from seglearn.errors import InputError, OutputExistsError
+from seglearn.io import atomic_path, read_stack
 from seglearn.metrics import fraction_std, percent_differ
+from seglearn.paths import load_config
 
 log = logging.getLogger("seglearn")
 
-ROOT = Path(__file__).resolve().parents[2]
-
-DEFAULTS: dict[str, Any] = {
-    "out": "results/ct_user_study",
-    "overwrite": False,
-    "seed": 0,
-    "phantom": {"shape": [80, 80, 80], "voxel_size_nm": 100.0, "source": None},
-    "datasets": [
-        {"name": "low_snr", "phantom": {"snr": 1.5}, "coverages": [10, 25, 35, 50, 65]},
-        {"name": "high_snr", "phantom": {"snr": 4.0}, "coverages": [10, 25]},
-    ],
-    "filters": ["raw", "gauss"],
-    "gauss_sigma": 1.1,
-    "n_users": 3,
-    "users": None,
-    "n_slices": 7,
-    "iterative": True,
-    "threshold_step": 10.0,
-    "features": DEFAULT_FEATURES,
-    "rf": DEFAULT_RF,
-    "real_ct": {"enabled": True, "image": "../shared/data/real/cell_xct_slice.tif",
-                "mask": "../shared/data/real/cell_xct_slice_mask.tif", "coverages": [10, 25]},
-    "unet": {"enabled": False, "dataset": "low_snr", "filter": "raw", "coverage": 25, "n_users": 3,
-             "overrides": {"model.mode": "2d", "trainer.max_steps": 150}},
-    "figures": True,
-}
-
-
-from seglearn.config import to_plain as _plain  # noqa: E402
+def defaults() -> dict:
+    """The ``ct_study`` block of ``configs/experiment/ct_user_study.yaml``: the study's defaults (their one home)."""
+    return load_config("experiment/ct_user_study.yaml")["ct_study"]
 
 
 def study_params(cfg: Mapping[str, Any] | None) -> dict:
-    """Defaults merged with ``cfg["ct_study"]`` (or ``cfg`` itself); unknown keys are refused."""
+    """:func:`defaults` merged with ``cfg["ct_study"]`` (or ``cfg`` itself); unknown keys are refused."""
     cfg = dict(_plain(cfg) or {})
     p = dict(_plain(cfg.get("ct_study", cfg)) or {})
     p.pop("study", None)
-    unknown = sorted(set(p) - set(DEFAULTS))
+    base = defaults()
+    unknown = sorted(set(p) - set(base))
     if unknown:
-        raise InputError(f"ct_study: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
+        raise InputError(f"ct_study: unknown key(s) {unknown}; known: {sorted(base)}")
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
     for k, v in p.items():
         out[k] = {**out[k], **(v or {})} if isinstance(out[k], dict) and isinstance(v, dict) else v
     bad = sorted(set(out["filters"]) - {"raw", "gauss"})
@@ -90,13 +69,8 @@ def study_params(cfg: Mapping[str, Any] | None) -> dict:
 
 
 def _resolve(path: str | None) -> Path | None:
-    if path is None:
-        return None
-    p = Path(path)
-    if p.exists() or p.is_absolute():
-        return p
-    alt = ROOT / p
-    return alt if alt.exists() else p
+    """A path of the config (relative ones: to the working directory, as every command's paths)."""
+    return None if path is None else Path(path)
 
 
 def _summarise(segs: list[np.ndarray], truth: np.ndarray, true_fraction: float) -> dict:
@@ -152,8 +126,7 @@ def _run_volume(image: np.ndarray, truth: np.ndarray, users, p: dict, coverages,
 
 def _unet_subset(image, truth, users, p, seed, out_dir: Path, record) -> list[np.ndarray]:
     """U-Net from the same painted slices for a few users (slow on a CPU: keep it small)."""
-    from seglearn.ct.ml import user_training_labels
-    from seglearn.segment.api import fit_segmenter, load_segmenter
+    from seglearn.segment import fit_segmenter, load_segmenter
 
     u_cfg = p["unet"]
     cov = float(u_cfg["coverage"])
@@ -176,8 +149,6 @@ def _unet_subset(image, truth, users, p, seed, out_dir: Path, record) -> list[np
 
 def real_ct_check(p: dict, users, seed: int) -> dict | None:
     """Users on the real CT slice of a cylindrical cell, scored against its mask (binary IoU)."""
-    from seglearn.io import read_stack
-
     rc = p["real_ct"]
     img_p, mask_p = _resolve(rc.get("image")), _resolve(rc.get("mask"))
     if not rc.get("enabled", True):
@@ -213,84 +184,51 @@ def real_ct_check(p: dict, users, seed: int) -> dict | None:
 
 def _check_out(out: Path, overwrite: bool) -> None:
     if (out / "results.json").exists() and not overwrite:
-        from seglearn.errors import OutputExistsError
-
         raise OutputExistsError(f"{out}/results.json: output already exists; pass overwrite=true to replace it")
 
 
-def run(cfg: Mapping[str, Any] | None = None) -> dict:
-    """Run the study; returns (and writes) its results.
+def _run_dataset(p: dict, di: int, ds: dict, users, seed: int, out: Path, per_user: list) -> tuple[dict, dict, dict]:
+    """Every filter and method of one dataset; returns its summary, phantom info and preview slices per filter."""
+    ph_cfg = {**dict(p["phantom"]), **dict(ds.get("phantom") or {})}
+    ph_cfg.setdefault("seed", seed)
+    if ph_cfg.get("source"):
+        ph_cfg["source"] = str(_resolve(ph_cfg["source"]))
+    ph = make_ct_phantom(ph_cfg)
+    true_f = ph.info["am_fraction"]
+    info = {k: v for k, v in ph.info.items() if k != "config"} | {"phantom": ph_cfg}
+    summary, previews = {}, {}
+    for filt in p["filters"]:
+        image = ph.image if filt == "raw" else gaussian_prefilter(ph.image, float(p["gauss_sigma"]))
+        log.info("dataset %s (%s): AM fraction %.3f", ds["name"], filt, true_f)
 
-    Parameters
-    ----------
-    cfg : mapping
-        ``ct_study`` block of ``configs/experiment/ct_user_study.yaml`` (or the whole config
-        holding it); missing keys take :data:`DEFAULTS`.
+        def record(method, cov, user, seg, extra, _d=ds["name"], _f=filt):
+            a, t = seg == AM, ph.truth == AM
+            per_user.append({"dataset": _d, "filter": _f, "method": method, "coverage": cov, "user": user,
+                             "am_fraction": float(a.mean()), "true_fraction": true_f,
+                             "iou_am": float(np.logical_and(a, t).sum() / max(np.logical_or(a, t).sum(), 1)),
+                             **extra})
 
-    Returns
-    -------
-    dict
-        ``summary`` (dataset -> filter -> method -> std, pct_differ, mean_fraction,
-        distance_to_true, iou_am, fractions), ``finding`` (ML vs S2/cWS per dataset and filter),
-        ``real_ct``, ``per_user`` rows, ``files``.
-    """
-    from seglearn.io import atomic_path
+        segs = _run_volume(image, ph.truth, users, p, ds.get("coverages", []), seed + 101 * di, record)
+        u_cfg = p["unet"]
+        if (u_cfg.get("enabled") and u_cfg.get("dataset") == ds["name"] and u_cfg.get("filter") == filt):
+            try:
+                segs[f"UNetX{int(round(float(u_cfg['coverage'])))}"] = _unet_subset(
+                    image, ph.truth, users, p, seed + 101 * di, out, record)
+            except (ImportError, InputError) as exc:  # the U-Net is optional here
+                log.warning("U-Net subset skipped: %s", exc)
+        summary[filt] = {m: _summarise(s, ph.truth, true_f) for m, s in segs.items()}
+        zc = ph.image.shape[0] // 2
+        previews[filt] = {"image": image[zc], "truth": ph.truth[zc], **{m: [s[zc] for s in ss] for m, ss in segs.items()}}
+    return summary, info, previews
 
-    p = study_params(cfg)
-    out = Path(p["out"])
-    _check_out(out, bool(p["overwrite"]))
-    out.mkdir(parents=True, exist_ok=True)
-    seed = int(p["seed"])
-    users = make_users(int(p["n_users"]), seed, p["users"])
-    t_start = time.perf_counter()
-    summary: dict = {}
-    per_user: list[dict] = []
-    previews: dict = {}
-    datasets_info = {}
-    for di, ds in enumerate(p["datasets"]):
-        ph_cfg = {**dict(p["phantom"]), **dict(ds.get("phantom") or {})}
-        ph_cfg.setdefault("seed", seed)
-        if ph_cfg.get("source"):
-            ph_cfg["source"] = str(_resolve(ph_cfg["source"]))
-        ph = make_ct_phantom(ph_cfg)
-        true_f = ph.info["am_fraction"]
-        datasets_info[ds["name"]] = {k: v for k, v in ph.info.items() if k != "config"} | {"phantom": ph_cfg}
-        summary[ds["name"]] = {}
-        for filt in p["filters"]:
-            image = ph.image if filt == "raw" else gaussian_prefilter(ph.image, float(p["gauss_sigma"]))
-            log.info("dataset %s (%s): AM fraction %.3f", ds["name"], filt, true_f)
 
-            def record(method, cov, user, seg, extra, _d=ds["name"], _f=filt):
-                a, t = seg == AM, ph.truth == AM
-                per_user.append({"dataset": _d, "filter": _f, "method": method, "coverage": cov, "user": user,
-                                 "am_fraction": float(a.mean()), "true_fraction": true_f,
-                                 "iou_am": float(np.logical_and(a, t).sum() / max(np.logical_or(a, t).sum(), 1)),
-                                 **extra})
-
-            segs = _run_volume(image, ph.truth, users, p, ds.get("coverages", []), seed + 101 * di, record)
-            u_cfg = p["unet"]
-            if (u_cfg.get("enabled") and u_cfg.get("dataset") == ds["name"] and u_cfg.get("filter") == filt):
-                try:
-                    segs[f"UNetX{int(round(float(u_cfg['coverage'])))}"] = _unet_subset(
-                        image, ph.truth, users, p, seed + 101 * di, out, record)
-                except (ImportError, InputError) as exc:  # the U-Net is optional here
-                    log.warning("U-Net subset skipped: %s", exc)
-            summary[ds["name"]][filt] = {m: _summarise(s, ph.truth, true_f) for m, s in segs.items()}
-            zc = ph.image.shape[0] // 2
-            previews[(ds["name"], filt)] = {"image": image[zc], "truth": ph.truth[zc],
-                                            **{m: [s[zc] for s in ss] for m, ss in segs.items()}}
-    real = real_ct_check(p, users, seed)
-    finding = findings(summary)
-    result = {"params": p, "users": [u.as_dict() for u in users], "datasets": datasets_info,
-              "summary": summary, "finding": finding, "real_ct": real, "per_user": per_user,
-              "seconds": round(time.perf_counter() - t_start, 1)}
-    files = []
+def _write_results(p: dict, out: Path, result: dict, previews: dict) -> list[str]:
+    """Figures, per_user.csv, summary.csv and results.json in ``out``; returns the files written."""
+    summary, files = result["summary"], []
     if p["figures"]:
-        from seglearn.ct.plots import write_figures
-
-        files += write_figures(summary, previews, out, overwrite=bool(p["overwrite"]), real=real)
+        files += write_figures(summary, previews, out, overwrite=bool(p["overwrite"]), real=result["real_ct"])
     with atomic_path(out / "per_user.csv", overwrite=True) as tmp:
-        _write_csv(tmp, per_user)
+        _write_csv(tmp, result["per_user"])
     rows = [{"dataset": d, "filter": f, "method": m, **{k: v for k, v in s.items() if k != "fractions"},
              "fractions": " ".join(f"{x:.4f}" for x in s["fractions"])}
             for d, fs in summary.items() for f, ms in fs.items() for m, s in ms.items()]
@@ -300,6 +238,42 @@ def run(cfg: Mapping[str, Any] | None = None) -> dict:
     result["files"] = files
     with atomic_path(out / "results.json", overwrite=bool(p["overwrite"])) as tmp:
         tmp.write_text(json.dumps(result, indent=1, default=_json_default))
+    return files
+
+
+def run(cfg: Mapping[str, Any] | None = None) -> dict:
+    """Run the study; returns (and writes) its results.
+
+    Parameters
+    ----------
+    cfg : mapping
+        ``ct_study`` block of ``configs/experiment/ct_user_study.yaml`` (or the whole config
+        holding it); missing keys take the YAML's values (:func:`defaults`).
+
+    Returns
+    -------
+    dict
+        ``summary`` (dataset -> filter -> method -> std, pct_differ, mean_fraction,
+        distance_to_true, iou_am, fractions), ``finding`` (ML vs S2/cWS per dataset and filter),
+        ``real_ct``, ``per_user`` rows, ``files``.
+    """
+    p = study_params(cfg)
+    out = Path(p["out"])
+    _check_out(out, bool(p["overwrite"]))
+    out.mkdir(parents=True, exist_ok=True)
+    seed = int(p["seed"])
+    users = make_users(int(p["n_users"]), seed, p["users"])
+    t_start = time.perf_counter()
+    summary, per_user, previews, datasets_info = {}, [], {}, {}
+    for di, ds in enumerate(p["datasets"]):
+        summary[ds["name"]], datasets_info[ds["name"]], prev = _run_dataset(p, di, ds, users, seed, out, per_user)
+        previews.update({(ds["name"], filt): v for filt, v in prev.items()})
+    real = real_ct_check(p, users, seed)
+    finding = findings(summary)
+    result = {"params": p, "users": [u.as_dict() for u in users], "datasets": datasets_info,
+              "summary": summary, "finding": finding, "real_ct": real, "per_user": per_user,
+              "seconds": round(time.perf_counter() - t_start, 1)}
+    _write_results(p, out, result, previews)
     log.info("ct user study: %d segmentations in %.0f s -> %s", len(per_user), result["seconds"], out)
     for line in finding.get("lines", []):
         log.info("%s", line)

@@ -33,9 +33,14 @@ log = logging.getLogger("seglearn")
 
 #: stardist's thresholds when a model folder has no ``thresholds.json`` (``StarDist2D.thresholds``)
 DEFAULT_THRESHOLDS = {"prob": 0.5, "nms": 0.4}
-#: prediction defaults written into an imported checkpoint (those of ``configs/model/stardist.yaml``)
-PREDICT_DEFAULTS = {"method": "auto", "bf16": "auto", "tile": [1024, 1024], "context": 64, "batch_size": 8,
-                    "threads": 1}
+
+
+def _predict_defaults() -> dict:
+    """Prediction settings written into an imported checkpoint: those of ``configs/model/stardist.yaml``."""
+    from seglearn.paths import load_config
+
+    cfg = load_config("model/stardist.yaml")
+    return {**cfg["predict"], "threads": cfg["threads"]}
 
 
 def params_from_config(config: Mapping, where: str = "config.json") -> dict:
@@ -280,7 +285,7 @@ def import_keras_model(model_dir: str | Path, *, weights: str = "best", prob_thr
         "normalisation": {"kind": "per_image", "percentiles": [float(p) for p in percentiles]},
         "thresholds": thr,
         "views": ["xy"],
-        "predict": dict(PREDICT_DEFAULTS),
+        "predict": _predict_defaults(),
         "keras": {"model_dir": str(model_dir.resolve()), "weights": wpath.name, "config": plain},
     }
     return {k: torch.from_numpy(v) for k, v in state.items()}, meta

@@ -154,13 +154,18 @@ class StarDistNet(nn.Module):
         return self.prob(x), self.dist(x)
 
 
-#: ``meta['net']`` keys beyond the original five, with the values that keep older checkpoints' network
-NET_DEFAULTS = {"n_conv_per_depth": 2, "kernel_size": 3, "batch_norm": False, "stem": "single", "pool": 2}
+#: the network's keys of the ``model`` config and of a checkpoint's ``meta['net']``
+NET_KEYS = ("n_rays", "grid", "depth", "base_filters", "head_filters", "n_conv_per_depth", "kernel_size",
+            "batch_norm", "stem", "pool")
 
 
 def build_model(params: dict, in_channels: int) -> StarDistNet:
-    """A :class:`StarDistNet` from the ``model`` config / checkpoint ``meta['net']`` keys."""
-    return StarDistNet(in_channels, n_rays=int(params.get("n_rays", 32)), grid=tuple(params.get("grid", (2, 2))),
-                       depth=int(params.get("depth", 3)), base_filters=int(params.get("base_filters", 32)),
-                       head_filters=int(params.get("head_filters", 128)),
-                       **{k: v if params.get(k) is None else params[k] for k, v in NET_DEFAULTS.items()})
+    """A :class:`StarDistNet` from the ``model`` config / checkpoint ``meta['net']`` keys (:data:`NET_KEYS`);
+    a missing (or null) key takes its value in ``configs/model/stardist.yaml``."""
+    from seglearn.paths import load_config
+
+    defaults = load_config("model/stardist.yaml")
+    p = {k: defaults[k] if params.get(k) is None else params[k] for k in NET_KEYS}
+    return StarDistNet(in_channels, n_rays=int(p["n_rays"]), grid=tuple(p["grid"]), depth=int(p["depth"]),
+                       base_filters=int(p["base_filters"]), head_filters=int(p["head_filters"]),
+                       **{k: p[k] for k in NET_KEYS[5:]})

@@ -16,6 +16,26 @@ log = logging.getLogger("seglearn")
 METHODS = ("auto", "fusion", "linking", "2d")
 
 
+def predict_settings(stored: Mapping | None = None, options: Mapping | None = None) -> dict:
+    """Particle prediction settings: the ``predict`` section of ``configs/model/stardist.yaml`` (their one
+    home) updated by ``stored`` (a checkpoint's ``meta['predict']``: every value taken, ``None`` included),
+    then by ``options`` (predict.py's ``instances`` group: ``None`` = keep). ``fusion`` / ``linking`` are
+    merged key by key.
+    """
+    import copy
+
+    from seglearn.paths import load_config
+
+    out = copy.deepcopy(load_config("model/stardist.yaml")["predict"])
+    for layer, keep_none in ((stored, True), (options, False)):
+        for k, v in dict(layer or {}).items():
+            if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+                out[k] = {**out[k], **{str(kk): vv for kk, vv in v.items() if keep_none or vv is not None}}
+            elif keep_none or v is not None:
+                out[k] = v
+    return out
+
+
 def load_model(ckpt: Mapping, device: str | None = None):
     """The network of a ``stardist`` checkpoint (from :func:`seglearn.ckpt.load_checkpoint`), in eval mode."""
     import torch
@@ -51,8 +71,77 @@ def prepare_images(images: np.ndarray, meta: Mapping, where: str = "input") -> n
     return normalise(images, norm["lo"], norm["hi"])
 
 
+def view_outputs(net, images: np.ndarray, *, prob_thresh: float, nms_thresh: float, params: Mapping | None = None,
+                 views=("xy", "xz", "yz"), voxel_size_nm=None, progress: bool = True,
+                 back: bool = True) -> tuple[list, list]:
+    """The network's probability map and 2D instances in every slice of each view.
+
+    Parameters
+    ----------
+    net : StarDistNet
+    images : (C, Z, Y, X) float32
+        Normalised.
+    params : mapping
+        ``tile``, ``context``, ``batch_size``, ``bf16`` (see :func:`segment_particles`).
+    views : sequence of {"xy", "xz", "yz"}
+    voxel_size_nm : (z, y, x), optional
+        With ``params["isotropic"]`` (a checkpoint trained so), the network sees the volume
+        resampled to the x voxel size (:mod:`seglearn.instances.anisotropy`).
+    back : bool
+        Outputs on the input grid; ``False``: on the resampled grid (for fusing there).
+
+    Returns
+    -------
+    probs : list of (Z, Y, X) float32
+    labels : list of (Z, Y, X) int32
+        2D ids per slice of the view.
+    """
+    from seglearn.instances.anisotropy import from_isotropic, iso_factors, to_isotropic
+    from seglearn.instances.volume import predict_view
+    from seglearn.precision import resolve_bf16
+
+    params = dict(params or {})
+    kw = dict(prob_thresh=prob_thresh, nms_thresh=nms_thresh, tile=tuple(params.get("tile", (256, 256))),
+              context=int(params.get("context", 64)), batch_size=int(params.get("batch_size", 8)), progress=progress,
+              bf16=resolve_bf16(params.get("bf16", "auto"), next(net.parameters()).device))
+    # checkpoints from before issue 29 have no "isotropic": they were trained on the voxels as they are
+    factors = iso_factors(voxel_size_nm) if params.get("isotropic") and images.shape[1] > 1 else (1.0, 1.0, 1.0)
+    x = to_isotropic(images, factors)
+    probs, labels = [], []
+    for view in views:
+        p, lbl = predict_view(net, x, view, **kw)
+        probs.append(from_isotropic(p, images.shape[1:]) if back else p)
+        labels.append(from_isotropic(lbl, images.shape[1:]) if back else lbl)
+    return probs, labels
+
+
+def fuse_settings(probs, labels, fu: Mapping, prob_thresh: float, scale: float = 1.0) -> np.ndarray:
+    """:func:`~seglearn.instances.fusion.fuse_views` of per-view outputs with the ``fusion`` settings.
+
+    Parameters
+    ----------
+    probs, labels : lists of (Z, Y, X) arrays
+        Per-view probabilities and 2D instances (:func:`view_outputs`).
+    fu : mapping
+        ``foreground`` (polygons | probability), ``fg_vote``, ``fg_prob``, ``seed_thresh`` (None: the
+        probability threshold), ``h``, ``sigma``, ``min_size`` (voxels of the input grid).
+    scale : float
+        Voxels of this grid per input voxel (``min_size`` is scaled by it).
+    """
+    from seglearn.instances.fusion import fuse_views
+
+    seed = fu.get("seed_thresh")
+    poly = fu.get("foreground", "polygons") == "polygons"
+    if not poly and fu.get("foreground") != "probability":
+        raise InputError(f"fusion.foreground={fu.get('foreground')!r}: expected 'polygons' or 'probability'")
+    return fuse_views(probs, [lbl > 0 for lbl in labels] if poly else None, fg_vote=float(fu["fg_vote"]),
+                      fg_prob=float(fu.get("fg_prob") or 0.0), seed_thresh=float(prob_thresh if seed is None else seed),
+                      h=float(fu["h"]), sigma=float(fu["sigma"]), min_size=int(round(int(fu["min_size"]) * scale)))
+
+
 def segment_particles(net, images: np.ndarray, *, method: str = "auto", prob_thresh: float = 0.5,
-                      nms_thresh: float = 0.4, params: Mapping | None = None, progress: bool = True) -> tuple[np.ndarray, dict]:
+                      nms_thresh: float = 0.4, params: Mapping | None = None, progress: bool = True,
+                      voxel_size_nm=None) -> tuple[np.ndarray, dict]:
     """Particle instances of a normalised image.
 
     Parameters
@@ -67,7 +156,10 @@ def segment_particles(net, images: np.ndarray, *, method: str = "auto", prob_thr
     prob_thresh, nms_thresh : float
     params : mapping
         ``tile``, ``context``, ``batch_size``, ``bf16`` (true / false / auto), ``fusion`` and
-        ``linking`` options (see ``configs/model/stardist.yaml``, ``predict``).
+        ``linking`` options; missing ones from ``configs/model/stardist.yaml`` ``predict``
+        (:func:`predict_settings`); ``isotropic`` (stored by training) resamples anisotropic voxels.
+    voxel_size_nm : (z, y, x), optional
+        The input's voxel size (for ``isotropic``; without it the voxels are taken as they are).
 
     Returns
     -------
@@ -75,12 +167,9 @@ def segment_particles(net, images: np.ndarray, *, method: str = "auto", prob_thr
     info : dict
         ``method``, ``seconds``.
     """
-    from seglearn.instances.fusion import fuse_views
     from seglearn.instances.linking import link_slices
-    from seglearn.precision import resolve_bf16
-    from seglearn.instances.volume import predict_view
 
-    params = dict(params or {})
+    params = predict_settings(params)
     if method not in METHODS:
         raise InputError(f"method={method!r}: expected one of {list(METHODS)}")
     z = images.shape[1]
@@ -88,25 +177,20 @@ def segment_particles(net, images: np.ndarray, *, method: str = "auto", prob_thr
         method = "fusion" if z > 1 else "2d"
     if method != "2d" and z < 2:
         raise InputError(f"method={method}: needs a stack of several slices, got a single 2D image")
-    kw = dict(prob_thresh=prob_thresh, nms_thresh=nms_thresh, tile=tuple(params.get("tile", (256, 256))),
-              context=int(params.get("context", 64)), batch_size=int(params.get("batch_size", 8)), progress=progress,
-              bf16=resolve_bf16(params.get("bf16", "auto"), next(net.parameters()).device))
+    kw = dict(prob_thresh=prob_thresh, nms_thresh=nms_thresh, params=params, voxel_size_nm=voxel_size_nm,
+              progress=progress)
     t0 = time.perf_counter()
     if method in ("2d", "linking"):
-        _, labels = predict_view(net, images, "xy", **kw)
+        labels = view_outputs(net, images, views=("xy",), **kw)[1][0]
         if method == "linking":
-            lk = dict(params.get("linking") or {})
-            labels = link_slices(labels, max_distance=float(lk.get("max_distance", 10.0)),
-                                 min_slices=int(lk.get("min_slices", 1)), progress=progress)
+            lk = params["linking"]
+            labels = link_slices(labels, max_distance=float(lk["max_distance"]), min_slices=int(lk["min_slices"]),
+                                 progress=progress)
     else:
-        fu = dict(params.get("fusion") or {})
-        probs, masks = [], []
-        for view in ("xy", "xz", "yz"):
-            p, lbl = predict_view(net, images, view, **kw)
-            probs.append(p)
-            masks.append(lbl > 0)
-        seed = fu.get("seed_thresh")
-        labels = fuse_views(probs, masks, fg_vote=float(fu.get("fg_vote", 0.5)),
-                            seed_thresh=float(prob_thresh if seed is None else seed), h=float(fu.get("h", 0.1)),
-                            sigma=float(fu.get("sigma", 1.0)), min_size=int(fu.get("min_size", 20)))
+        from seglearn.instances.anisotropy import from_isotropic
+
+        # fused on the grid the network saw (isotropic voxels for an isotropic checkpoint), then brought back
+        probs, labels = view_outputs(net, images, back=False, **kw)
+        scale = labels[0].size / images[0].size
+        labels = from_isotropic(fuse_settings(probs, labels, params["fusion"], prob_thresh, scale), images.shape[1:])
     return labels, {"method": method, "seconds": time.perf_counter() - t0}

@@ -4,7 +4,7 @@ Writes ``OUT/instances.tif`` (uint32 particle ids, voxel size kept), ``OUT/parti
 of features per particle, :mod:`seglearn.instances.features`), ``OUT/contacts.csv`` (touching
 pairs), ``OUT/preview.png`` and, when the input is a dataset with ``labels/instances.tif``,
 ``OUT/scores.json`` (instance matching at IoU 0.5 ... 0.9). A stack uses view fusion by default,
-a single slice plain 2D; ``+instances.method=linking`` chooses another.
+a single slice plain 2D; ``instances.method=linking`` chooses another (``configs/instances/``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seglearn.config import to_plain as _plain
 from seglearn.errors import InputError
 
 log = logging.getLogger("seglearn")
@@ -132,7 +133,7 @@ def predict(cfg, ckpt: dict) -> dict:
     """
     from seglearn.instances.features import contact_pairs, particle_features, write_features
     from seglearn.instances.metrics import instance_scores, instance_scores_2d
-    from seglearn.instances.pipeline import load_model, prepare_images, segment_particles
+    from seglearn.instances.pipeline import load_model, predict_settings, prepare_images, segment_particles
     from seglearn.io import check_writable, write_volume
     from seglearn.io.atomic import atomic_path
 
@@ -172,25 +173,23 @@ def predict(cfg, ckpt: dict) -> dict:
             torch.set_num_threads(int(threads))
         device = str(_get(cfg, "device", "auto"))
         net = load_model(ckpt, device=None if device == "auto" else device)
-        params = dict(meta.get("predict") or {})
+        # configs/model/stardist.yaml predict <- the checkpoint's <- instances.fusion.h=0.2, instances.method=...
+        over = _get(cfg, "instances", {})
+        opts = {k: _plain(_get(over, k)) for k in ("method", "fusion", "linking")}
+        params = predict_settings(meta.get("predict"), opts)
         tile = _get(cfg, "tile")
         if tile is not None:
             params["tile"] = [int(t) for t in list(tile)[-2:]]
         if _get(cfg, "batch_size") is not None:
             params["batch_size"] = int(_get(cfg, "batch_size"))
-        over = _get(cfg, "instances", {})  # +instances.method=linking, +instances.prob_thresh=0.6, ...
-        method = str(_get(over, "method", params.get("method", "auto")))
+        method = str(params["method"])
         if _get(cfg, "bf16") is not None:  # bf16=false: the network in float32 (null: the checkpoint's, auto)
             params["bf16"] = _get(cfg, "bf16")
-        for group in ("fusion", "linking"):  # +instances.fusion.h=0.2, +instances.linking.max_distance=6, ...
-            extra = _get(over, group)
-            if extra is not None:
-                params[group] = {**dict(params.get(group) or {}), **{str(k): v for k, v in dict(extra).items()}}
         thr = meta["thresholds"]
         prob_t = float(_get(over, "prob_thresh", thr["prob"]))
         nms_t = float(_get(over, "nms_thresh", thr["nms"]))
         labels, info = segment_particles(net, x, method=method, prob_thresh=prob_t, nms_thresh=nms_t, params=params,
-                                         progress=bool(_get(cfg, "progress", True)))
+                                         progress=bool(_get(cfg, "progress", True)), voxel_size_nm=voxel)
         if info["method"] == "2d":
             # ids unique over the stack so the file means the same as a 3D result
             offs = np.cumsum([0] + [int(s.max()) for s in labels[:-1]])

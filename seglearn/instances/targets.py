@@ -11,6 +11,9 @@ from typing import Sequence
 
 import numpy as np
 
+from seglearn.io.normalise import apply_normalisation
+from seglearn.io.normalise import fit_normalisation as _fit
+
 VIEWS = ("xy", "xz", "yz")
 # the volume axis a view slices along; a slice keeps the other two axes in (Z, Y, X) order
 VIEW_AXIS = {"xy": 0, "xz": 1, "yz": 2}
@@ -41,37 +44,17 @@ def unview_stack(stack: np.ndarray, view: str) -> np.ndarray:
     return np.moveaxis(stack, lead, lead + VIEW_AXIS[view])
 
 
-def fit_normalisation(images: np.ndarray, percentiles: Sequence[float] = (1.0, 99.8),
-                      max_samples: int = 2_000_000, seed: int = 0) -> tuple[list[float], list[float]]:
-    """Per-channel low/high percentiles (on a random subsample of voxels).
-
-    Parameters
-    ----------
-    images : (C, ...) ndarray
-
-    Returns
-    -------
-    lo, hi : list of float, one per channel
-    """
-    rng = np.random.default_rng(seed)
-    lo, hi = [], []
-    for ch in images:
-        flat = ch.reshape(-1)
-        if flat.size > max_samples:
-            flat = flat[rng.integers(0, flat.size, max_samples)]
-        a, b = np.percentile(flat.astype(np.float32), percentiles)
-        lo.append(float(a))
-        hi.append(float(max(b, a + 1e-6)))
-    return lo, hi
+def fit_normalisation(images: np.ndarray, percentiles: Sequence[float], max_samples: int = 2_000_000,
+                      seed: int = 0) -> tuple[list[float], list[float]]:
+    """Per-channel ``lo`` and ``hi`` percentiles of ``images`` ``(C, ...)``, as the checkpoint stores them
+    (:func:`seglearn.io.normalise.fit_normalisation`)."""
+    ranges = _fit(images, percentiles, max_samples=max_samples, seed=seed)
+    return [r[0] for r in ranges], [r[1] for r in ranges]
 
 
 def normalise(images: np.ndarray, lo: Sequence[float], hi: Sequence[float]) -> np.ndarray:
-    """``(x - lo) / (hi - lo)`` per channel, float32; ``images`` is ``(C, ...)``."""
-    out = np.empty(images.shape, dtype=np.float32)
-    for c in range(images.shape[0]):
-        np.subtract(images[c], lo[c], out=out[c], dtype=np.float32)
-        out[c] /= hi[c] - lo[c]
-    return out
+    """``(x - lo) / (hi - lo)`` per channel, float32, not clipped, a new array; ``images`` is ``(C, ...)``."""
+    return apply_normalisation(images, list(zip(lo, hi)), clip=False, copy=True)
 
 
 def relabel_slice(lbl: np.ndarray) -> np.ndarray:

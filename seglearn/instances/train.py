@@ -9,7 +9,6 @@ validation loss), the thresholds and everything prediction needs go into ``DIR/b
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -22,22 +21,16 @@ from seglearn.instances.targets import VIEWS, fit_normalisation, normalise, rela
 
 log = logging.getLogger("seglearn")
 
-DEFAULTS = {
-    "n_rays": 32, "grid": [2, 2], "depth": 3, "base_filters": 32, "head_filters": 64,
-    "views": list(VIEWS), "patch_size": [64, 64], "batch_size": 8, "epochs": 200, "steps_per_epoch": 25,
-    "lr": 1e-3, "dist_weight": 0.2, "background_reg": 1e-4, "val_fraction": 0.15, "max_minutes": 15.0,
-    "percentiles": [1.0, 99.8], "augment": True, "threads": 1, "bf16": "auto", "channels_last": True, "prob_grid": [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8],
-    "nms_grid": [0.3, 0.4, 0.5], "predict": {},
-}
-
-
 def _params(cfg) -> dict:
+    """The ``model`` settings: ``configs/model/stardist.yaml`` (their one home) updated by ``cfg.model``."""
     from omegaconf import DictConfig, OmegaConf
+
+    from seglearn.paths import load_config
 
     model = cfg.get("model", {}) if hasattr(cfg, "get") else {}
     if isinstance(model, DictConfig):
         model = OmegaConf.to_container(model, resolve=True)
-    p = copy.deepcopy(DEFAULTS)
+    p = load_config("model/stardist.yaml")
     p.update({k: v for k, v in dict(model or {}).items() if v is not None})
     for k in ("grid", "patch_size"):
         p[k] = [int(v) for v in p[k]]
@@ -203,7 +196,7 @@ def train(cfg) -> dict:
     from seglearn.data import load_dataset
     from seglearn.instances.lit import StarDistModule
     from seglearn.instances.metrics import instance_scores_2d
-    from seglearn.instances.model import NET_DEFAULTS, build_model
+    from seglearn.instances.model import NET_KEYS, build_model
     from seglearn.instances.postprocess import instances_2d, optimize_thresholds
     from seglearn.precision import resolve_bf16
     from seglearn.instances.tiling import predict_tiles
@@ -230,11 +223,19 @@ def train(cfg) -> dict:
         torch.set_num_threads(int(p["threads"]))
     L.seed_everything(seed, workers=True, verbose=False)
     lo, hi = fit_normalisation(ds.images, p["percentiles"], seed=seed)
-    images = normalise(ds.images, lo, hi)
+    images, instances = normalise(ds.images, lo, hi), ds.instances
+    iso = bool(p["isotropic"]) and ds.shape[0] > 1
+    if iso:  # anisotropic voxels: train on the volume resampled to the x voxel size (issue 29)
+        from seglearn.instances.anisotropy import iso_factors, to_isotropic
+
+        factors = iso_factors(ds.voxel_size_nm)
+        images, instances = to_isotropic(images, factors), to_isotropic(instances, factors, labels=True)
+        log.info("particles: voxels %s nm resampled by %s to %s", list(ds.voxel_size_nm), factors,
+                 "x".join(map(str, instances.shape)))
     net = build_model(p, in_channels=images.shape[0])
     div = net.divisor
     views = p["views"] if ds.shape[0] > 1 else ["xy"]
-    (tr_img, tr_lbl), (va_img, va_lbl), where = _split(images, ds.instances, p["val_fraction"], div[0])
+    (tr_img, tr_lbl), (va_img, va_lbl), where = _split(images, instances, p["val_fraction"], div[0])
     log.info("particles: training on %s views of %s, validating on %s", views, "x".join(map(str, tr_lbl.shape)), where)
     sampler = PatchSampler(tr_img, tr_lbl, views=views, patch_size=p["patch_size"], divisor=div, n_rays=p["n_rays"],
                            grid=p["grid"], augment=bool(p["augment"]), seed=seed)
@@ -273,8 +274,7 @@ def train(cfg) -> dict:
     preds = np.stack([instances_2d(pp, dd, (hp, wp), grid=p["grid"], prob_thresh=thr["prob_thresh"],
                                    nms_thresh=thr["nms_thresh"])[:h, :w] for pp, dd in zip(prob, dist)])
     val_scores = instance_scores_2d(np.stack(va_lbl2), preds)
-    net_meta = {k: p[k] for k in ("n_rays", "grid", "depth", "base_filters", "head_filters")}
-    net_meta.update({k: p[k] for k in NET_DEFAULTS if p.get(k) is not None})  # optional architecture keys
+    net_meta = {k: p[k] for k in NET_KEYS if p.get(k) is not None}
     meta = {
         "net": {**net_meta, "in_channels": int(images.shape[0])},
         "channels": list(ds.detectors),
@@ -282,7 +282,7 @@ def train(cfg) -> dict:
         "thresholds": {"prob": thr["prob_thresh"], "nms": thr["nms_thresh"], "val_mean_f1": thr["score"]},
         "voxel_size_nm": list(ds.voxel_size_nm),
         "views": list(views),
-        "predict": {"threads": p.get("threads"), **dict(p.get("predict") or {})},
+        "predict": {"threads": p.get("threads"), **dict(p.get("predict") or {}), "isotropic": iso},
         "train": {"dataset": str(root), "seed": seed, "epochs_run": int(trainer.current_epoch),
                   "best_val_loss": float(module.best_loss), "validation": where,
                   "steps": int(trainer.global_step), "bf16": bool(module.use_bf16), "seconds": round(t_train, 1)},

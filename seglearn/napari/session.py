@@ -3,7 +3,7 @@
 Every function is what the napari widget runs in its worker thread; the tests call them directly.
 Fine-tuning is :func:`seglearn.pretrain.finetune.finetune` (what ``train.py init=BASE`` runs) and
 training from scratch is :func:`seglearn.segment.train.fit` (what ``train.py`` runs), with the
-settings of ``configs/pretrain/finetune.yaml`` / ``configs/train.yaml`` and the widget's overrides.
+settings of ``configs/finetune/default.yaml`` / ``configs/train.yaml`` and the widget's overrides.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ StepHook = Callable[[dict], "bool | None"]
 
 
 def finetune_settings(overrides: Mapping | None = None) -> dict:
-    """``configs/pretrain/finetune.yaml`` updated by ``overrides`` (what ``+finetune.KEY=VALUE`` does)."""
+    """``configs/finetune/default.yaml`` updated by ``overrides`` (what ``finetune.KEY=VALUE`` does)."""
     from omegaconf import OmegaConf
 
     from seglearn.pretrain.finetune import CONFIG
@@ -67,7 +67,7 @@ def train_model(root: str | os.PathLike, labels: np.ndarray, out_dir: str | os.P
     base : str or None
         A base checkpoint to fine-tune (``train.py init=BASE``); None trains from scratch.
     settings : mapping, optional
-        Fine-tuning: keys of ``configs/pretrain/finetune.yaml``; from scratch: dotted keys of
+        Fine-tuning: keys of ``configs/finetune/default.yaml``; from scratch: dotted keys of
         ``configs/train.yaml`` (``{"trainer.max_steps": 200}``).
     on_step : callable, optional
         ``on_step({"step", "max_steps", ...}) -> stop?`` after every step.
@@ -91,8 +91,7 @@ def train_model(root: str | os.PathLike, labels: np.ndarray, out_dir: str | os.P
         return finetune(base, ds.images, ds.detectors, train, out_dir, classes=ds.classes,
                         voxel_size_nm=ds.voxel_size_nm, test=ds.test, settings=finetune_settings(settings),
                         overwrite=True, name=str(root), on_step=on_step)
-    from seglearn.segment.api import default_config
-    from seglearn.segment.train import fit
+    from seglearn.segment.train import default_config, fit
 
     ds.train = train
     cfg = default_config({"out_dir": str(out_dir), "overwrite": True, "trainer.enable_progress_bar": False,

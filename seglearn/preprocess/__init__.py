@@ -12,7 +12,8 @@ Steps (``{"step": name, ...}``): ``register``, ``match_histograms``, ``clahe``, 
 from seglearn.preprocess.steps import STEPS, Step
 from seglearn.preprocess import denoise, destripe, geometry, intensity, registration  # noqa: F401  (register steps)
 from seglearn.preprocess.pipeline import ArraySource, Pipeline, ReaderSource
-from seglearn.preprocess.registration import pair_shift, read_shifts_csv, residual_rms
+from seglearn.preprocess.drift import pair_shift, residual_rms
+from seglearn.preprocess.registration import read_shifts_csv
 from seglearn.preprocess.run import preprocess_dataset
 
 __all__ = ["STEPS", "Step", "Pipeline", "ArraySource", "ReaderSource", "preprocess_dataset", "pair_shift", "read_shifts_csv",

@@ -14,6 +14,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from seglearn.config import to_plain
 from seglearn.errors import InputError
 from seglearn.preprocess.steps import STEPS, Step
 
@@ -75,13 +76,7 @@ class Pipeline:
     @classmethod
     def from_config(cls, config: Iterable[dict] | None) -> "Pipeline":
         """Build from a list of ``{"step": name, option: value, ...}`` (None or [] = identity)."""
-        try:
-            from omegaconf import DictConfig, ListConfig, OmegaConf
-
-            if isinstance(config, (DictConfig, ListConfig)):
-                config = OmegaConf.to_container(config, resolve=True)
-        except ImportError:  # pragma: no cover - omegaconf is a dependency
-            pass
+        config = to_plain(config)
         if config is None:
             return cls([])
         if isinstance(config, dict) and "steps" in config:

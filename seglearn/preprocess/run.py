@@ -17,9 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
+from seglearn.config import to_plain
+from seglearn.data.layout import _find_image, read_meta
 from seglearn.errors import InputError, OutputExistsError
+from seglearn.io import open_stack, write_volume_stream
+from seglearn.io.outset import OutputSet
+from seglearn.log import setup_logging
+from seglearn.options import PREPROCESS, check_options
+from seglearn.preprocess.drift import residual_rms
 from seglearn.preprocess.pipeline import Pipeline, ReaderSource
+from seglearn.preprocess.registration import plot_shifts, read_shifts_csv, write_shifts_csv
 
 log = logging.getLogger("seglearn")
 
@@ -31,8 +40,6 @@ class _StreamWriter:
     """Write a ``(Z, Y, X)`` volume from slices handed over one at a time, in a thread."""
 
     def __init__(self, path: Path, shape, dtype, voxel_size_nm, *, overwrite: bool, compression=None):
-        from seglearn.io import write_volume_stream
-
         self.q: queue.Queue = queue.Queue(maxsize=8)
         self.error: BaseException | None = None
 
@@ -100,9 +107,6 @@ def preprocess_dataset(input_dir: str | os.PathLike, output_dir: str | os.PathLi
     dict
         ``shape`` of the output (C, Z, Y, X), ``state`` of the fitted steps, ``files`` written.
     """
-    from seglearn.data.layout import read_meta
-    from seglearn.io.outset import OutputSet
-
     src, dst = Path(input_dir), Path(output_dir)
     meta = read_meta(src)
     if dst.resolve() == src.resolve():
@@ -125,11 +129,6 @@ def _write_dataset(src: Path, dst: Path, meta: dict, pipe: Pipeline, frame: str,
 
     Returns the list of files written.
     """
-    import yaml
-
-    from seglearn.data.layout import _find_image
-    from seglearn.io import open_stack
-
     readers = []
     for det in meta["detectors"]:
         p = _find_image(src / "images", det)
@@ -161,8 +160,6 @@ def _write_dataset(src: Path, dst: Path, meta: dict, pipe: Pipeline, frame: str,
     finally:
         for r in readers:
             r.close()
-    from seglearn.io import write_volume_stream
-
     for name, dtype in _LABELS.items():
         p = src / "labels" / f"{name}.tif"
         if not p.exists():
@@ -176,8 +173,6 @@ def _write_dataset(src: Path, dst: Path, meta: dict, pipe: Pipeline, frame: str,
         files.append(dst / "labels" / f"{name}.tif")
     reg = pipe.step("register")
     if reg is not None:
-        from seglearn.preprocess.registration import plot_shifts, read_shifts_csv, residual_rms, write_shifts_csv
-
         files.append(write_shifts_csv(dst / "registration_shifts.csv", reg.shifts))
         true = read_shifts_csv(src / "drift.csv") if (src / "drift.csv").exists() else None
         if true is not None and true.shape == reg.shifts.shape:
@@ -202,17 +197,11 @@ def _write_dataset(src: Path, dst: Path, meta: dict, pipe: Pipeline, frame: str,
 
 def run(cfg) -> dict:
     """Entry point of ``preprocess.py`` (see ``configs/preprocess.yaml``)."""
-    from omegaconf import OmegaConf
-
-    from seglearn.cli import setup_logging
-
     setup_logging()
-    params = OmegaConf.to_container(cfg, resolve=True)
+    params = to_plain(cfg)
     for key in ("input", "output"):
         if params.get(key) in (None, "???"):
             raise InputError(f"preprocess: give {key}=PATH")
-    from seglearn.options import PREPROCESS, check_options
-
     check_options(params, PREPROCESS, "preprocess")
     return preprocess_dataset(params["input"], params["output"], params.get("steps"),
                               chunk=int(params.get("chunk", 16)), overwrite=bool(params.get("overwrite", False)),

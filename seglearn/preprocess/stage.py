@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from seglearn.config import to_plain
 from seglearn.errors import InputError
 from seglearn.preprocess.pipeline import Pipeline, ReaderSource
 from seglearn.preprocess.run import labels_frame_for
@@ -33,13 +34,7 @@ def stage_config(cfg) -> tuple[list[dict], str]:
     list of steps, or absent / null (no preprocessing). ``labels_frame`` may sit beside
     ``steps`` (default ``auto``).
     """
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(cfg, (DictConfig, ListConfig)):
-            cfg = OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
+    cfg = to_plain(cfg)
     entry = cfg.get("preprocess") if isinstance(cfg, dict) else None
     frame = "auto"
     if isinstance(entry, dict):

@@ -12,12 +12,14 @@ Modules, one job each:
 - :mod:`~seglearn.pretrain.finetune`: adaptation of a base model to a dataset's scribbles
   (``python train.py data.root=DATASET init=BASE.ckpt``); its numeric rules (detector selection,
   grey scale, scribble split, class mapping) in :mod:`~seglearn.pretrain.rules`.
-- :mod:`~seglearn.pretrain.blend`, :mod:`~seglearn.pretrain.forest_pack`: the forest fitted on the same
-  scribbles, blended into the fine-tuned model, stored as plain arrays in the checkpoint.
+- :mod:`~seglearn.pretrain.blend`: the forest fitted on the same scribbles, blended into the fine-tuned
+  model, stored as plain arrays in the checkpoint (applied at prediction by :mod:`seglearn.segment.blend`,
+  packed by :mod:`seglearn.segment.forest_pack`).
 - :mod:`~seglearn.pretrain.noise`: how noisy a dataset is next to the base model's phantoms, and
   the in-plane smoothing that brings it into their range.
 - :mod:`~seglearn.pretrain.adapt`: adaptation to a volume without labels (BatchNorm statistics
-  after fine-tuning; smoothing and statistics before zero-shot prediction).
+  after fine-tuning; the noise rule of zero-shot prediction, whose statistics step is
+  :mod:`seglearn.segment.adapt`).
 - :mod:`~seglearn.pretrain.soup`: weight averaging of base models continued from the same one,
   and their scores on fresh randomised phantoms (``python -m seglearn.pretrain.soup``).
 

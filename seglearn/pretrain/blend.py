@@ -16,7 +16,8 @@ models that both classify the interior right.
 The checkpoint carries the packed forest as plain tensors (top-level ``blend`` entry; no pickle)
 and ``meta["blend"]`` (weight, feature spec, evidence); :class:`Blend` recomputes the forest's
 probabilities block by block (with the features' z-halo) wherever the network predicts
-(:meth:`seglearn.segment.api.Segmenter.iter_proba`). With ``w = 1`` nothing is stored.
+(:meth:`seglearn.segment.api.Segmenter.iter_proba`; :mod:`seglearn.segment.blend`). With ``w = 1``
+nothing is stored.
 """
 
 from __future__ import annotations
@@ -25,28 +26,27 @@ import copy
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
+from seglearn.baselines.forest_engine import pack_forest
 from seglearn.errors import InputError
-from seglearn.pretrain import forest_pack
+from seglearn.paths import config_file, load_config
+from seglearn.segment import forest_pack
+from seglearn.segment.blend import Blend, _cpus, from_checkpoint, z_halo  # noqa: F401  (the inference side)
 
 log = logging.getLogger("seglearn")
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "configs" / "pretrain" / "finetune.yaml"
+CONFIG = config_file("finetune/default.yaml")
 KEYS = ("blend", "blend_weights", "blend_forest", "blend_trees", "blend_tol")
 #: forest settings that are not RandomForestClassifier arguments nor the feature spec
 _NOT_FOREST = ("impl", "features", "engine", "max_chunk_mb", "voxel_size_nm", "n_jobs", "seed", "max_samples")
 
 
 def defaults() -> dict:
-    """The blend settings of ``configs/pretrain/finetune.yaml`` (their one home)."""
-    import yaml
-
-    with open(CONFIG) as f:
-        cfg = yaml.safe_load(f)
+    """The blend settings of ``configs/finetune/default.yaml`` (their one home)."""
+    cfg = load_config("finetune/default.yaml")
     return {k: cfg[k] for k in KEYS}
 
 
@@ -69,7 +69,7 @@ def forest_config(name: str, detectors: Sequence[str], trees=None) -> dict:
     """
     import yaml
 
-    path = ROOT / "configs" / "method" / f"{name}.yaml"
+    path = config_file(f"method/{name}.yaml")
     if not path.exists():
         raise InputError(f"finetune.blend_forest={name!r}: {path} does not exist")
     cfg = yaml.safe_load(path.read_text())
@@ -107,113 +107,22 @@ def fit_forest(raw: np.ndarray, detectors: Sequence[str], labels: np.ndarray, co
     return _fit(x, y, config, seed=seed, threads=threads)
 
 
-def z_halo(spec: Mapping, voxel_size_nm=None) -> int:
-    """Slices of context the features of ``spec`` need on each side of a block (exact results)."""
-    from seglearn.features import ilastik as il
-    from seglearn.features import zevolution as zev
-    from seglearn.features.stack import _anisotropy
+def pack(clf, n_classes: int) -> dict[str, np.ndarray]:
+    """The trees of a fitted forest as arrays (:mod:`seglearn.segment.forest_pack`); ``leaf_value`` columns are the classes ``1..n_classes``.
 
-    h = 0
-    if spec.get("ilastik"):
-        s = spec["ilastik"]
-        h = il.halo(s.get("sigmas", il.SIGMAS), s.get("features", il.FEATURES), int(s.get("dims", 3)),
-                    _anisotropy(voxel_size_nm))
-    if spec.get("zevolution"):
-        s = spec["zevolution"]
-        h = max(h, zev.halo(s.get("offsets", zev.OFFSETS), s.get("windows", zev.WINDOWS), s.get("max_settle", 16),
-                            s.get("settle_window", 2)))
-    return int(h)
-
-
-class Blend:
-    """A packed forest, its feature spec and the network's weight ``w``.
-
-    Parameters
-    ----------
-    arrays : mapping of str to ndarray
-        :func:`seglearn.pretrain.forest_pack.pack` output (checked here).
-    meta : mapping
-        ``weight``, ``features`` (spec), ``detectors``, ``n_features``, ``n_classes``, ``voxel_size_nm``,
-        ``max_chunk_mb``.
+    Returns
+    -------
+    dict of str to ndarray
+        ``feature``, ``threshold``, ``left``, ``right``, ``leaf_row`` (nodes,), ``roots`` (trees,),
+        ``leaf_value`` (leaves, n_classes) float32. A leaf loops onto itself (``left = right = node``).
     """
+    p = pack_forest(clf)
+    value = np.zeros((len(p.leaf_value), n_classes), np.float32)
+    value[:, np.asarray(p.classes, np.int64) - 1] = p.leaf_value
+    return {"feature": p.nodes["f"].astype(np.int32), "threshold": p.nodes["t"].astype(np.float32),
+            "left": p.nodes["l"].astype(np.int32), "right": p.nodes["r"].astype(np.int32),
+            "leaf_row": p.leaf_row.astype(np.int32), "roots": p.roots.astype(np.int32), "leaf_value": value}
 
-    def __init__(self, arrays: Mapping, meta: Mapping, *, threads: int = 0, where: str = "checkpoint"):
-        self.meta = dict(meta)
-        self.weight = float(meta["weight"])
-        if not 0.0 <= self.weight < 1.0:
-            raise InputError(f"{where}: meta blend.weight = {self.weight}: expected a number in [0, 1)")
-        self.detectors = list(meta["detectors"])
-        self.spec = dict(meta["features"])
-        self.arrays = forest_pack.check(arrays, int(meta["n_features"]), int(meta["n_classes"]), where)
-        self.halo = z_halo(self.spec, meta.get("voxel_size_nm"))
-        self.threads = int(threads) or _cpus()
-
-    def forest_proba(self, read: Callable[[int, int], np.ndarray], n: int, z0: int, z1: int) -> np.ndarray:
-        """Forest probabilities ``(K, z1 - z0, Y, X)`` of slices ``[z0, z1)`` of an ``n``-slice volume.
-
-        ``read(a, b)`` returns the raw detectors ``(C, b - a, Y, X)`` in :attr:`detectors` order; the
-        block is read with :attr:`halo` slices on each side, so the result equals the same slices of
-        the whole volume's.
-        """
-        from seglearn.features.stack import FeatureStack
-
-        a, b = max(0, z0 - self.halo), min(n, z1 + self.halo)
-        stack = FeatureStack(np.asarray(read(a, b)), self.detectors, self.spec, self.meta.get("voxel_size_nm"))
-        if stack.n_features != int(self.meta["n_features"]):
-            raise InputError(f"blend forest: {stack.n_features} features, the forest was fitted on "
-                             f"{self.meta['n_features']}")
-        step = stack.chunk_slices(float(self.meta.get("max_chunk_mb", 1024.0)))
-        k = int(self.meta["n_classes"])
-        out = np.empty((k, z1 - z0, *stack.shape[1:]), np.float32)
-        for s in range(z0, z1, step):
-            e = min(s + step, z1)
-            p = forest_pack.proba(self.arrays, stack.compute_samples(s - a, e - a), threads=self.threads)
-            out[:, s - z0:e - z0] = p.T.reshape(k, e - s, *stack.shape[1:])
-        return out
-
-    def apply(self, p_net: np.ndarray, p_forest: np.ndarray) -> np.ndarray:
-        """``w * p_net + (1 - w) * p_forest`` (same shapes, float32)."""
-        return (self.weight * p_net + (1.0 - self.weight) * p_forest).astype(np.float32)
-
-    def to_checkpoint(self) -> tuple[dict, dict]:
-        """``(tensors, meta)`` for the checkpoint's top-level ``blend`` entry and ``meta["blend"]``."""
-        import torch
-
-        return {k: torch.from_numpy(np.array(v)) for k, v in self.arrays.items()}, dict(self.meta)
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def from_checkpoint(ck: Mapping, *, where: str = "checkpoint") -> Blend | None:
-    """The :class:`Blend` a loaded checkpoint carries, or None (no forest stored: the network alone).
-
-    Raises
-    ------
-    InputError
-        ``meta["blend"]`` or the ``blend`` tensors are malformed or disagree.
-    """
-    meta = (ck.get("meta") or {}).get("blend")
-    tensors = ck.get("blend")
-    if meta is None and tensors is None:
-        return None
-    w = meta.get("weight") if isinstance(meta, dict) else None
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w <= 1.0:
-        raise InputError(f"{where}: checkpoint meta blend.weight = {str(w)[:40]}: expected a number in [0, 1]")
-    if w == 1.0:
-        return None
-    if not isinstance(tensors, dict) or not all(hasattr(v, "numpy") for v in tensors.values()):
-        raise InputError(f"{where}: meta blend.weight = {w} but the checkpoint holds no blend forest tensors")
-    try:
-        return Blend({k: v.numpy() for k, v in tensors.items()}, meta, where=where)
-    except InputError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise InputError(f"{where}: checkpoint meta blend is malformed ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:80] if str(exc) else ''})") from exc
 
 
 # ----------------------------------------------------------------------------------- choosing w
@@ -302,7 +211,8 @@ def _net_proba(ckpt, raw: np.ndarray, detectors: Sequence[str], zs: Sequence[int
 
 
 def attach(ckpt: str | Path, raw: np.ndarray, detectors: Sequence[str], train: np.ndarray, *, fit_labels: np.ndarray,
-           val_labels: np.ndarray, judge_ckpt: str | Path, settings: Mapping, voxel_size_nm=None) -> dict | None:
+           val_labels: np.ndarray, judge_ckpt: str | Path, settings: Mapping, voxel_size_nm=None,
+           keep: dict | None = None) -> dict | None:
     """Fit the forest, choose ``w`` on labels neither model saw and store the blend in ``ckpt`` (rewritten).
 
     Parameters
@@ -318,6 +228,9 @@ def attach(ckpt: str | Path, raw: np.ndarray, detectors: Sequence[str], train: n
         or ``labels/test.tif``); the judging forest is fitted on ``fit_labels``.
     settings : mapping
         Fine-tuning settings (``blend*``, ``seed``, ``threads``).
+    keep : dict, optional
+        Gets ``p_forest`` ``(K, len(val_z), Y, X)``: the judging forest's probabilities on the validation
+        slices ``val_z`` (for the temperature fitted on the blend, :mod:`seglearn.pretrain.ft_final`).
 
     Returns
     -------
@@ -340,7 +253,7 @@ def attach(ckpt: str | Path, raw: np.ndarray, detectors: Sequence[str], train: n
     x_all, y_all = training_samples(stack, train, max_chunk_mb=cfg["max_chunk_mb"])  # C order of train > 0
     in_fit = fit_labels[train > 0] > 0
     judge = _fit(x_all[in_fit], y_all[in_fit], cfg, seed=seed, threads=threads)
-    packed = forest_pack.pack(judge, k)
+    packed = pack(judge, k)
     p_forest = np.zeros((k, len(val_z), *raw.shape[2:]), np.float32)
     if np.all(train[val_labels > 0] > 0):  # held-out scribbles: their features are computed already
         p_forest[:, val_labels[val_z] > 0] = forest_pack.proba(packed, x_all[val_labels[train > 0] > 0],
@@ -352,6 +265,8 @@ def attach(ckpt: str | Path, raw: np.ndarray, detectors: Sequence[str], train: n
     p_net = _net_proba(judge_ckpt, raw, detectors, val_z)
     choice = choose_weight(p_net, p_forest, val_labels[val_z], s["blend_weights"], tol=float(s["blend_tol"]))
     w = choice["weight"]
+    if keep is not None:
+        keep.update(p_forest=p_forest, val_z=val_z)
     record = {"weight": w, "forest": str(s["blend_forest"]), "judged_on": f"{choice['voxels']} labelled voxels on "
               f"slices {val_z} that neither the network ({Path(judge_ckpt).parent.name}) nor the judging forest saw",
               "scores": choice["scores"]}
@@ -359,7 +274,7 @@ def attach(ckpt: str | Path, raw: np.ndarray, detectors: Sequence[str], train: n
     tensors = None
     if w < 1.0:
         final = judge if in_fit.all() else _fit(x_all, y_all, cfg, seed=seed, threads=threads)
-        arrays = forest_pack.pack(final, k)
+        arrays = pack(final, k)
         bl = Blend(arrays, {"weight": w, "features": cfg["features"], "detectors": list(detectors),
                             "n_features": int(final.n_features_in_), "n_classes": k,
                             "voxel_size_nm": None if voxel_size_nm is None else [float(v) for v in voxel_size_nm],

@@ -7,7 +7,7 @@ is offset by the global rank and the data-loader worker), so N processes see N t
 per step. Validation on the fixed held-out phantoms, the best / last checkpoints (ordinary
 ``kind="unet"`` files) and ``log.csv`` are written by rank 0 (:class:`PretrainCheckpoints`).
 
-The learning rate follows :func:`seglearn.pretrain.train.lr_at`: warm-up, then a cosine over the step
+The learning rate follows :func:`lr_at`: warm-up, then a cosine over the step
 or the wall-clock budget, whichever ends first. The elapsed time is rank 0's, broadcast, so every
 process applies the same learning rate.
 """
@@ -15,6 +15,7 @@ process applies the same learning rate.
 from __future__ import annotations
 
 import csv
+import datetime
 import logging
 import time
 from pathlib import Path
@@ -24,7 +25,15 @@ import lightning as L
 import numpy as np
 import torch
 
+from seglearn.precision import trainer_device
+
 log = logging.getLogger("seglearn")
+
+
+def lr_at(lr: float, step: int, max_steps: int, time_frac: float, warmup: int = 50) -> float:
+    """Learning rate: linear warm-up, then cosine decay to 2 % over the step or time budget."""
+    frac = min(1.0, max(step / max(max_steps, 1), time_frac))
+    return lr * min(1.0, (step + 1) / warmup) * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * frac)))
 
 
 class _Stream(torch.utils.data.IterableDataset):
@@ -121,8 +130,6 @@ class PretrainModule(L.LightningModule):
         return torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
-        from seglearn.pretrain.train import lr_at
-
         lr = lr_at(self.lr, self.global_step, self.max_steps, self.elapsed() / self.budget_s, self.warmup)
         for g in self.trainer.optimizers[0].param_groups:
             g["lr"] = lr
@@ -195,32 +202,23 @@ class PretrainCheckpoints(L.Callback):
         self._validate(trainer, module)  # the last step, when it was not a validation step
 
 
-def trainer_kwargs(trainer_cfg: Mapping | None, settings: Mapping) -> dict:
-    """``lightning.Trainer`` arguments for pretraining from the ``trainer`` config group and the settings.
+def trainer_kwargs(trainer_cfg: Mapping | None, settings: Mapping, *, time_limit: bool = True) -> dict:
+    """``lightning.Trainer`` arguments for pretraining and fine-tuning from the ``trainer`` config group.
 
-    The step and time budgets come from the pretraining settings (``max_steps``, ``max_minutes``), not
-    from the trainer group (whose defaults are U-Net training's); precision ``auto`` follows
-    ``settings["bf16"]`` (``auto``: native bf16 only, :mod:`seglearn.precision`).
+    The step and time budgets come from the run's settings (``max_steps``, ``max_minutes``), not from
+    the trainer group (whose defaults are U-Net training's); precision ``auto`` follows
+    ``settings["bf16"]`` (:func:`seglearn.precision.trainer_device`, the rule of every Trainer).
+    ``time_limit=False`` leaves the wall-clock budget to the caller (fine-tuning counts it from its
+    own start, set-up included).
     """
-    import datetime
-
-    from seglearn.precision import bf16_supported, resolve_bf16
-
     tr = {k: v for k, v in dict(trainer_cfg or {}).items() if k not in ("max_steps", "max_time", "max_epochs")}
     tr.setdefault("accelerator", "auto")
     tr.setdefault("devices", 1)
-    gpu = torch.cuda.is_available() and tr.get("accelerator") in ("auto", "gpu", "cuda")
-    if tr.get("precision", "auto") in ("auto", None):
-        dev = "cuda" if gpu else "cpu"
-        bf16 = resolve_bf16(settings.get("bf16", "auto"), dev) if str(settings.get("bf16", "auto")) != "auto" \
-            else bf16_supported(dev)
-        tr["precision"] = "bf16-mixed" if bf16 else "32-true"
-    if tr.get("sync_batchnorm") and not gpu:
-        tr["sync_batchnorm"] = False  # torch's SyncBatchNorm runs on GPUs only
+    tr = trainer_device(tr, settings.get("bf16", "auto"))
     tr.pop("deterministic", None)  # the phantom stream is seeded; deterministic kernels cost speed here
-    tr.update(max_steps=int(settings["max_steps"]), max_epochs=-1,
-              max_time=datetime.timedelta(seconds=float(settings["max_minutes"]) * 60.0),
-              num_sanity_val_steps=0, limit_val_batches=0)
+    tr.update(max_steps=int(settings["max_steps"]), max_epochs=-1, num_sanity_val_steps=0, limit_val_batches=0)
+    if time_limit:
+        tr["max_time"] = datetime.timedelta(seconds=float(settings["max_minutes"]) * 60.0)
     tr.setdefault("enable_progress_bar", True)
     tr.setdefault("log_every_n_steps", 10)
     return tr

@@ -27,6 +27,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from seglearn.errors import InputError
+from seglearn.pretrain.randomise import make_randomiser
 
 #: phantoms drawn for the reference distribution (fixed seed: the same numbers on every run)
 REFERENCE_DRAWS = 64
@@ -141,8 +142,6 @@ def relative_noise_unlabelled(images: np.ndarray, *, classes: int = 3, max_slice
 
 @functools.lru_cache(maxsize=8)
 def _reference(key: str) -> np.ndarray:
-    from seglearn.pretrain.train import make_randomiser
-
     s = json.loads(key)
     labelled = s.pop("labelled", True)
     classes = s.pop("classes", 3)

@@ -222,6 +222,15 @@ def resolve_ranges(ranges: Mapping[str, Any] | None) -> dict[str, list[float]]:
     return out
 
 
+def make_randomiser(s: Mapping[str, Any], shape=None) -> "Randomiser":
+    """A :class:`Randomiser` from pretraining-style settings (``detectors``, ``ranges``, ``sources``,
+    ``p_real``, ``p_flat``, ``p_family_b``, ``phantom_shape``); ``sources: None`` = :func:`default_sources`."""
+    sources = default_sources() if s.get("sources") is None else list(s["sources"])
+    return Randomiser(ranges=s.get("ranges") or {}, detectors=list(s["detectors"]),
+                      shape=tuple(shape or s["phantom_shape"]), sources=sources, p_real=float(s["p_real"]),
+                      p_flat=float(s["p_flat"]), p_family_b=float(s.get("p_family_b", 0.0)))
+
+
 def default_sources(root: str | Path | None = None) -> list[str]:
     """Paths of the segmented volumes of ``../shared/data/real`` that exist (none when absent)."""
     if root is None:

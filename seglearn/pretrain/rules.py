@@ -120,18 +120,20 @@ def split_scribbles(train: np.ndarray, *, fraction: float, tile: int, seed: int)
 
 # ----------------------------------------------------------------------------------- network helpers
 def predict_slices(net, x: np.ndarray, zs: Sequence[int], halo: int, *, bf16: bool = False) -> np.ndarray:
-    """Logits of whole slices: ``x (C, Z, Y, X)`` normalised -> ``(len(zs), K, Y, X)`` float32."""
+    """Logits of whole slices: ``x (C, Z, Y, X)`` normalised -> ``(len(zs), K, Y, X)`` float32 (on the net's device)."""
     import torch
 
     a = 2 ** net.unet.depth
     _, z_n, y, xx = x.shape
     py, px = -(-y // a) * a - y, -(-xx // a) * a - xx
+    dev = next(net.parameters()).device  # the network's device (the CPU, or the GPU it is trained on)
     out = []
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
         for z in zs:
             idx = np.clip(np.arange(z - halo, z + halo + 1), 0, z_n - 1)
             win = np.pad(x[:, idx], ((0, 0), (0, 0), (0, py), (0, px)), mode="reflect" if min(y, xx) > max(py, px) else "edge")
-            out.append(net(torch.from_numpy(np.ascontiguousarray(win[None])))[0, :, 0, :y, :xx].float().numpy())
+            win = torch.from_numpy(np.ascontiguousarray(win[None])).to(dev)
+            out.append(net(win)[0, :, 0, :y, :xx].float().cpu().numpy())
     return np.stack(out)
 
 
@@ -226,6 +228,15 @@ def _user_patch(x: np.ndarray, labels: np.ndarray, coords: np.ndarray, p: int, h
 
 
 #: fine-tuning runs averaged by ``runs: auto`` when the base model's head is kept
+AUTO_RUNS = 3
+
+
+def resolve_runs(setting, same_head: bool) -> int:
+    """The number of fine-tuning runs averaged into one model: ``runs: auto`` = :data:`AUTO_RUNS` when the base
+    model's head is kept, 1 for a new head; else the number given."""
+    if str(setting) == "auto":
+        return AUTO_RUNS if same_head else 1
+    return int(setting)
 
 
 def resolve_classes(base_classes: Sequence[str], train: np.ndarray, test: np.ndarray | None,

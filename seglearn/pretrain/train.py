@@ -16,47 +16,40 @@ from typing import Any, Mapping
 
 import numpy as np
 
+import seglearn
+from seglearn.ckpt import load_checkpoint, save_checkpoint
+from seglearn.config import merge_settings, resolve_seed, to_plain
 from seglearn.errors import InputError, OutputExistsError, SeglearnError
+from seglearn.metrics import score
+from seglearn.paths import load_config
+from seglearn.precision import precision_record
+from seglearn.pretrain.noise import store_reference
+from seglearn.pretrain.randomise import make_randomiser
+from seglearn.pretrain.stream import base_ranges, to_channels
+from seglearn.segment.channels import resolve_derived
+from seglearn.segment.infer import mode_defaults
 
 log = logging.getLogger("seglearn")
 
 CLASSES = ["pore", "carbon_binder", "active_material"]
+#: the settings' one home: ``model=unet_pretrain`` (``experiment=pretrain_fibsem`` selects it)
+CONFIG = "model/unet_pretrain.yaml"
 
-DEFAULTS: dict[str, Any] = {
-    "detectors": ["SE2", "InLens"], "derived": "auto", "mode": "2.5d", "context": 2,
-    "net": {"base": 16, "depth": 3, "dropout": 0.0}, "phantom_shape": [20, 80, 80], "patch": 64,
-    "batch_size": 8, "lr": 0.002, "weight_decay": 1e-4, "max_steps": 3000, "max_minutes": 30.0,
-    "val_every": 100, "n_val": 3, "cache": 6, "reuse": 96, "threads": 0, "bf16": "auto", "ranges": {},
-    "p_real": 0.3, "p_flat": 0.15, "p_family_b": 0.0, "sources": None, "seed": 0, "init": None, "warmup": 50, "ema": 0.0,
-    "noise_reference": True,
-}
+__all__ = ["CLASSES", "base_meta", "evaluate", "make_randomiser", "pretrain", "settings_from", "train",
+           "validation_set", "warm_start"]
 
 
 def settings_from(cfg_model: Mapping | None) -> dict:
-    """:data:`DEFAULTS` updated by a (plain or OmegaConf) model config; unknown keys refused."""
-    from seglearn.config import merge_settings
-
-    out = merge_settings(DEFAULTS, cfg_model, "model (unet_pretrain)", ignore=("kind",))
-    out["net"] = {**DEFAULTS["net"], **dict(out.get("net") or {})}
+    """``configs/model/unet_pretrain.yaml`` updated by a (plain or OmegaConf) model config; unknown keys refused."""
+    defaults = {k: v for k, v in load_config(CONFIG).items() if k != "kind"}
+    out = merge_settings(defaults, cfg_model, "model (unet_pretrain)", ignore=("kind",))
+    out["net"] = {**defaults["net"], **dict(out.get("net") or {})}
+    out["seed"] = int(out["seed"] or 0)  # null = train.py's top-level seed (resolve_seed); 0 through the Python API
     return out
-
-
-def make_randomiser(s: Mapping, shape=None):
-    from seglearn.pretrain.randomise import Randomiser, default_sources
-
-    sources = default_sources() if s.get("sources") is None else list(s["sources"])
-    return Randomiser(ranges=s.get("ranges") or {}, detectors=list(s["detectors"]),
-                      shape=tuple(shape or s["phantom_shape"]), sources=sources, p_real=float(s["p_real"]),
-                      p_flat=float(s["p_flat"]), p_family_b=float(s.get("p_family_b", 0.0)))
 
 
 def base_meta(s: Mapping, randomiser) -> dict:
     """Checkpoint metadata in the U-Net's format, plus ``pretrain`` (ranges, sources, budget)."""
-    import seglearn
-    from seglearn.pretrain.stream import base_ranges
-    from seglearn.segment.channels import resolve_derived
-    from seglearn.segment.train import DEFAULT_OVERLAP, DEFAULT_TILE
-
     dets = list(s["detectors"])
     derived = resolve_derived(dets, s["derived"])
     mode = str(s["mode"])
@@ -71,7 +64,8 @@ def base_meta(s: Mapping, randomiser) -> dict:
         "detectors": dets, "derived": derived, "channels": dets + derived,
         "normalisation": {"method": "fixed", "percentiles": None, "ranges": base_ranges(dets, derived)},
         "classes": list(CLASSES), "voxel_size_nm": [xy * float(np.mean(r["anisotropy"])), xy, xy], "mode": mode,
-        "inference": {"tile": DEFAULT_TILE[mode], "overlap": DEFAULT_OVERLAP[mode], "border": None, "batch_size": 2},
+        "inference": {"tile": mode_defaults(mode)["tile"], "overlap": mode_defaults(mode)["overlap"], "border": None,
+                      "batch_size": 2},
         "pretrain": {"ranges": {k: list(v) for k, v in r.items()}, "p_real": randomiser.p_real,
                      "p_flat": randomiser.p_flat, "p_family_b": randomiser.p_family_b, "sources": [Path(p).name for p in randomiser.sources],
                      "phantom_shape": list(randomiser.shape), "patch": int(s["patch"]),
@@ -83,9 +77,6 @@ def base_meta(s: Mapping, randomiser) -> dict:
 
 def validation_set(s: Mapping, n: int, seed: int = 12345) -> list[tuple[np.ndarray, np.ndarray]]:
     """``n`` fixed randomised phantoms ``(channels, truth)`` for validation (independent of training draws)."""
-    from seglearn.pretrain.stream import to_channels
-    from seglearn.segment.channels import resolve_derived
-
     rnd = make_randomiser(s)
     rng = np.random.default_rng(seed)
     derived = resolve_derived(list(s["detectors"]), s["derived"])
@@ -99,8 +90,6 @@ def validation_set(s: Mapping, n: int, seed: int = 12345) -> list[tuple[np.ndarr
 def evaluate(net, val: list, halo: int, *, bf16: bool = False) -> float:
     """Mean awe (%) of ``net`` over validation phantoms (slices with full 2.5D context)."""
     import torch
-
-    from seglearn.metrics import score
 
     was_training = net.training
     net.eval()
@@ -116,20 +105,12 @@ def evaluate(net, val: list, halo: int, *, bf16: bool = False) -> float:
     return float(np.mean(awes))
 
 
-def lr_at(lr: float, step: int, max_steps: int, time_frac: float, warmup: int = 50) -> float:
-    """Learning rate: linear warm-up, then cosine decay to 2 % over the step or time budget."""
-    frac = min(1.0, max(step / max(max_steps, 1), time_frac))
-    return lr * min(1.0, (step + 1) / warmup) * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * frac)))
-
-
 def warm_start(net, meta: Mapping, path: str) -> dict:
     """Load the weights of an earlier base model into ``net`` (continued pretraining).
 
     The checkpoint must have been pretrained with the same network and inputs; its budget is
     returned (and recorded in the new checkpoint's ``meta.pretrain.continued_from``).
     """
-    from seglearn.ckpt import load_checkpoint
-
     ck = load_checkpoint(path, kind="unet")
     old = ck["meta"]
     for key in ("net", "channels"):
@@ -153,7 +134,7 @@ def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False,
     Parameters
     ----------
     settings : mapping
-        Keys of :data:`DEFAULTS`.
+        Keys of ``configs/model/unet_pretrain.yaml`` (:func:`settings_from`).
     out_dir : path-like
     overwrite : bool
     trainer_cfg : mapping, optional
@@ -169,10 +150,8 @@ def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False,
     import torch
     from lightning.pytorch.loggers import CSVLogger
 
-    from seglearn.ckpt import save_checkpoint
     from seglearn.pretrain.lit import PhantomStreamData, PretrainCheckpoints, PretrainModule, trainer_kwargs
     from seglearn.pretrain.stream import PhantomPatchStream
-    from seglearn.precision import precision_record
     from seglearn.segment.net import build_net
 
     s = dict(settings)
@@ -189,8 +168,6 @@ def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False,
     if s.get("init"):
         meta["pretrain"]["continued_from"] = warm_start(net, meta, str(s["init"]))
     if s["noise_reference"]:  # measured once, before the clock starts, not by every fine-tuning and prediction
-        from seglearn.pretrain.noise import store_reference
-
         meta = store_reference(meta)
     halo = int(meta["net"]["context"])
     val = validation_set(s, int(s["n_val"]))
@@ -239,14 +216,10 @@ def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False,
 
 def train(cfg) -> dict:
     """Entry point of ``train.py`` for ``model.kind=unet_pretrain``."""
-    from seglearn.cli import setup_logging
+    from seglearn.cli import setup_logging  # the command layer
 
     setup_logging()
-    from seglearn.config import resolve_seed
-
     s = settings_from(cfg.model)
-    s["seed"] = resolve_seed(cfg, "model", int(s["seed"]))
-    from seglearn.config import to_plain
-
+    s["seed"] = resolve_seed(cfg, "model", 0)
     return pretrain(s, str(cfg.out_dir), overwrite=bool(cfg.get("overwrite", False)),
                     trainer_cfg=to_plain(cfg.get("trainer")))

@@ -1,4 +1,5 @@
-"""Function-level access to the U-Net: load a checkpoint and predict arrays, or train on arrays.
+"""Function-level access to a trained U-Net: load a checkpoint and predict arrays (training on arrays:
+:func:`seglearn.segment.train.fit_segmenter`).
 
 Examples
 --------
@@ -10,71 +11,22 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from seglearn.ckpt import load_checkpoint
 from seglearn.errors import InputError
+from seglearn.io.intensity import apply_map
+from seglearn.precision import resolve_bf16
+from seglearn.segment.blend import from_checkpoint
+from seglearn.segment.calibrate import temperature_of
+from seglearn.segment.channels import apply_normalisation, compute_channels
+from seglearn.segment.infer import KIND, inference_kwargs, resolve_device, torch_net_fn
+from seglearn.segment.tiling import predict_banded
+from seglearn.segment.tta import check_mode, tta_net_fn
 
 log = logging.getLogger("seglearn")
-
-KIND = "unet"
-
-
-def resolve_device(device: str = "auto"):
-    """A torch device: ``auto`` picks CUDA, then MPS, then the CPU."""
-    import torch
-
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
-
-
-def torch_net_fn(net, device, *, bf16: bool = False, temperature: float = 1.0) -> Callable[[np.ndarray], np.ndarray]:
-    """Wrap a network as ``(B, C, Z, Y, X)`` numpy -> softmax probabilities ``(B, K, z, Y, X)`` numpy.
-
-    The input is cast to the network's weight dtype (a bfloat16 :func:`~seglearn.segment.net.inference_copy`
-    takes bf16 input); ``bf16`` adds autocast around an fp32 network. Softmax is computed in fp32, of
-    ``logits / temperature`` (the checkpoint's calibration, :mod:`seglearn.segment.calibrate`).
-    """
-    import torch
-
-    dtype = next(net.parameters()).dtype
-    autocast = bool(bf16) and dtype != torch.bfloat16
-
-    def fn(batch: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(np.ascontiguousarray(batch)).to(device=device, dtype=dtype)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = net(t)
-        return torch.softmax(logits.float() / float(temperature), dim=1).cpu().numpy()
-
-    return fn
-
-
-def inference_kwargs(meta: Mapping, net, *, tile=None, overlap=None, border=None, batch_size=None) -> dict:
-    """Keyword arguments of :func:`~seglearn.segment.tiling.sliding_window` from the checkpoint defaults."""
-    inf = dict(meta.get("inference", {}))
-    three_d = net.mode == "3d"
-    kw = {
-        "tile": [int(v) for v in (tile if tile is not None else inf.get("tile", [4, 256, 256]))],
-        "overlap": [int(v) for v in (overlap if overlap is not None else inf.get("overlap", [0, 64, 64]))],
-        "batch_size": int(batch_size if batch_size is not None else inf.get("batch_size", 2)),
-        "align": net.align,
-        "n_classes": net.n_classes,
-        "gaussian_z": three_d,
-    }
-    if not three_d:
-        kw["overlap"][0] = 0
-    b = border if border is not None else inf.get("border")
-    if b is not None:
-        kw["border"] = [int(v) for v in b]
-    return kw
-
 
 class Segmenter:
     """A trained U-Net with everything needed to predict: channels, normalisation, tiling.
@@ -96,9 +48,7 @@ class Segmenter:
     def __init__(self, net, meta: Mapping, *, device: str = "auto", bf16: bool | str | None = None, blend=None):
         import torch
 
-        from seglearn.precision import resolve_bf16
-        from seglearn.segment.calibrate import temperature_of
-        from seglearn.segment.net import inference_copy
+        from seglearn.segment.net import inference_copy  # torch: deferred
 
         self.meta = dict(meta)
         self.device = resolve_device(device)
@@ -120,7 +70,7 @@ class Segmenter:
         #: per-detector ``gain`` / ``offset`` putting this volume's raw values on the model's scale
         #: (:func:`seglearn.io.intensity.fit_to_model`); None = read as they are
         self.input_map = meta["normalisation"].get("input_map")
-        #: a forest whose probabilities are blended with the network's (:class:`seglearn.pretrain.blend.Blend`), or None
+        #: a forest whose probabilities are blended with the network's (:class:`seglearn.segment.blend.Blend`), or None
         self.blend = blend
         #: softmax temperature fitted on held-out labels (``meta["calibration"]``); 1.0 for older checkpoints
         self.temperature = temperature_of(self.meta)
@@ -131,8 +81,6 @@ class Segmenter:
 
     def tta_mode(self, tta: str | None = None) -> str:
         """The test-time augmentation to use: ``tta``, else the checkpoint's ``inference.tta``, else none."""
-        from seglearn.segment.tta import check_mode
-
         return check_mode(tta if tta is not None else self.meta.get("inference", {}).get("tta"))
 
     def channel_order(self, detectors: Sequence[str], where: str = "input") -> list[int]:
@@ -152,9 +100,6 @@ class Segmenter:
 
     def prepare(self, raw: np.ndarray) -> np.ndarray:
         """Raw detector images ``(C, z, Y, X)`` in :attr:`detectors` order -> normalised channels."""
-        from seglearn.io.intensity import apply_map
-        from seglearn.segment.channels import apply_normalisation, compute_channels
-
         raw = apply_map(raw, self.input_map)
         return apply_normalisation(compute_channels(raw, self.detectors, self.derived, self.smooth), self.ranges)
 
@@ -186,15 +131,11 @@ class Segmenter:
         z0 : int
         probs : (K, zb, Y, X) float32 ndarray
         """
-        from seglearn.segment.tiling import predict_banded
-
         n = int(shape[0])
         kw = inference_kwargs(self.meta, self.net, tile=tile, overlap=overlap, border=border, batch_size=batch_size)
         context = 0
         if self.mode == "3d" and block_slices and block_slices < n:
             context = max(kw["tile"][0] // 2, 1)
-        from seglearn.segment.tta import tta_net_fn
-
         fn = tta_net_fn(torch_net_fn(self.fast_net, self.device, temperature=self.temperature), self.tta_mode(tta))
         block = int(block_slices) if block_slices else n
         starts = list(range(0, n, block))
@@ -215,8 +156,6 @@ class Segmenter:
                                        prepare_band=lambda a, b, y0, y1: self.prepare(read_raw(a, b)[..., y0:y1, :]),
                                        **kw)
                 if self.blend is not None:  # the forest reads the detectors on the network's grey scale
-                    from seglearn.io.intensity import apply_map
-
                     forest = self.blend.forest_proba(lambda a, b: apply_map(read_raw(a, b), self.input_map), n, z0, z1)
                     probs = self.blend.apply(probs, forest)
                 yield z0, probs
@@ -260,7 +199,7 @@ class Segmenter:
 
 def segmenter_from_checkpoint(ckpt: Mapping, *, device: str = "auto", bf16: bool | None = None) -> Segmenter:
     """A :class:`Segmenter` from a loaded checkpoint dict (see :func:`seglearn.ckpt.load_checkpoint`)."""
-    from seglearn.segment.net import build_net
+    from seglearn.segment.net import build_net  # torch: deferred
 
     meta = ckpt["meta"]
     net = build_net(meta["net"])
@@ -269,8 +208,6 @@ def segmenter_from_checkpoint(ckpt: Mapping, *, device: str = "auto", bf16: bool
     if missing or unexpected:
         raise InputError(f"checkpoint weights do not fit its network config (missing {list(missing)[:3]}, "
                          f"unexpected {list(unexpected)[:3]})")
-    from seglearn.pretrain.blend import from_checkpoint
-
     return Segmenter(net, meta, device=device, bf16=bf16, blend=from_checkpoint(ckpt))
 
 
@@ -290,80 +227,4 @@ def load_segmenter(ckpt_path: str | os.PathLike, *, device: str = "auto", bf16: 
     -------
     Segmenter
     """
-    from seglearn.ckpt import load_checkpoint
-
     return segmenter_from_checkpoint(load_checkpoint(ckpt_path, kind=KIND), device=device, bf16=bf16)
-
-
-def default_config(overrides: Mapping | None = None):
-    """The default training config (``configs/train.yaml`` with ``model=unet``) with dotted-key overrides."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf, open_dict
-
-    conf_dir = Path(__file__).resolve().parents[2] / "configs"
-    if not (conf_dir / "train.yaml").exists():
-        raise InputError(f"{conf_dir}: configs/train.yaml not found (seglearn must run from its source tree)")
-    overrides = dict(overrides or {})
-    group = [f"{k}={v}" for k, v in overrides.items() if k in ("experiment", "trainer", "data", "model")]
-    was = GlobalHydra.instance().is_initialized()
-    if was:
-        GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir)):
-        cfg = compose("train", overrides=["data.root=null", *group])
-    with open_dict(cfg):
-        for k, v in overrides.items():
-            if k not in ("experiment", "trainer", "data", "model"):
-                OmegaConf.update(cfg, k, v, force_add=True)
-    return cfg
-
-
-def fit_segmenter(images: np.ndarray, train_labels: np.ndarray, detectors: Sequence[str],
-                  out_dir: str | os.PathLike, overrides: Mapping | None = None,
-                  val_labels: np.ndarray | None = None) -> Path:
-    """Train a U-Net on arrays with the default config; returns the best checkpoint's path.
-
-    Parameters
-    ----------
-    images : (C, Z, Y, X) ndarray
-        Raw detector images.
-    train_labels : (Z, Y, X) int ndarray
-        Sparse labels, 0 = unlabelled, ``1..K``.
-    detectors : sequence of str
-        Channel names of ``images``.
-    out_dir : path-like
-        Gets ``best.ckpt``, ``last.ckpt`` and the CSV logs.
-    overrides : dict, optional
-        Dotted config keys (``{"model.mode": "2d", "trainer.max_steps": 200}``); also
-        ``classes`` (names of 1..K) and ``voxel_size_nm`` (z, y, x).
-    val_labels : (Z, Y, X) int ndarray, optional
-        Dense or sparse validation labels (else strokes of ``train_labels`` are held out).
-
-    Returns
-    -------
-    Path
-        ``out_dir/best.ckpt``.
-    """
-    from seglearn.data import Dataset
-    from seglearn.data.layout import DEFAULT_CLASSES
-    from seglearn.segment.train import fit
-
-    overrides = dict(overrides or {})
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[None]
-    train_labels = np.asarray(train_labels)
-    if images.ndim != 4 or images.shape[0] != len(detectors) or images.shape[1:] != train_labels.shape:
-        raise InputError(f"fit_segmenter: images {images.shape}, labels {train_labels.shape} and detectors "
-                         f"{list(detectors)} do not agree; expected (C, Z, Y, X) and (Z, Y, X)")
-    k = int(max(train_labels.max(), 0 if val_labels is None else np.asarray(val_labels).max()))
-    classes = overrides.pop("classes", None)
-    if classes is None:
-        classes = list(DEFAULT_CLASSES) if k == 3 else [f"class{i + 1}" for i in range(max(k, 2))]
-    voxel = tuple(float(v) for v in overrides.pop("voxel_size_nm", (1.0, 1.0, 1.0)))
-    ds = Dataset(root=Path(out_dir), name="arrays", detectors=list(detectors), classes=list(classes),
-                 voxel_size_nm=voxel, images=images, train=train_labels.astype(np.uint8),
-                 test=None if val_labels is None else np.asarray(val_labels).astype(np.uint8))
-    cfg = default_config({"out_dir": str(out_dir), **overrides})
-    result = fit(cfg, ds)
-    return Path(result["best_ckpt"])

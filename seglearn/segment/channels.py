@@ -2,8 +2,9 @@
 
 A derived channel is named ``"A-B"`` (detector A minus detector B, computed on the raw grey
 values); ``derived="auto"`` adds ``SE2-InLens`` when both detectors are present, the most useful
-input for finding carbon-binder in FIB-SEM (seed 002). Every channel is mapped to ``[0, 1]`` by
-robust percentiles fitted on the training volume; the ranges go into the checkpoint.
+input for finding carbon-binder in FIB-SEM (seed 002). Every channel is mapped to ``[0, 1]`` (clipped) by
+robust percentiles fitted on the training volume (:mod:`seglearn.io.normalise`, ``model.percentiles``);
+the ranges go into the checkpoint.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from seglearn.errors import InputError
+from seglearn.io.normalise import apply_normalisation, fit_normalisation  # noqa: F401  (the channels' normaliser)
 
 AUTO_DERIVED = (("SE2", "InLens"),)
 
@@ -82,55 +84,3 @@ def compute_channels(images: np.ndarray, detectors: Sequence[str], derived: Sequ
         a, b = name.split("-")
         np.subtract(out[detectors.index(a)], out[detectors.index(b)], out=out[len(detectors) + i])
     return out
-
-
-def fit_normalisation(x: np.ndarray, percentiles: Sequence[float] = (0.1, 99.9), *, max_samples: int = 2_000_000,
-                      seed: int = 0) -> list[list[float]]:
-    """Robust ``[lo, hi]`` range per channel.
-
-    Parameters
-    ----------
-    x : (C, Z, Y, X) ndarray
-    percentiles : (low, high) floats
-    max_samples : int
-        Voxels sampled per channel (a fixed random subset; deterministic for ``seed``).
-
-    Returns
-    -------
-    list of [lo, hi] per channel
-    """
-    c = x.shape[0]
-    flat = x.reshape(c, -1)
-    n = flat.shape[1]
-    if n > max_samples:
-        idx = np.sort(np.random.default_rng(seed).choice(n, max_samples, replace=False))
-        flat = flat[:, idx]
-    out = []
-    for ch in flat:
-        lo, hi = np.percentile(ch.astype(np.float64), [percentiles[0], percentiles[1]])
-        if hi - lo < 1e-6:
-            hi = lo + 1.0
-        out.append([float(lo), float(hi)])
-    return out
-
-
-def apply_normalisation(x: np.ndarray, ranges: Sequence[Sequence[float]]) -> np.ndarray:
-    """Map each channel to ``[0, 1]`` by its ``[lo, hi]`` range (clipped), in place on float32 input.
-
-    Parameters
-    ----------
-    x : (C, Z, Y, X) float32 ndarray
-    ranges : list of [lo, hi]
-
-    Returns
-    -------
-    (C, Z, Y, X) float32 ndarray
-    """
-    x = np.asarray(x, dtype=np.float32)
-    if x.shape[0] != len(ranges):
-        raise InputError(f"normalisation has {len(ranges)} channels, image has {x.shape[0]}")
-    for i, (lo, hi) in enumerate(ranges):
-        x[i] -= lo
-        x[i] *= 1.0 / (hi - lo)
-    np.clip(x, 0.0, 1.0, out=x)
-    return x

@@ -12,7 +12,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from seglearn.ckpt import FORMAT, VERSION, _check_plain
+from seglearn.errors import InputError
+from seglearn.metrics import score
+from seglearn.segment.infer import KIND, inference_kwargs, torch_net_fn
 from seglearn.segment.net import build_net
+from seglearn.segment.tiling import contiguous_runs, predict_slab
 
 log = logging.getLogger("seglearn")
 
@@ -41,8 +46,6 @@ def class_weights(spec, counts: Sequence[float]) -> list[float] | None:
         return (w / w[counts > 0].mean()).tolist()
     w = [float(v) for v in spec]
     if len(w) != len(counts):
-        from seglearn.errors import InputError
-
         raise InputError(f"model.loss.class_weights has {len(w)} values, the dataset has {len(counts)} classes")
     return w
 
@@ -104,10 +107,6 @@ class SegModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        from seglearn.metrics import score
-        from seglearn.segment.api import inference_kwargs, torch_net_fn
-        from seglearn.segment.tiling import contiguous_runs, predict_slab
-
         dm = self.trainer.datamodule
         kw = inference_kwargs(self.meta, self.net)
         fn = torch_net_fn(self.net, self.device, bf16=self.device.type == "cuda")
@@ -143,9 +142,6 @@ class SegModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning checkpoints double as seglearn checkpoints (see seglearn.ckpt): plain data only
-        from seglearn.ckpt import FORMAT, VERSION, _check_plain
-        from seglearn.segment.api import KIND
-
         meta = self.export_meta()
         _check_plain(meta)
         checkpoint.update({"format": FORMAT, "version": VERSION, "kind": KIND, "meta": meta})

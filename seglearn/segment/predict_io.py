@@ -9,15 +9,31 @@ summary.json, the preview and the characterisation.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import tifffile
 
+from seglearn.characterise import characterise
+from seglearn.characterise.labels import as_voxel_size
 from seglearn.config import to_plain as _plain
+from seglearn.data.layout import _find_image, check_label_stack, declared_voxel_size, read_meta
 from seglearn.errors import InputError, SeglearnError
+from seglearn.io import open_stack, read_stack, write_preview
+from seglearn.io.atomic import atomic_path
+from seglearn.io.intensity import check_dtype
+from seglearn.io.omezarr import OmeZarrWriter
+from seglearn.io.outset import OutputSet
+from seglearn.io.tiff_write import calibration_kwargs, choose_voxel_size
+from seglearn.metrics import awe, confusion_matrix, iou_from_confusion
+from seglearn.precision import precision_record
+from seglearn.segment.memory import plan_blocks
+from seglearn.segment.predict_options import Options
 
 log = logging.getLogger("seglearn")
 
@@ -32,8 +48,6 @@ def resolve_input(inp, names=None) -> dict:
     dict
         ``files`` {detector: path}, ``test`` path or None, ``voxel_size_nm`` or None, ``name``.
     """
-    from seglearn.data.layout import _find_image, declared_voxel_size, read_meta
-
     inp = _plain(inp)
     if inp is None or inp == "" or inp == []:
         raise InputError("input is not set: give a dataset folder or detector files, e.g. input=[SE2.tif,InLens.tif]")
@@ -87,12 +101,10 @@ def match_names(seg, files: dict, where: str, detectors=None) -> list:
     return out
 
 
-def prepare_output(cfg, name: str):
+def prepare_output(opts: Options, name: str):
     """Claim the output folder (:class:`~seglearn.io.outset.OutputSet`): its lock is taken, files go
     into a temporary sibling (``.tmp``) that :func:`publish` renames to the folder at the end."""
-    from seglearn.io.outset import OutputSet
-
-    out = cfg.get("output")
+    out = opts.output
     default = out is None or out == ""
     out = Path("outputs") / name if default else Path(str(out))
     ours = False
@@ -102,8 +114,8 @@ def prepare_output(cfg, name: str):
             ours = bool(json.loads(summary.read_text()).get(MARKER))
         except (ValueError, OSError):
             ours = False
-    inputs = [*(_plain(cfg.input) if isinstance(_plain(cfg.input), list) else [_plain(cfg.input)]), cfg.get("ckpt")]
-    oset = OutputSet(out, replace=bool(cfg.get("overwrite", False)) or (default and ours), inputs=inputs)
+    inputs = [*(opts.input if isinstance(opts.input, list) else [opts.input]), opts.ckpt]
+    oset = OutputSet(out, replace=opts.overwrite or (default and ours), inputs=inputs)
     oset.claim()
     return oset
 
@@ -126,19 +138,15 @@ def publish(oset, summary: dict) -> dict:
     return summary
 
 
-def characterise_output(cfg, out: Path, classes: list, voxel, labels_name: str = "labels.tif") -> str:
-    """Run the microstructure report on the written labels (``characterise=true`` or a list of steps)."""
-    from seglearn.characterise import characterise
-    from seglearn.io import read_stack
-
+def characterise_output(steps, where: str, out: Path, classes: list, voxel, labels_name: str = "labels.tif") -> str:
+    """Run the microstructure report on the written labels (``steps``: ``characterise=true`` or a list of steps)."""
     if voxel is None:
-        raise InputError(f"{cfg.input}: characterise needs a voxel size; the input and checkpoint have none")
-    opts = {"values": list(range(1, len(classes) + 1))}
-    steps = _plain(cfg.characterise)
+        raise InputError(f"{where}: characterise needs a voxel size; the input and checkpoint have none")
+    kwargs = {"values": list(range(1, len(classes) + 1))}
     if isinstance(steps, (list, tuple)):
-        opts["steps"] = list(steps)
+        kwargs["steps"] = list(steps)
     labels, _ = read_stack(out / labels_name)  # labels.tif or labels.ome.zarr
-    characterise(labels, voxel, list(classes), out_dir=out / "characterise", overwrite=True, **opts)
+    characterise(labels, voxel, list(classes), out_dir=out / "characterise", overwrite=True, **kwargs)
     return "characterise/report.html"
 
 
@@ -153,8 +161,6 @@ class Stats:
         self.preview = {"z": None}
 
     def add(self, z0: int, labels: np.ndarray, keep_preview: bool = True) -> None:
-        from seglearn.metrics import confusion_matrix
-
         z1 = z0 + labels.shape[0]
         self.counts[:] += np.bincount(labels.ravel(), minlength=self.k + 1)[: self.k + 1]
         if self.test is None:
@@ -169,17 +175,26 @@ class Stats:
                     self.preview.update(z=z0 + zz, test_z=True, labels=labels[zz], test=t[zz])
 
 
-def open_inputs(cfg, seg):
-    from seglearn.io import open_stack
+def open_inputs(inp, detectors, seg):
+    """The input ``inp`` (``input=``, channel names ``detectors``) opened for the model ``seg``.
 
-    src = resolve_input(cfg.input, cfg.get("detectors"))
-    where = str(_plain(cfg.input))
+    Returns
+    -------
+    src : dict
+        :func:`resolve_input`.
+    where : str
+        The input as messages name it.
+    paths : list
+        The stacks in the model's detector order.
+    readers : list
+        Their block readers (:func:`seglearn.io.open_stack`).
+    """
+    src = resolve_input(inp, detectors)
+    where = str(inp)
     paths = match_names(seg, src["files"], where)
     readers = [open_stack(p) for p in paths]
     shapes = {str(p): r.shape for p, r in zip(paths, readers)}
     try:
-        from seglearn.io.intensity import check_dtype
-
         for p, r in zip(paths, readers):  # a bool mask or complex stack is refused before anything is written
             check_dtype(getattr(r, "stored_dtype", r.dtype), str(p))
         if len(set(shapes.values())) != 1:
@@ -191,17 +206,14 @@ def open_inputs(cfg, seg):
     return src, where, paths, readers
 
 
-def voxel_size(cfg, src: dict, readers, seg) -> tuple[list | None, dict]:
-    """The voxel size written on the outputs and where it came from (``voxel_size_nm=``, dataset.yaml,
-    the input file's calibration, else the checkpoint's, with a warning)."""
-    from seglearn.characterise.labels import as_voxel_size
-    from seglearn.io.tiff_write import choose_voxel_size
-
-    opt = _plain(cfg.get("voxel_size_nm"))
+def voxel_size(option, src: dict, readers, seg, where: str) -> tuple[list | None, dict]:
+    """The voxel size written on the outputs and where it came from (``option``: ``voxel_size_nm=``,
+    dataset.yaml, the input file's calibration, else the checkpoint's, with a warning)."""
+    opt = option
     opt = None if opt is None else as_voxel_size(opt, source="voxel_size_nm")
     voxel, source = choose_voxel_size([("voxel_size_nm option", opt), ("dataset.yaml", src["voxel_size_nm"]),
                                        ("input file", readers[0].voxel_size_nm), ("checkpoint", seg.voxel_size_nm)],
-                                      where=str(_plain(cfg.input)))
+                                      where=where)
     return voxel, {"voxel_size_source": source}
 
 
@@ -216,19 +228,11 @@ def raw_reader(paths, readers):
     return read_raw
 
 
-def iter_kwargs(cfg, plan: dict) -> dict:
-    return {"tta": cfg.get("tta"), "block_slices": plan["block_slices"], "band_rows": plan["band_rows"],
-            "tile": _plain(cfg.get("tile")), "overlap": _plain(cfg.get("overlap")), "batch_size": cfg.get("batch_size")}
-
-
-def memory_plan(cfg, seg, readers, shape) -> dict:
-    """``block_slices`` (and ``band_rows``) of this run: the option's number, or ``auto`` from ``memory_budget_gib``."""
-    from seglearn.segment.memory import plan_blocks
-
-    setting = cfg.get("block_slices", "auto")
+def memory_plan(setting, budget: float, seg, readers, shape) -> dict:
+    """``block_slices`` (and ``band_rows``) of this run: the ``block_slices`` option's number, or with
+    ``auto`` as many as ``budget`` (``memory_budget_gib``) allows."""
     if setting not in (None, "auto"):
         return {"block_slices": int(setting), "band_rows": None, "source": "block_slices option"}
-    budget = float(cfg.get("memory_budget_gib", 1.5))
     plan = plan_blocks(shape, n_raw=len(readers), raw_itemsize=max(np.dtype(r.dtype).itemsize for r in readers),
                        n_channels=len(seg.detectors) + len(seg.derived), n_classes=seg.n_classes,
                        halo=int(seg.net.halo), budget_bytes=int(budget * 2**30))
@@ -238,12 +242,11 @@ def memory_plan(cfg, seg, readers, shape) -> dict:
     return {**plan.describe(), "source": "memory_budget_gib"}
 
 
-def writers(cfg, out: Path, shape, k: int, voxel, classes, plan: dict, want_probs: bool, want_unc: bool = False):
+def writers(output_format: str, out: Path, shape, k: int, voxel, classes, plan: dict, want_probs: bool,
+            want_unc: bool = False):
     """OME-Zarr writers of labels (probabilities, uncertainty) for ``output_format=ome-zarr``; None for TIFF."""
-    if str(cfg.get("output_format", "tiff")) != "ome-zarr":
+    if output_format != "ome-zarr":
         return None
-    from seglearn.io.omezarr import OmeZarrWriter
-
     chunks = (max(1, min(int(plan["block_slices"]), 16)), 256, 256)
     labels = OmeZarrWriter(out / "labels.ome.zarr", shape, np.uint8, voxel_size_nm=voxel, labels=True, chunks=chunks)
     probs = OmeZarrWriter(out / "probabilities.ome.zarr", (k, *shape), np.float16, voxel_size_nm=voxel,
@@ -255,9 +258,6 @@ def writers(cfg, out: Path, shape, k: int, voxel, classes, plan: dict, want_prob
 
 def open_test(src: dict, shape, k: int, *, check: bool = True):
     """The input's test labels as a block reader (None without), of the input's shape; ``check``: values 0..K."""
-    from seglearn.data.layout import check_label_stack
-    from seglearn.io import open_stack
-
     if src["test"] is None:
         return None
     test = open_stack(src["test"])
@@ -280,59 +280,71 @@ def finish_writers(zarr_out, block_slices: int) -> None:
             w.finish(block_slices=block_slices)
 
 
-def finish(cfg, seg, src, where, out: Path, shape, voxel, stats: Stats, readers, t0: float, want_probs: bool,
-            extra: dict | None = None) -> dict:
-    """Write OUT/summary.json, OUT/preview.png and the characterisation; returns the summary."""
-    from seglearn.io import write_preview
-    from seglearn.io.atomic import atomic_path
-    from seglearn.metrics import awe, iou_from_confusion
-    from seglearn.precision import precision_record
+@dataclasses.dataclass
+class Run:
+    """What one prediction works on: the model, the opened input and the (temporary) output folder."""
 
-    counts, cm, preview = stats.counts, stats.cm, stats.preview
-    seconds = time.perf_counter() - t0
+    seg: Any
+    src: dict
+    where: str
+    readers: list
+    shape: tuple
+    voxel: list | None
+    out: Path
+    t0: float
+
+
+def _test_scores(cm: np.ndarray, classes: list) -> dict:
+    iou = iou_from_confusion(cm)
+    p = cm.sum(axis=1) / cm.sum()
+    return {"iou": {c: (None if np.isnan(v) else float(v)) for c, v in zip(classes, iou)},
+            "awe": awe(iou, p), "miou": float(np.nanmean(iou)), "n_scored": int(cm.sum())}
+
+
+def _write_preview(run: Run, preview: dict, ckpt: str) -> None:
+    seg, z = run.seg, preview["z"]
+    img = run.readers[0].read(z, z + 1)[0]
+    panels = [(f"{seg.detectors[0]} z={z}", img, None), ("prediction", img, preview["labels"])]
+    if preview.get("uncertainty") is not None:
+        panels.append(("uncertainty (0 sure .. 1 uniform)", preview["uncertainty"].astype(np.float32), None))
+    if preview.get("test") is not None:
+        panels.append(("test labels", img, preview["test"]))
+    write_preview(run.out / "preview.png", panels, seg.classes, overwrite=True,
+                  title=f"{Path(ckpt).name} on {run.src['name']}")
+
+
+def finish(opts: Options, run: Run, stats: Stats, extra: dict | None = None) -> dict:
+    """Write OUT/summary.json, OUT/preview.png and the characterisation; returns the summary."""
+    seg, shape = run.seg, run.shape
+    seconds = time.perf_counter() - run.t0
     n_vox = int(np.prod(shape))
-    fr = counts[1:] / max(n_vox, 1)
+    fr = stats.counts[1:] / max(n_vox, 1)
     summary = {
-        MARKER: True, "input": where, "ckpt": str(cfg.ckpt), "kind": "unet", "mode": seg.mode,
+        MARKER: True, "input": run.where, "ckpt": opts.ckpt, "kind": "unet", "mode": seg.mode,
         "detectors": seg.detectors, "derived": seg.derived, "classes": seg.classes, "shape": list(shape),
-        "voxel_size_nm": voxel, "fractions": {c: float(f) for c, f in zip(seg.classes, fr)},
+        "voxel_size_nm": run.voxel, "fractions": {c: float(f) for c, f in zip(seg.classes, fr)},
         "seconds": round(seconds, 2), "voxels_per_second": round(n_vox / max(seconds, 1e-9), 1),
         "device": str(seg.device), "precision": precision_record(seg.device, seg.bf16), "labels": "labels.tif",
-        "tta": seg.tta_mode(cfg.get("tta")),
-        "probabilities": "probabilities.tif" if want_probs else None,
+        "tta": seg.tta_mode(opts.tta),
+        "probabilities": "probabilities.tif" if opts.probabilities else None,
         "blend": None if seg.blend is None else {"network_weight": seg.blend.weight, "forest_trees":
                                                  int(len(seg.blend.arrays["roots"]))},
         **(extra or {}),
     }
-    if stats.test is not None and cm.sum() > 0:
-        iou = iou_from_confusion(cm)
-        p = cm.sum(axis=1) / cm.sum()
-        summary["test"] = {"iou": {c: (None if np.isnan(v) else float(v)) for c, v in zip(seg.classes, iou)},
-                           "awe": awe(iou, p), "miou": float(np.nanmean(iou)), "n_scored": int(cm.sum())}
-    if cfg.get("preview", True) and preview["z"] is not None:
-        z = preview["z"]
-        img = readers[0].read(z, z + 1)[0]
-        panels = [(f"{seg.detectors[0]} z={z}", img, None), ("prediction", img, preview["labels"])]
-        if preview.get("uncertainty") is not None:
-            panels.append(("uncertainty (0 sure .. 1 uniform)", preview["uncertainty"].astype(np.float32), None))
-        if preview.get("test") is not None:
-            panels.append(("test labels", img, preview["test"]))
-        write_preview(out / "preview.png", panels, seg.classes, overwrite=True,
-                      title=f"{Path(str(cfg.ckpt)).name} on {src['name']}")
-    if cfg.get("characterise"):
-        summary["characterise"] = characterise_output(cfg, out, seg.classes, voxel, summary["labels"])
-    with atomic_path(out / "summary.json", overwrite=True) as tmp:
+    if stats.test is not None and stats.cm.sum() > 0:
+        summary["test"] = _test_scores(stats.cm, seg.classes)
+    if opts.preview and stats.preview["z"] is not None:
+        _write_preview(run, stats.preview, opts.ckpt)
+    if opts.characterise:
+        summary["characterise"] = characterise_output(opts.characterise, run.where, run.out, seg.classes, run.voxel,
+                                                      summary["labels"])
+    with atomic_path(run.out / "summary.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     return summary
 
 
 def write_probabilities_tif(out: Path, shape, k: int, pages, voxel=None) -> None:
     """OUT/probabilities.tif (float16, ZCYX, calibrated as labels.tif) from ``(Y, X)`` pages in z, then class."""
-    import tifffile
-
-    from seglearn.io.atomic import atomic_path
-    from seglearn.io.tiff_write import calibration_kwargs
-
     full = (shape[0], k, *shape[1:])
     kwargs = {**calibration_kwargs(full, np.float16, voxel, axes="ZCYX"), "bigtiff": True}
     with atomic_path(out / "probabilities.tif", overwrite=True) as tmp:

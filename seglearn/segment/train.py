@@ -4,38 +4,41 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf, open_dict
 
+import lightning as L
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+import seglearn
+from seglearn.ckpt import load_checkpoint
+from seglearn.config import to_plain as _plain
+from seglearn.data import Dataset, load_dataset
+from seglearn.data.layout import DEFAULT_CLASSES
 from seglearn.errors import InputError, OutputExistsError, SeglearnError
+from seglearn.log import setup_logging
+from seglearn.paths import compose
+from seglearn.precision import precision_record, trainer_device
+from seglearn.preprocess.stage import preprocess_loaded, stage_config
+from seglearn.segment.datamodule import SegDataModule
+from seglearn.segment.infer import mode_defaults
+from seglearn.segment.module import SegModule, class_weights
+from seglearn.segment.net import MODES, plan_anisotropy
 
 log = logging.getLogger("seglearn")
 
-DEFAULT_PATCH = {"2d": [1, 96, 96], "2.5d": [1, 96, 96], "3d": [16, 96, 96]}
-DEFAULT_TILE = {"2d": [4, 256, 256], "2.5d": [4, 256, 256], "3d": [32, 128, 128]}
-DEFAULT_OVERLAP = {"2d": [0, 64, 64], "2.5d": [0, 64, 64], "3d": [8, 32, 32]}
-
-
-from seglearn.config import to_plain as _plain  # noqa: E402
-from seglearn.precision import bf16_supported, precision_record  # noqa: E402
 
 
 def _resolve_auto(cfg_trainer: dict, channels_last) -> tuple[dict, bool]:
-    import torch
-
-    tr = dict(cfg_trainer)
-    gpu = torch.cuda.is_available() and tr.get("accelerator", "auto") in ("auto", "gpu", "cuda")
-    if tr.get("precision", "auto") in ("auto", None):
-        # bf16 autocast: 2.1x (2.5D) to 3.6x (3D) faster training steps on this AMX CPU (docs/bench_unet.md)
-
-        tr["precision"] = "bf16-mixed" if bf16_supported("cuda" if gpu else "cpu") else "32-true"
-    if tr.get("sync_batchnorm") and not gpu:
-        # torch's SyncBatchNorm runs on GPUs only; CPU DDP (gloo) keeps per-process batch statistics
-        log.info("trainer.sync_batchnorm=true needs GPUs; turned off for CPU training")
-        tr["sync_batchnorm"] = False
+    # bf16 autocast where native: 2.1x (2.5D) to 3.6x (3D) faster training steps on this AMX CPU (docs/bench_unet.md)
+    tr = trainer_device(cfg_trainer)  # precision / sync_batchnorm: the same rule as pretraining and fine-tuning
     if channels_last in ("auto", None):
         channels_last = True  # faster with bf16 on the CPU and on GPUs (docs/bench_unet.md)
     return tr, bool(channels_last)
@@ -56,8 +59,6 @@ def _check_out_dir(out_dir: Path, overwrite: bool, resume: str | None, clean: bo
 
 def _check_resume(resume: str, meta: dict) -> None:
     """Refuse to resume from a checkpoint of another network, class list, channel set or dataset (one line)."""
-    from seglearn.ckpt import load_checkpoint
-
     ck = load_checkpoint(resume, kind="unet")  # validated: keys, sizes, shapes
     if "optimizer_states" not in ck or "loops" not in ck:
         raise InputError(f"{resume}: holds weights only, not a training state to resume; resume from the run's "
@@ -106,100 +107,57 @@ def _check_produced(out_dir: Path, trainer, created: bool) -> None:
                         f"trainer.devices, trainer.limit_train_batches, trainer.max_time and the labels)")
 
 
-def fit(cfg, ds, callbacks_extra: Sequence = ()) -> dict:
-    """Train a U-Net on a loaded :class:`~seglearn.data.Dataset` as configured by ``cfg``.
+def _patch(m, mode: str, ds, pool_z: Sequence[bool]) -> list[int]:
+    """The training patch ``[z, y, x]``: ``model.patch`` (else the mode's default), fitted to the volume's depth
+    and, in 3D, to a multiple of the z pooling."""
+    patch = [int(v) for v in (m.patch if m.get("patch") is not None else mode_defaults(mode)["patch"])]
+    if mode != "3d":
+        return [1, *patch[1:]]
+    patch[0] = min(patch[0], max(ds.shape[0], 1))
+    az = 2 ** sum(pool_z)
+    return [max(az, (patch[0] // az) * az), *patch[1:]]
 
-    ``callbacks_extra``: more Lightning callbacks (the napari widget's progress bar and Cancel).
 
-    Returns
-    -------
-    dict
-        ``best_ckpt``, ``last_ckpt``, ``best_awe``, ``val`` (scores of the best checkpoint),
-        ``steps``, ``seconds``.
-    """
-    import lightning as L
-    import torch
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-
-    import seglearn
-    from seglearn.segment.datamodule import SegDataModule
-    from seglearn.segment.module import SegModule, class_weights
-    from seglearn.segment.net import MODES, plan_anisotropy
-
-    m = cfg.model
-    mode = str(m.mode).lower()
-    if mode not in MODES:
-        raise InputError(f"model.mode={m.mode!r}: expected one of {list(MODES)}")
-    out_dir = Path(str(cfg.out_dir))
-    resume = cfg.get("ckpt_path")
-    if resume and not Path(str(resume)).is_file():
-        raise InputError(f"{resume}: ckpt_path to resume from does not exist")
-    _check_out_dir(out_dir, bool(cfg.get("overwrite", False)), resume, clean=False)
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    trainer_cfg, channels_last = _resolve_auto(_plain(cfg.trainer), m.get("channels_last", "auto"))
-
-    context = int(m.context) if mode == "2.5d" else 0
-    patch = [int(v) for v in (m.patch if m.get("patch") is not None else DEFAULT_PATCH[mode])]
-    z = ds.shape[0]
-    if mode == "3d":
-        patch[0] = min(patch[0], max(z, 1))
-    else:
-        patch[0] = 1
-    depth = int(m.net.depth)
-    pool_z, kernel_z = plan_anisotropy(ds.voxel_size_nm, depth) if mode == "3d" else ([False] * depth, [1] * (depth + 1))
-    if mode == "3d":
-        az = 2 ** sum(pool_z)
-        patch[0] = max(az, (patch[0] // az) * az)
-    dm = SegDataModule(ds, detectors=_plain(cfg.data.get("detectors")), derived=_plain(cfg.data.get("derived", "auto")),
-                       percentiles=_plain(m.percentiles), patch=patch, halo=context, batch_size=int(m.batch_size),
-                       steps_per_epoch=int(m.steps_per_epoch), p_labelled=float(m.p_labelled),
-                       augment=_plain(m.get("augment")), val_fraction=float(cfg.data.get("val_fraction", 0.2)),
-                       seed=int(cfg.seed), num_workers=int(cfg.data.get("num_workers", 0)))
-    dm.prepare_arrays()
+def _meta(m, mode: str, ds, dm, *, context: int, patch: list, pool_z, kernel_z, channels_last: bool,
+          seed: int) -> dict:
+    """The checkpoint metadata of a run: network, channels, normalisation, inference defaults, training data."""
     inf = _plain(m.get("inference")) or {}
-    meta = {
+    by = mode_defaults(mode)
+    return {
         "net": {"in_channels": len(dm.channel_names), "n_classes": ds.n_classes, "mode": mode, "context": context,
-                "base": int(m.net.base), "depth": depth, "dropout": float(m.net.get("dropout", 0.0)),
+                "base": int(m.net.base), "depth": int(m.net.depth), "dropout": float(m.net.get("dropout", 0.0)),
                 "pool_z": [bool(v) for v in pool_z], "kernel_z": [int(v) for v in kernel_z],
                 "channels_last": channels_last},
         "detectors": list(dm.detectors), "derived": list(dm.derived), "channels": dm.channel_names,
         "normalisation": {"method": "percentile", "percentiles": dm.percentiles, "ranges": dm.ranges},
         "classes": list(ds.classes), "voxel_size_nm": [float(v) for v in ds.voxel_size_nm], "mode": mode,
-        "inference": {"tile": inf.get("tile") or DEFAULT_TILE[mode], "overlap": inf.get("overlap") or DEFAULT_OVERLAP[mode],
+        "inference": {"tile": inf.get("tile") or by["tile"], "overlap": inf.get("overlap") or by["overlap"],
                       "border": inf.get("border"), "batch_size": int(inf.get("batch_size") or 2)},
-        "train": {"dataset": str(ds.root), "dataset_name": ds.name, "patch": patch, "seed": int(cfg.seed),
+        "train": {"dataset": str(ds.root), "dataset_name": ds.name, "patch": patch, "seed": seed,
                   "val_source": dm.val_source, "class_counts": dm.class_counts.astype(int).tolist()},
         "seglearn_version": seglearn.__version__,
         # steps re-applied (re-fitted) by predict; None when the data was used as it is
         "preprocess": ds.extra.get("preprocess"),
     }
-    loss = _plain(m.get("loss")) or {}
-    max_steps = int(trainer_cfg.get("max_steps", -1))
-    if max_steps <= 0:
-        raise InputError(f"trainer.max_steps={max_steps}: the U-Net trains for a step budget; give a positive number")
-    if resume:
-        _check_resume(str(resume), meta)  # before anything is written
-    created = not out_dir.exists()
-    _check_out_dir(out_dir, bool(cfg.get("overwrite", False)), resume)
-    module = SegModule(meta, lr=float(m.optim.lr), weight_decay=float(m.optim.weight_decay), max_steps=max_steps,
-                       dice=float(loss.get("dice", 0.0) or 0.0), weights=class_weights(loss.get("class_weights"), dm.class_counts))
-    es = _plain(m.get("early_stopping")) or {}
+
+
+def _callbacks(out_dir: Path, early_stopping: dict) -> list:
+    """best.ckpt (lowest ``val/awe``), last.ckpt and, with a patience, early stopping."""
     callbacks = [
         ModelCheckpoint(dirpath=out_dir, filename="best", monitor="val/awe", mode="min", save_top_k=1,
                         save_weights_only=True, enable_version_counter=False, auto_insert_metric_name=False),
         ModelCheckpoint(dirpath=out_dir, filename="last", save_top_k=1, enable_version_counter=False,
                         auto_insert_metric_name=False),
     ]
-    if es.get("patience"):
-        callbacks.append(EarlyStopping(monitor="val/awe", mode="min", patience=int(es["patience"]),
-                                       min_delta=float(es.get("min_delta", 0.0)), check_on_train_epoch_end=False))
-    logger = CSVLogger(save_dir=str(out_dir), name="logs", version="")
-    trainer = L.Trainer(callbacks=callbacks + list(callbacks_extra), logger=logger, default_root_dir=str(out_dir),
-                        num_sanity_val_steps=0, **trainer_cfg)
-    n_params = sum(p.numel() for p in module.parameters())
-    log.info("training a %s U-Net (%d parameters, %s) on %s for at most %d steps, out_dir %s", mode, n_params,
-             trainer_cfg.get("precision"), ds.name, max_steps, out_dir)
+    if early_stopping.get("patience"):
+        callbacks.append(EarlyStopping(monitor="val/awe", mode="min", patience=int(early_stopping["patience"]),
+                                       min_delta=float(early_stopping.get("min_delta", 0.0)),
+                                       check_on_train_epoch_end=False))
+    return callbacks
+
+
+def _run(trainer, module, dm, out_dir: Path, resume, created: bool) -> float:
+    """``trainer.fit``; a failed run removes the folder it created; SIGTERM keeps last.ckpt and stops. Seconds."""
     t0 = time.perf_counter()
     fit_kwargs = {"ckpt_path": str(resume), "weights_only": True} if resume else {}
     try:
@@ -214,37 +172,98 @@ def fit(cfg, ds, callbacks_extra: Sequence = ()) -> dict:
     seconds = time.perf_counter() - t0
     if not trainer.received_sigterm:
         _check_produced(out_dir, trainer, created)
-    if trainer.received_sigterm:
-        # keep the exact step (written atomically), then exit non-zero
-        trainer.save_checkpoint(out_dir / "last.ckpt", weights_only=False)
-        raise SeglearnError(f"{out_dir}: training stopped by SIGTERM at step {trainer.global_step}; resume with "
-                            f"ckpt_path={out_dir / 'last.ckpt'}")
+        return seconds
+    # keep the exact step (written atomically), then exit non-zero
+    trainer.save_checkpoint(out_dir / "last.ckpt", weights_only=False)
+    raise SeglearnError(f"{out_dir}: training stopped by SIGTERM at step {trainer.global_step}; resume with "
+                        f"ckpt_path={out_dir / 'last.ckpt'}")
+
+
+def _result(trainer, best_cb, out_dir: Path, *, seconds: float, mode: str, n_params: int, precision: str,
+            val_source: str) -> dict:
+    """``train_summary.json`` of a finished run (written by rank 0)."""
     best = out_dir / "best.ckpt"
-    best_score = callbacks[0].best_model_score
+    best_score = best_cb.best_model_score
     result = {"best_ckpt": str(best), "last_ckpt": str(out_dir / "last.ckpt"),
               "best_awe": None if best_score is None else float(best_score), "steps": int(trainer.global_step),
-              "epochs": int(trainer.current_epoch), "seconds": round(seconds, 1), "val_source": dm.val_source,
+              "epochs": int(trainer.current_epoch), "seconds": round(seconds, 1), "val_source": val_source,
               "mode": mode, "parameters": int(n_params),
-              "precision": {**precision_record(trainer.strategy.root_device, "bf16" in str(trainer_cfg.get("precision"))),
-                            "lightning": str(trainer_cfg.get("precision"))}}
+              "precision": {**precision_record(trainer.strategy.root_device, "bf16" in precision),
+                            "lightning": precision}}
     if best.exists():
-        from seglearn.ckpt import load_checkpoint
-
         result["val"] = load_checkpoint(best)["meta"]["train"]["val"]
     if trainer.is_global_zero:
         (out_dir / "train_summary.json").write_text(json.dumps(result, indent=2))
         log.info("best validation awe %s %% (%s), %d steps in %.0f s; wrote %s",
-                 None if result["best_awe"] is None else round(result["best_awe"], 2), dm.val_source,
+                 None if result["best_awe"] is None else round(result["best_awe"], 2), val_source,
                  result["steps"], seconds, best)
     return result
 
 
+def _datamodule(cfg, ds, patch: list, context: int) -> SegDataModule:
+    m = cfg.model
+    dm = SegDataModule(ds, detectors=_plain(cfg.data.get("detectors")), derived=_plain(cfg.data.get("derived", "auto")),
+                       percentiles=_plain(m.percentiles), patch=patch, halo=context, batch_size=int(m.batch_size),
+                       steps_per_epoch=int(m.steps_per_epoch), p_labelled=float(m.p_labelled),
+                       augment=_plain(m.get("augment")), val_fraction=float(cfg.data.get("val_fraction", 0.2)),
+                       seed=int(cfg.seed), num_workers=int(cfg.data.get("num_workers", 0)))
+    dm.prepare_arrays()
+    return dm
+
+
+def fit(cfg, ds, callbacks_extra: Sequence = ()) -> dict:
+    """Train a U-Net on a loaded :class:`~seglearn.data.Dataset` as configured by ``cfg``.
+
+    ``callbacks_extra``: more Lightning callbacks (the napari widget's progress bar and Cancel).
+
+    Returns
+    -------
+    dict
+        ``best_ckpt``, ``last_ckpt``, ``best_awe``, ``val`` (scores of the best checkpoint),
+        ``steps``, ``seconds``.
+    """
+    m = cfg.model
+    mode = str(m.mode).lower()
+    if mode not in MODES:
+        raise InputError(f"model.mode={m.mode!r}: expected one of {list(MODES)}")
+    out_dir = Path(str(cfg.out_dir))
+    resume = cfg.get("ckpt_path")
+    if resume and not Path(str(resume)).is_file():
+        raise InputError(f"{resume}: ckpt_path to resume from does not exist")
+    _check_out_dir(out_dir, bool(cfg.get("overwrite", False)), resume, clean=False)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    trainer_cfg, channels_last = _resolve_auto(_plain(cfg.trainer), m.get("channels_last", "auto"))
+    context = int(m.context) if mode == "2.5d" else 0
+    depth = int(m.net.depth)
+    pool_z, kernel_z = plan_anisotropy(ds.voxel_size_nm, depth) if mode == "3d" else ([False] * depth, [1] * (depth + 1))
+    patch = _patch(m, mode, ds, pool_z)
+    dm = _datamodule(cfg, ds, patch, context)
+    meta = _meta(m, mode, ds, dm, context=context, patch=patch, pool_z=pool_z, kernel_z=kernel_z,
+                 channels_last=channels_last, seed=int(cfg.seed))
+    loss = _plain(m.get("loss")) or {}
+    max_steps = int(trainer_cfg.get("max_steps", -1))
+    if max_steps <= 0:
+        raise InputError(f"trainer.max_steps={max_steps}: the U-Net trains for a step budget; give a positive number")
+    if resume:
+        _check_resume(str(resume), meta)  # before anything is written
+    created = not out_dir.exists()
+    _check_out_dir(out_dir, bool(cfg.get("overwrite", False)), resume)
+    module = SegModule(meta, lr=float(m.optim.lr), weight_decay=float(m.optim.weight_decay), max_steps=max_steps,
+                       dice=float(loss.get("dice", 0.0) or 0.0), weights=class_weights(loss.get("class_weights"), dm.class_counts))
+    callbacks = _callbacks(out_dir, _plain(m.get("early_stopping")) or {})
+    logger = CSVLogger(save_dir=str(out_dir), name="logs", version="")
+    trainer = L.Trainer(callbacks=callbacks + list(callbacks_extra), logger=logger, default_root_dir=str(out_dir),
+                        num_sanity_val_steps=0, **trainer_cfg)
+    n_params = sum(p.numel() for p in module.parameters())
+    log.info("training a %s U-Net (%d parameters, %s) on %s for at most %d steps, out_dir %s", mode, n_params,
+             trainer_cfg.get("precision"), ds.name, max_steps, out_dir)
+    seconds = _run(trainer, module, dm, out_dir, resume, created)
+    return _result(trainer, callbacks[0], out_dir, seconds=seconds, mode=mode, n_params=n_params,
+                   precision=str(trainer_cfg.get("precision")), val_source=dm.val_source)
+
+
 def train(cfg) -> dict:
     """Entry point of ``train.py`` for ``model.kind=unet``: load ``cfg.data.root`` and :func:`fit`."""
-    from seglearn.cli import setup_logging
-    from seglearn.data import load_dataset
-    from seglearn.preprocess.stage import preprocess_loaded, stage_config
-
     setup_logging()
     root = cfg.data.get("root")
     if not root:
@@ -256,3 +275,64 @@ def train(cfg) -> dict:
     if steps:
         ds, _ = preprocess_loaded(ds, steps, labels_frame=frame)
     return fit(cfg, ds)
+
+
+def default_config(overrides: Mapping | None = None):
+    """The default training config (``configs/train.yaml`` with ``model=unet``) with dotted-key overrides."""
+    overrides = dict(overrides or {})
+    group = [f"{k}={v}" for k, v in overrides.items() if k in ("experiment", "trainer", "data", "model")]
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    cfg = compose("train", ["data.root=null", *group])
+    with open_dict(cfg):
+        for k, v in overrides.items():
+            if k not in ("experiment", "trainer", "data", "model"):
+                OmegaConf.update(cfg, k, v, force_add=True)
+    return cfg
+
+
+def fit_segmenter(images: np.ndarray, train_labels: np.ndarray, detectors: Sequence[str],
+                  out_dir: str | os.PathLike, overrides: Mapping | None = None,
+                  val_labels: np.ndarray | None = None) -> Path:
+    """Train a U-Net on arrays with the default config; returns the best checkpoint's path.
+
+    Parameters
+    ----------
+    images : (C, Z, Y, X) ndarray
+        Raw detector images.
+    train_labels : (Z, Y, X) int ndarray
+        Sparse labels, 0 = unlabelled, ``1..K``.
+    detectors : sequence of str
+        Channel names of ``images``.
+    out_dir : path-like
+        Gets ``best.ckpt``, ``last.ckpt`` and the CSV logs.
+    overrides : dict, optional
+        Dotted config keys (``{"model.mode": "2d", "trainer.max_steps": 200}``); also
+        ``classes`` (names of 1..K) and ``voxel_size_nm`` (z, y, x).
+    val_labels : (Z, Y, X) int ndarray, optional
+        Dense or sparse validation labels (else strokes of ``train_labels`` are held out).
+
+    Returns
+    -------
+    Path
+        ``out_dir/best.ckpt``.
+    """
+    overrides = dict(overrides or {})
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]
+    train_labels = np.asarray(train_labels)
+    if images.ndim != 4 or images.shape[0] != len(detectors) or images.shape[1:] != train_labels.shape:
+        raise InputError(f"fit_segmenter: images {images.shape}, labels {train_labels.shape} and detectors "
+                         f"{list(detectors)} do not agree; expected (C, Z, Y, X) and (Z, Y, X)")
+    k = int(max(train_labels.max(), 0 if val_labels is None else np.asarray(val_labels).max()))
+    classes = overrides.pop("classes", None)
+    if classes is None:
+        classes = list(DEFAULT_CLASSES) if k == 3 else [f"class{i + 1}" for i in range(max(k, 2))]
+    voxel = tuple(float(v) for v in overrides.pop("voxel_size_nm", (1.0, 1.0, 1.0)))
+    ds = Dataset(root=Path(out_dir), name="arrays", detectors=list(detectors), classes=list(classes),
+                 voxel_size_nm=voxel, images=images, train=train_labels.astype(np.uint8),
+                 test=None if val_labels is None else np.asarray(val_labels).astype(np.uint8))
+    cfg = default_config({"out_dir": str(out_dir), **overrides})
+    result = fit(cfg, ds)
+    return Path(result["best_ckpt"])

@@ -33,7 +33,7 @@ def run(cfg: DictConfig) -> None:
                                        ph.info["train_slices"], ph.info["test_slice"])
 
 
-@command("synth", "../../configs")
+@command("synth")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

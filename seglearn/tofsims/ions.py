@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from seglearn.errors import InputError
+from seglearn.io import read_image
 from seglearn.tofsims.ascii import IonImage, read_ascii
 
 log = logging.getLogger("seglearn")
@@ -90,8 +91,6 @@ def match_ion(name: str, files: Sequence[Path]) -> Path:
 
 
 def _read_tiff_ion(path: Path) -> IonImage:
-    from seglearn.io import read_image
-
     image, meta = read_image(path)
     if image.shape[0] != 1:
         raise InputError(f"{path}: expected one ion map (Y, X) or depth profile (Z, Y, X), "

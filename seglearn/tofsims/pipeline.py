@@ -19,6 +19,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from seglearn.errors import InputError
+from seglearn.io import atomic_path, check_writable, write_preview, write_volume
+from seglearn.io.outset import OutputSet
+from seglearn.paths import load_config
 from seglearn.tofsims import fusion, measure, preprocess
 from seglearn.tofsims.ions import IonStack, load_ions
 from seglearn.tofsims.particles import watershed_particles
@@ -27,17 +30,13 @@ log = logging.getLogger("seglearn")
 
 SLICEGAN_COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint8)
 
-DEFAULTS: dict[str, Any] = {
-    "mains": None, "am": None, "fov_um": None,
-    "cc_threshold": None, "cc_ion": None, "angle_deg": 0.0,
-    "crop": "auto", "crop_rows": None, "crop_cols": None, "boost": 0.0,
-    "norm_percentile": 99.5, "smooth_sigma": 0.0, "per_slice": True,
-    "noise_threshold": 20.0, "advantage": 1.0, "method": "argmax",
-    "nmf": {"n_components": None, "max_pixels": 50_000, "seed": 0},
-    "binary_thresholds": 60.0,
-    "particles": {"enabled": True, "phase": None, "opening_radius": 1, "min_distance_px": 3, "peak_fraction": 0.3,
-                  "min_area_px": 4, "compactness": 0.0, "bins": 10, "exclude_border": True},
-}
+#: keys of ``configs/tofsims.yaml`` that name the run, not a setting of :func:`process`
+_RUN_KEYS = ("input", "ions", "output", "overwrite", "hydra")
+
+
+def defaults() -> dict:
+    """The settings of :func:`process` as ``configs/tofsims.yaml`` gives them (their one home)."""
+    return {k: v for k, v in load_config("tofsims.yaml").items() if k not in _RUN_KEYS}
 
 
 @dataclass
@@ -80,12 +79,13 @@ class Result:
 
 
 def _merge(params: Mapping[str, Any] | None) -> dict:
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
+    base = defaults()
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
     for k, v in (params or {}).items():
         if k in ("nmf", "particles") and v is not None:
-            unknown = set(v) - set(DEFAULTS[k])
+            unknown = set(v) - set(base[k])
             if unknown:
-                raise InputError(f"unknown {k} setting(s) {sorted(unknown)}; known: {sorted(DEFAULTS[k])}")
+                raise InputError(f"unknown {k} setting(s) {sorted(unknown)}; known: {sorted(base[k])}")
             out[k].update(v)
         else:
             out[k] = v
@@ -132,39 +132,23 @@ def slicegan_rgb(phases: np.ndarray) -> np.ndarray:
     return lut[phases]
 
 
-def process(stack: IonStack, params: Mapping[str, Any] | None = None) -> Result:
-    """Run clean-up, fusion, binary maps, particles and measurements on an ion stack.
-
-    Parameters
-    ----------
-    stack : IonStack
-        ``counts`` ``(K, Z, Y, X)``; the first ion is the active material unless ``am`` says otherwise.
-    params : mapping
-        Keys of ``configs/tofsims.yaml`` (``ions``/``input``/``output`` are ignored here).
-
-    Returns
-    -------
-    Result
-    """
-    p = _merge(params)
-    names = list(stack.names)
-    counts = np.asarray(stack.counts, dtype=np.float64)
-    k, nz, ny, nx = counts.shape
-    mains = list(p["mains"]) if p["mains"] else list(names)
-    for m in mains:
-        _index(m, names, "main phase")
-    main_ids = [names.index(m) + 1 for m in mains]
-    am_index = _index(p["am"], names, "active material")
+def _pixel_size(fov_um, stack: IonStack, nx: int) -> float | None:
+    """Pixel size (um) from ``fov_um=`` or else the file header; None (lengths in pixels) without either."""
     pixel_um = None
-    if p["fov_um"] is not None:
-        pixel_um = float(p["fov_um"]) / nx
-        if stack.fov_um is not None and not np.isclose(stack.fov_um[1], float(p["fov_um"]), rtol=1e-3):
-            log.warning("fov_um=%g overrides the %g um field of view in the file header", p["fov_um"], stack.fov_um[1])
+    if fov_um is not None:
+        pixel_um = float(fov_um) / nx
+        if stack.fov_um is not None and not np.isclose(stack.fov_um[1], float(fov_um), rtol=1e-3):
+            log.warning("fov_um=%g overrides the %g um field of view in the file header", fov_um, stack.fov_um[1])
     elif stack.fov_um is not None:
         pixel_um = stack.fov_um[1] / nx
     if pixel_um is None:
         log.warning("no field of view (header or fov_um): lengths are in pixels")
+    return pixel_um
 
+
+def _clean(counts: np.ndarray, p: dict, names: Sequence[str]):
+    """Current collector removed, rotated, cropped: ``(counts, valid, box)``."""
+    _, nz, ny, nx = counts.shape
     valid = np.ones((nz, ny, nx), dtype=bool)
     valid = preprocess.remove_current_collector(counts, valid, threshold=p["cc_threshold"],
                                                 ion=_index(p["cc_ion"], names, "cc_ion", default=None))
@@ -172,42 +156,39 @@ def process(stack: IonStack, params: Mapping[str, Any] | None = None) -> Result:
     box = preprocess.crop_box(valid, counts, mode=str(p["crop"]), rows=p["crop_rows"], cols=p["crop_cols"])
     counts, valid = preprocess.crop(counts, valid, box)
     log.info("kept rows %d:%d, cols %d:%d of %d x %d", box[0].start, box[0].stop, box[1].start, box[1].stop, ny, nx)
+    return counts, valid, box
 
-    t0 = time.perf_counter()
-    norm = fusion.normalise(counts, valid, percentile=float(p["norm_percentile"]),
-                            smooth_sigma=float(p["smooth_sigma"]), per_slice=bool(p["per_slice"]))
+
+def _fuse(norm: np.ndarray, valid: np.ndarray, p: dict, am_index) -> tuple[np.ndarray, dict]:
+    """The fused label map (``method=argmax`` or ``nmf``) and the factorisation's record."""
     method = str(p["method"])
-    extra: dict = {}
     if method == "argmax":
-        labels = fusion.fuse_argmax(norm, valid, noise_threshold=float(p["noise_threshold"]),
-                                    advantage=float(p["advantage"]), am_index=am_index, boost=float(p["boost"]))
-    elif method == "nmf":
+        return fusion.fuse_argmax(norm, valid, noise_threshold=float(p["noise_threshold"]),
+                                  advantage=float(p["advantage"]), am_index=am_index, boost=float(p["boost"])), {}
+    if method == "nmf":
         boosted = np.clip(norm * (1.0 + float(p["boost"])), 0, 255) if p["boost"] else norm
-        labels, extra = fusion.fuse_nmf(boosted, valid, noise_threshold=float(p["noise_threshold"]),
-                                        advantage=float(p["advantage"]), am_index=am_index,
-                                        n_components=p["nmf"]["n_components"],
-                                        max_pixels=int(p["nmf"]["max_pixels"]), seed=int(p["nmf"]["seed"]))
-    else:
-        raise InputError(f"method must be 'argmax' or 'nmf', got {method!r}")
-    phases = fill_mains(labels, main_ids, norm)
-    t_fusion = time.perf_counter() - t0
-    binary = fusion.binary_maps(norm, p["binary_thresholds"]) & valid[None]
+        return fusion.fuse_nmf(boosted, valid, noise_threshold=float(p["noise_threshold"]),
+                               advantage=float(p["advantage"]), am_index=am_index,
+                               n_components=p["nmf"]["n_components"],
+                               max_pixels=int(p["nmf"]["max_pixels"]), seed=int(p["nmf"]["seed"]))
+    raise InputError(f"method must be 'argmax' or 'nmf', got {method!r}")
 
-    pp = p["particles"]
-    t0 = time.perf_counter()
-    pidx = _index(pp["phase"], names, "particle phase", default=am_index if am_index is not None else 0)
-    if pp["enabled"]:
-        particles = watershed_particles(binary[pidx], opening_radius=int(pp["opening_radius"]),
-                                        min_distance_px=int(pp["min_distance_px"]),
-                                        peak_fraction=float(pp["peak_fraction"]), min_area_px=int(pp["min_area_px"]),
-                                        compactness=float(pp["compactness"]))
-    else:
-        particles = np.zeros(labels.shape, dtype=np.uint32)
-    rows = measure.particle_table(particles, pixel_um=pixel_um)
-    t_particles = time.perf_counter() - t0
+
+def _particles(binary: np.ndarray, pp: dict, pidx: int, shape) -> np.ndarray:
+    if not pp["enabled"]:
+        return np.zeros(shape, dtype=np.uint32)
+    return watershed_particles(binary[pidx], opening_radius=int(pp["opening_radius"]),
+                               min_distance_px=int(pp["min_distance_px"]), peak_fraction=float(pp["peak_fraction"]),
+                               min_area_px=int(pp["min_area_px"]), compactness=float(pp["compactness"]))
+
+
+def _stats(stack: IonStack, p: dict, names: list, mains: list, labels, phases, valid, box, pixel_um, rows,
+           pidx: int) -> dict:
+    """Fractions, interfaces, particle sizes and the settings of one run."""
     n_valid = int(valid.sum())
-    stats = {
-        "ions": names, "mains": mains, "files": list(stack.files), "method": method,
+    pp = p["particles"]
+    return {
+        "ions": names, "mains": mains, "files": list(stack.files), "method": str(p["method"]),
         "shape_zyx": list(labels.shape), "crop_rows": [box[0].start, box[0].stop],
         "crop_cols": [box[1].start, box[1].stop], "pixel_um": pixel_um,
         "length_unit": "um" if pixel_um else "px",
@@ -221,8 +202,48 @@ def process(stack: IonStack, params: Mapping[str, Any] | None = None) -> Result:
         "particle_sizes": measure.size_distribution(rows, bins=int(pp["bins"]),
                                                     exclude_border=bool(pp["exclude_border"])),
         "settings": {kk: vv for kk, vv in p.items()},
-        "seconds": {"fusion": t_fusion, "particles": t_particles},
     }
+
+
+def process(stack: IonStack, params: Mapping[str, Any] | None = None) -> Result:
+    """Run clean-up, fusion, binary maps, particles and measurements on an ion stack.
+
+    Parameters
+    ----------
+    stack : IonStack
+        ``counts`` ``(K, Z, Y, X)``; the first ion is the active material unless ``am`` says otherwise.
+    params : mapping
+        Keys of ``configs/tofsims.yaml`` (``ions``/``input``/``output`` are ignored here); missing
+        keys take the YAML's values (:func:`defaults`).
+
+    Returns
+    -------
+    Result
+    """
+    p = _merge(params)
+    names = list(stack.names)
+    counts = np.asarray(stack.counts, dtype=np.float64)
+    mains = list(p["mains"]) if p["mains"] else list(names)
+    for m in mains:
+        _index(m, names, "main phase")
+    main_ids = [names.index(m) + 1 for m in mains]
+    am_index = _index(p["am"], names, "active material")
+    pixel_um = _pixel_size(p["fov_um"], stack, counts.shape[3])
+    counts, valid, box = _clean(counts, p, names)
+    t0 = time.perf_counter()
+    norm = fusion.normalise(counts, valid, percentile=float(p["norm_percentile"]),
+                            smooth_sigma=float(p["smooth_sigma"]), per_slice=bool(p["per_slice"]))
+    labels, extra = _fuse(norm, valid, p, am_index)
+    phases = fill_mains(labels, main_ids, norm)
+    t_fusion = time.perf_counter() - t0
+    binary = fusion.binary_maps(norm, p["binary_thresholds"]) & valid[None]
+    t0 = time.perf_counter()
+    pidx = _index(p["particles"]["phase"], names, "particle phase", default=am_index if am_index is not None else 0)
+    particles = _particles(binary, p["particles"], pidx, labels.shape)
+    rows = measure.particle_table(particles, pixel_um=pixel_um)
+    t_particles = time.perf_counter() - t0
+    stats = _stats(stack, p, names, mains, labels, phases, valid, box, pixel_um, rows, pidx)
+    stats["seconds"] = {"fusion": t_fusion, "particles": t_particles}
     if extra:
         stats["nmf"] = extra
     return Result(names=names, mains=mains, norm=norm, valid=valid, labels=labels, phases=phases, binary=binary,
@@ -235,8 +256,6 @@ def _safe(name: str) -> str:
 
 def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]], overwrite: bool) -> None:
     import csv
-
-    from seglearn.io import atomic_path
 
     with atomic_path(path, overwrite=overwrite) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
@@ -253,8 +272,6 @@ def output_names(names: Sequence[str]) -> list[str]:
 
 def check_outputs(out: str | os.PathLike, names: Sequence[str], *, overwrite: bool = False) -> None:
     """Refuse early (before any work) when an output exists and ``overwrite`` is false."""
-    from seglearn.io import check_writable
-
     out = Path(out)
     for name in output_names(names) + ["slicegan_rgb.png"]:
         check_writable(out / name, overwrite=overwrite)
@@ -276,8 +293,6 @@ def write_outputs(result: Result, out: str | os.PathLike, *, overwrite: bool = F
         What was written, name -> path.
     """
     import imageio.v3 as iio
-
-    from seglearn.io import atomic_path, write_preview, write_volume
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -363,8 +378,6 @@ def run(params: Mapping[str, Any]) -> dict:
         ions = [s.strip() for s in ions.split(",") if s.strip()]
     inp, out = params.pop("input"), params.pop("output")
     overwrite = bool(params.pop("overwrite", False))
-    from seglearn.io.outset import OutputSet
-
     # claimed (a second run is refused), written into a temporary sibling, published by rename
     with OutputSet(out, replace=overwrite, inputs=[inp]) as tmp:
         stack = load_ions(inp, ions)

@@ -1,7 +1,7 @@
 """A fitted random forest as plain arrays (checkpoint tensors) and its class probabilities.
 
-:func:`pack` turns a fitted scikit-learn forest (:func:`seglearn.baselines.forest_engine.pack_forest`)
-into a few int32 / float32 arrays that ``torch.load(weights_only=True)`` reads back; :func:`check`
+:func:`seglearn.pretrain.blend.pack` turns a fitted scikit-learn forest into a few int32 / float32
+arrays that ``torch.load(weights_only=True)`` reads back (:data:`ARRAYS`); :func:`check`
 validates arrays read from a file (every index in range and every child after its parent, so a
 traversal always ends); :func:`proba` averages the leaves' class fractions over the trees, as
 ``RandomForestClassifier.predict_proba`` does (in float32 sums, numba where installed, numpy
@@ -27,25 +27,6 @@ try:  # optional: without numba the numpy traversal below is used
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover
     HAVE_NUMBA = False
-
-
-def pack(clf, n_classes: int) -> dict[str, np.ndarray]:
-    """The trees of a fitted forest as arrays; ``leaf_value`` columns are the classes ``1..n_classes``.
-
-    Returns
-    -------
-    dict of str to ndarray
-        ``feature``, ``threshold``, ``left``, ``right``, ``leaf_row`` (nodes,), ``roots`` (trees,),
-        ``leaf_value`` (leaves, n_classes) float32. A leaf loops onto itself (``left = right = node``).
-    """
-    from seglearn.baselines.forest_engine import pack_forest
-
-    p = pack_forest(clf)
-    value = np.zeros((len(p.leaf_value), n_classes), np.float32)
-    value[:, np.asarray(p.classes, np.int64) - 1] = p.leaf_value
-    return {"feature": p.nodes["f"].astype(np.int32), "threshold": p.nodes["t"].astype(np.float32),
-            "left": p.nodes["l"].astype(np.int32), "right": p.nodes["r"].astype(np.int32),
-            "leaf_row": p.leaf_row.astype(np.int32), "roots": p.roots.astype(np.int32), "leaf_value": value}
 
 
 def check(arrays: Mapping[str, np.ndarray], n_features: int, n_classes: int, where: str = "checkpoint") -> dict:
