@@ -72,6 +72,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-direct", action="store_true", help="do not call taufactor directly")
     ap.add_argument("--compare", default=None, metavar="PHASE", help="compare the solvers on this phase (along z)")
+    ap.add_argument("--direct", nargs="+", default=None, choices=("taufactor", "porespy"),
+                    help="instead: only the libraries called directly on the first class (taufactor's Solver along z; "
+                         "PoreSpy's local_thickness and porosimetry from z0 on seglearn's radii), for their own "
+                         "time and peak memory")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -102,6 +106,16 @@ def main(argv=None) -> dict:
         res.update(input=args.input, phase=args.compare, shape=list(raw.shape))
         print(json.dumps(res, indent=1))
         return res
+    if args.direct:
+        from seglearn.characterise.labels import map_labels
+
+        lab, classes, _ = map_labels(raw, args.classes)
+        res = {"input": args.input, "shape": list(raw.shape), "phase": classes[0], "load_before": os.getloadavg(),
+               **direct_calls(lab == 1, [float(v) for v in voxel], args.direct)}
+        res.update(peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                   load_after=os.getloadavg(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+        print(json.dumps(res, indent=1))
+        return res
     if args.sampling_error:
         from seglearn.characterise.labels import map_labels
 
@@ -117,6 +131,9 @@ def main(argv=None) -> dict:
     if args.full_sizes:
         extra.update(sizes={"max_voxels": None}, geodesic={"max_voxels": None})
     res["options"] = extra
+    from seglearn.characterise.labels import map_labels
+
+    raw = map_labels(raw, args.classes)[0]  # ids 1..K, which characterise keeps as they are (no copy of the volume)
     t0 = time.perf_counter()
     with MemorySampler() as mem:
         rep = characterise(raw, voxel, args.classes, out_dir=args.out, overwrite=True, progress=False,
@@ -173,7 +190,8 @@ def sampling_error(lab, classes, spacing, max_voxels: float) -> dict:
     for pid, name in enumerate(classes, 1):
         (whole, tw), (samp, ts) = [timed(lambda mv=mv: sampled_size_distribution(
             lab, pid, spacing, n_linear=6, growth=1.2, inlet="z0", max_voxels=mv)) for mv in (None, max_voxels)]
-        out["sizes"][name] = {k: {"whole": whole[k], "sampled": samp[k], "rel_err": rel(samp[k], whole[k])} for k in keys}
+        out["sizes"][name] = {k: {"whole": whole[k], "sampled": samp[k], "rel_err": rel(samp[k], whole[k])}
+                              for k in keys}
         out["sizes"][name].update(cpu_s={"whole": tw, "sampled": ts}, box=samp["box"])
     mask = lab == 1
     for f in (0.25, 0.5):
@@ -183,6 +201,52 @@ def sampling_error(lab, classes, spacing, max_voxels: float) -> dict:
         out["geodesic"][str(f)] = {k: {"whole": whole[k], "sampled": samp[k], "rel_err": rel(samp[k], whole[k])}
                                    for k in ("mean", "median", "std")}
         out["geodesic"][str(f)].update(cpu_s={"whole": tw, "sampled": ts}, box=samp["box"])
+    return out
+
+
+def direct_calls(mask, spacing, which) -> dict:
+    """taufactor's ``Solver`` (tau along z) and PoreSpy's local thickness and intrusion of ``mask``, timed."""
+    import numpy as np
+
+    from seglearn.characterise.morph import radii_grid
+
+    out: dict = {}
+
+    def timed(name, fn):
+        t, c = time.perf_counter(), time.process_time()
+        out[name] = fn()
+        out[name].update(wall_s=round(time.perf_counter() - t, 1), cpu_s=round(time.process_time() - c, 1))
+
+    if "taufactor" in which:
+        import taufactor
+
+        def tf():
+            s = taufactor.Solver(mask.astype(np.uint8), device="cpu")
+            with contextlib.redirect_stdout(io.StringIO()):
+                tau = float(np.asarray(s.solve(verbose=False)).ravel()[0])
+            return {"tau": tau, "iterations": int(s.iter), "converged": bool(s.converged)}
+
+        timed("taufactor_solver", tf)
+    if "porespy" in which:  # radii in voxels, isotropic voxels assumed as PoreSpy does
+        import porespy as ps
+
+        radii = radii_grid(0.5 * max(mask.shape), (1.0, 1.0, 1.0), n_linear=6, growth=1.2)
+        radii = np.unique(np.round(radii).astype(int))[::-1]
+        inlet = np.zeros(mask.shape, bool)
+        inlet[0] = True
+
+        def lt():
+            thick = ps.filters.local_thickness(mask, sizes=radii)  # radii; default method
+            return {"mean_diameter_nm": float(2 * thick[mask].mean() * spacing[0]), "n_radii": int(radii.size)}
+
+        def intrusion():
+            por = ps.filters.porosimetry(mask, sizes=radii, inlets=inlet)
+            v = por[mask]
+            r50 = next((float(r) for r in radii if (v >= r).mean() >= 0.5), None)
+            return {"r50_intrusion_nm": None if r50 is None else r50 * spacing[0]}
+
+        timed("porespy_local_thickness", lt)
+        timed("porespy_porosimetry", intrusion)
     return out
 
 

@@ -1,22 +1,32 @@
-"""Run the benchmarks and index their pages in docs/benchmarks.md.
+"""Run benchmark scripts and check the index of their pages, docs/benchmarks.md.
 
-    python benchmarks/run.py                 # index the per-topic files docs/bench_*.md
+    python benchmarks/run.py                 # check that docs/benchmarks.md lists every docs/bench_*.md
     python benchmarks/run.py --run flops     # re-run one or more benchmark scripts first
 
 Each script in benchmarks/ writes docs/bench_<topic>.md with its command, date, machine and the
-peer it is compared with in the same run; this runner only lists them (figures live once, in their page).
+peer it is compared with in the same run. docs/benchmarks.md is a short hand-written index (one line
+per page, no figures): figures live once, in their page. This runner only checks that the index
+links every page and names no page that is gone; it exits 1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["baselines", "unet", "pretrain", "instances", "stardist_tf", "characterise", "preprocess", "tofsims", "ct",
-         "perf", "flops", "predict_memory"]
+INDEX = ROOT / "docs" / "benchmarks.md"
+
+
+def index_problems(index: Path = INDEX) -> list[str]:
+    """What is wrong with the index: pages it does not link, links to pages that do not exist."""
+    pages = {p.name for p in (ROOT / "docs").glob("bench_*.md")}
+    linked = set(re.findall(r"\]\((bench_[^)]+\.md)\)", index.read_text()))
+    return ([f"{index.name} does not link {p}" for p in sorted(pages - linked)]
+            + [f"{index.name} links {p}, which does not exist" for p in sorted(linked - pages)])
 
 
 def main() -> None:
@@ -27,19 +37,12 @@ def main() -> None:
         script = ROOT / "benchmarks" / f"{name}.py"
         print(f"running {script}", flush=True)
         subprocess.run([sys.executable, str(script)], cwd=ROOT, check=True)
-    parts = sorted((ROOT / "docs").glob("bench_*.md"),
-                   key=lambda p: (ORDER.index(p.stem[6:]) if p.stem[6:] in ORDER else len(ORDER), p.stem))
-    text = ["# Benchmarks", "",
-            "One page per topic holds its current figures, each with the command that produced it and the date.",
-            "Speed figures are measured beside their peer in the same run and given as ratios: absolute times on",
-            "the shared 2-core CI machine are noisy. Accuracy figures name the dataset, the training labels and the",
-            "test labels. This index is written by `python benchmarks/run.py`; the figures live only in the pages.", ""]
-    for p in parts:
-        heads = [ln.lstrip("#").strip() for ln in p.read_text().splitlines() if ln.startswith("#")]
-        text.append(f"- [{p.stem[6:]}]({p.name}): " + "; ".join(heads[:4]))
-    text.append("")
-    (ROOT / "docs" / "benchmarks.md").write_text("\n".join(text))
-    print(f"wrote docs/benchmarks.md: an index of {len(parts)} pages")
+    problems = index_problems()
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        sys.exit(1)
+    print(f"{INDEX.relative_to(ROOT)} lists every benchmark page")
 
 
 if __name__ == "__main__":

@@ -226,6 +226,10 @@ STARDIST = {
     "model.max_minutes": POS, "model.percentiles": PERCENTILES, "model.isotropic": BOOL, "model.augment": BOOL,
     "model.threads": NULL | integer(1), "model.bf16": AUTO_BOOL, "model.channels_last": BOOL,
     "model.prob_grid": numbers(None, 0, 1), "model.nms_grid": numbers(None, 0, 1),
+    "model.tune_data": NULL | TEXT, "model.fusion_grid.seed_thresh": numbers(None, 0, 1),
+    "model.fusion_grid.h": numbers(None, 0), "model.fusion_grid.sigma": numbers(None, 0),
+    "model.fusion_grid.foreground": names(("polygons", "probability")),
+    "model.fusion_grid.fg_vote": numbers(None, 0, 1), "model.fusion_grid.fg_prob": numbers(None, 0, 1),
     "model.predict.method": one_of("auto", "fusion", "linking", "2d"), "model.predict.bf16": AUTO_BOOL,
     "model.predict.tile": integers(2, 1),
     "model.predict.context": integer(0), "model.predict.batch_size": integer(1),
@@ -257,6 +261,11 @@ FINETUNE = {
     "keep_best": BOOL, "match": PROB, "match_geometry": BOOL,
     "denoise": one_of("auto", "off") | NONNEG | numbers(None, 0), "distill": NONNEG,
     "blend_weights": numbers(None, 0, 1), "blend_trees": NULL | integer(1), "blend_tol": NONNEG,
+    "selftrain": one_of("auto", "off") | BOOL, "selftrain_share": number(0, 1, lo_open=True, hi_open=True),
+    "selftrain_slices": integer(1), "selftrain_threshold": PROB, "selftrain_ratio": number(1),
+    "selftrain_boundary_px": integer(0), "selftrain_boundary_weight": NONNEG, "selftrain_weight": NONNEG,
+    "selftrain_patches": PROB, "selftrain_distill": NONNEG, "selftrain_keep": one_of("best", "last"),
+    "selftrain_synth_fraction": PROB,
 }
 
 #: benchmark.py (configs/benchmark.yaml)

@@ -8,6 +8,10 @@ instructions it emulates bf16 and runs about 3x slower than fp32 (issue 28: 0.54
 :func:`torch.autocast` and the activations are kept channels-last, which is what oneDNN and cuDNN are
 fastest with. Losses and outputs handed back to numpy stay float32. :func:`precision_record` says
 what was chosen and why, for the summaries that commands write.
+
+The one place where seglearn picks a device and a precision: :func:`resolve_device` for prediction
+(the ``device`` option), :func:`resolve_bf16` for the ``bf16`` options, and :func:`trainer_device` for
+every ``lightning.Trainer`` (U-Net training, pretraining, fine-tuning).
 """
 
 from __future__ import annotations
@@ -32,6 +36,26 @@ def _cpu_bf16_isa() -> str | None:
         except (AttributeError, RuntimeError):
             continue
     return None
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def resolve_device(device: str | None = "auto"):
+    """The ``torch.device`` of a ``device`` option: ``auto`` (or None) picks CUDA, then Apple's MPS, then
+    the CPU; any other value is given to ``torch.device`` as it is (``cpu``, ``cuda:1``, ...)."""
+    import torch
+
+    if device in (None, "auto"):
+        if _cuda_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
 
 
 def bf16_supported(device) -> bool:
@@ -106,10 +130,8 @@ def trainer_device(trainer_cfg: Mapping | None, bf16="auto") -> dict:
     dict
         A copy of ``trainer_cfg`` with ``precision`` and ``sync_batchnorm`` resolved.
     """
-    import torch
-
     tr = dict(trainer_cfg or {})
-    gpu = torch.cuda.is_available() and tr.get("accelerator", "auto") in ("auto", "gpu", "cuda")
+    gpu = _cuda_available() and tr.get("accelerator", "auto") in ("auto", "gpu", "cuda")
     if tr.get("precision", "auto") in ("auto", None):
         tr["precision"] = "bf16-mixed" if resolve_bf16(bf16, "cuda" if gpu else "cpu") else "32-true"
     if tr.get("sync_batchnorm") and not gpu:

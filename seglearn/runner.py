@@ -49,7 +49,7 @@ def train(cfg) -> dict:
     from seglearn.config import check_targets
 
     check_targets(cfg)
-    kind = str(cfg.model.get("kind", "unet"))
+    kind = str(cfg.model.kind)
     _check_train_options(cfg, kind)
     if kind != "unet":
         from seglearn.preprocess.stage import stage_config

@@ -26,7 +26,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from seglearn.baselines.registry import accepts, fit_method, get_method, predict_method
+from seglearn.ckpt import load_checkpoint
+from seglearn.data import load_dataset
 from seglearn.errors import InputError, OutputExistsError
+from seglearn.io import atomic_path
+from seglearn.log import command, setup_logging
+from seglearn import paths
+from seglearn.paths import compose
 
 log = logging.getLogger("seglearn")
 COLUMNS = ("rank", "z", "y0", "y1", "x0", "x1", "score", "uncertainty", "disagreement", "distance_factor")
@@ -67,10 +74,15 @@ def distance_factor(train: np.ndarray | None, shape: Sequence[int], voxel_size_n
     return (1.0 - np.exp(-dist / max(float(distance_nm), 1e-6))).astype(np.float32)
 
 
+def acquisition_weights(weights: Mapping | None) -> dict:
+    """``configs/suggest.yaml`` ``weights`` updated by ``weights`` (``uncertainty``, ``disagreement``, ``distance``)."""
+    return {**paths.load_config("suggest.yaml")["weights"], **dict(weights or {})}
+
+
 def acquisition(uncertainty: np.ndarray, disagreement: np.ndarray | None = None, factor: np.ndarray | None = None,
                 weights: Mapping | None = None) -> np.ndarray:
     """The acquisition score ``(u U + d D) / (u + d) * F ** w`` (see the module doc), ``(Z, Y, X)`` float32."""
-    w = {"uncertainty": 1.0, "disagreement": 1.0, "distance": 1.0, **dict(weights or {})}
+    w = acquisition_weights(weights)
     wu = float(w["uncertainty"])
     wd = float(w["disagreement"]) if disagreement is not None else 0.0
     if wu < 0 or wd < 0 or wu + wd <= 0:
@@ -153,7 +165,7 @@ def suggest(probs: np.ndarray, train: np.ndarray | None, *, voxel_size_nm: Seque
     maps : dict of (Z, Y, X) float32
         ``score``, ``uncertainty``, ``distance_factor`` and (with a forest) ``disagreement``.
     """
-    s = dict(settings or {})
+    s = {**paths.load_config("suggest.yaml"), **dict(settings or {})}
     probs = np.asarray(probs)
     if probs.ndim != 4:
         raise InputError(f"probabilities: expected (K, Z, Y, X), got shape {probs.shape}")
@@ -161,13 +173,13 @@ def suggest(probs: np.ndarray, train: np.ndarray | None, *, voxel_size_nm: Seque
     if train is not None and np.shape(train) != shape:
         raise InputError(f"labels of shape {np.shape(train)} do not fit the probabilities' {shape}")
     maps = {"uncertainty": normalised_entropy(probs)}
-    if forest_labels is not None and float(dict(s.get("weights") or {}).get("disagreement", 1.0)) > 0:
+    if forest_labels is not None and float(acquisition_weights(s["weights"])["disagreement"]) > 0:
         model_labels = np.argmax(probs, axis=0) + 1
         maps["disagreement"] = (model_labels != np.asarray(forest_labels)).astype(np.float32)
-    maps["distance_factor"] = distance_factor(train, shape, voxel_size_nm, float(s.get("distance_nm", 500.0)))
-    score = acquisition(maps["uncertainty"], maps.get("disagreement"), maps["distance_factor"], s.get("weights"))
-    ranked = rank_regions(score, region=s.get("region", (64, 64)), top=int(s.get("top", 10)),
-                          min_gap=int(s.get("min_gap", 1)), stride=int(s.get("stride", 1)), maps=maps)
+    maps["distance_factor"] = distance_factor(train, shape, voxel_size_nm, float(s["distance_nm"]))
+    score = acquisition(maps["uncertainty"], maps.get("disagreement"), maps["distance_factor"], s["weights"])
+    ranked = rank_regions(score, region=s["region"], top=int(s["top"]),
+                          min_gap=int(s["min_gap"]), stride=int(s["stride"]), maps=maps)
     maps["score"] = score
     return ranked, maps
 
@@ -177,8 +189,6 @@ def load_config(overrides: Sequence[str] = ()) -> dict:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from seglearn.paths import compose
-
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     return OmegaConf.to_container(compose("suggest", overrides), resolve=True)
@@ -186,10 +196,8 @@ def load_config(overrides: Sequence[str] = ()) -> dict:
 
 def forest_labels(cfg_forest: Mapping, ds, train: np.ndarray) -> np.ndarray:
     """The random forest of ``configs/method/<name>.yaml`` fitted on ``train`` and predicted on ``ds``."""
-    from seglearn.baselines.registry import accepts, fit_method, get_method, predict_method
-
     params = {k: v for k, v in dict(cfg_forest).items() if k not in ("impl", "label")}
-    impl = str(dict(cfg_forest).get("impl", "random_forest"))
+    impl = str(dict(cfg_forest)["impl"])
     if accepts(get_method(impl)[0], "voxel_size_nm") and params.get("voxel_size_nm") is None:
         params["voxel_size_nm"] = list(ds.voxel_size_nm)
     model = fit_method(impl, ds.images, ds.detectors, train, **params)
@@ -198,8 +206,6 @@ def forest_labels(cfg_forest: Mapping, ds, train: np.ndarray) -> np.ndarray:
 
 def write_suggestions(out: Path, ranked: list[dict], info: Mapping, *, overwrite: bool = False) -> None:
     """``out/suggestions.json`` (``info`` + ``suggestions``) and ``out/suggestions.csv`` (one row each)."""
-    from seglearn.io import atomic_path
-
     cols = [c for c in COLUMNS if not ranked or c in ranked[0]]
     with atomic_path(out / "suggestions.json", overwrite=overwrite) as tmp:
         tmp.write_text(json.dumps({**info, "suggestions": ranked}, indent=2))
@@ -214,9 +220,6 @@ def run(cfg) -> dict:
     """``python -m seglearn.suggest``: predict, fit the forest, rank, write (``configs/suggest.yaml``)."""
     from omegaconf import OmegaConf
 
-    from seglearn.ckpt import load_checkpoint
-    from seglearn.cli import setup_logging
-    from seglearn.data import load_dataset
     from seglearn.segment.api import segmenter_from_checkpoint
 
     setup_logging()
@@ -250,7 +253,6 @@ def run(cfg) -> dict:
 
 def main() -> None:
     """``python -m seglearn.suggest`` / ``seglearn-suggest``: :func:`run` on ``configs/suggest.yaml`` + overrides."""
-    from seglearn.cli import command
 
     command("suggest")(run)()
 

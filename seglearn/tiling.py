@@ -52,6 +52,47 @@ def _round_up(v: int, a: int) -> int:
     return int(-(-v // a) * a)
 
 
+def _geometry(shape: Sequence[int], tile: Sequence[int], overlap: Sequence[int], align: Sequence[int],
+              border: Sequence[int] | None) -> tuple[tuple[int, ...], ...]:
+    """``(padded, tile, overlap, border)``: the volume ``shape`` padded to ``align``, the tile rounded up to
+    ``align`` and capped at it, the overlap below the tile and the border (default ``overlap // 4``, at most
+    ``overlap // 2``)."""
+    padded = tuple(_round_up(s, a) for s, a in zip(shape, align))
+    tile = tuple(min(_round_up(int(t), a), p) for t, a, p in zip(tile, align, padded))
+    overlap = tuple(max(0, min(int(o), t - a)) for o, t, a in zip(overlap, tile, align))
+    border = tuple(o // 4 for o in overlap) if border is None else tuple(min(int(b), o // 2) for b, o in zip(border, overlap))
+    return padded, tile, overlap, border
+
+
+def _tile_weights(tile, padded, out_tile, border, grid, sigma_scale: float,
+                  gaussian: Sequence[bool]) -> Callable[[Sequence[int]], np.ndarray]:
+    """The blending weight ``(tz / gz, ty / gy, tx / gx)`` of the tile starting at ``start``; it depends only on
+    which of its edges are inner, so at most 27 kinds are computed (cached)."""
+    weights: dict = {}
+
+    def weight(start) -> np.ndarray:
+        key = tuple((s0 > 0, s0 + t < n) for s0, t, n in zip(start, tile, padded))
+        if key not in weights:
+            ws = [_axis_weight(t, sigma_scale, b // gr, lo, hi, g)
+                  for t, b, gr, (lo, hi), g in zip(out_tile, border, grid, key, gaussian)]
+            weights[key] = ws[0][:, None, None] * ws[1][None, :, None] * ws[2][None, None, :]
+        return weights[key]
+
+    return weight
+
+
+def _add_tile(out: np.ndarray, wsum: np.ndarray, p: np.ndarray, w: np.ndarray, start: Sequence[int],
+              grid: Sequence[int], out_tile: Sequence[int]) -> None:
+    """Add the weighted outputs ``p`` ``(K, ...)`` of the tile at ``start`` to ``out`` and its weight to ``wsum``."""
+    sl = tuple(slice(s0 // g, s0 // g + t) for s0, g, t in zip(start, grid, out_tile))
+    if p.flags.writeable and p.dtype == np.float32:
+        p *= w  # in place: the network's fresh output
+    else:
+        p = p * w
+    out[(slice(None), *sl)] += p
+    wsum[sl] += w
+
+
 def sliding_window(x: np.ndarray, net_fn: Callable[[np.ndarray], np.ndarray], *, n_classes: int,
                    tile: Sequence[int], overlap: Sequence[int], halo_z: int = 0, align: Sequence[int] = (1, 1, 1),
                    border: Sequence[int] | None = None, batch_size: int = 4, sigma_scale: float = 0.125,
@@ -92,11 +133,7 @@ def sliding_window(x: np.ndarray, net_fn: Callable[[np.ndarray], np.ndarray], *,
     """
     c, zh, yy, xx = x.shape
     z = zh - 2 * halo_z
-    shape = (z, yy, xx)
-    padded = tuple(_round_up(s, a) for s, a in zip(shape, align))
-    tile = tuple(min(_round_up(int(t), a), p) for t, a, p in zip(tile, align, padded))
-    overlap = tuple(max(0, min(int(o), t - a)) for o, t, a in zip(overlap, tile, align))
-    border = tuple(o // 4 for o in overlap) if border is None else tuple(min(int(b), o // 2) for b, o in zip(border, overlap))
+    padded, tile, overlap, border = _geometry((z, yy, xx), tile, overlap, align, border)
     pad = [(0, 0), (0, padded[0] - z), (0, padded[1] - yy), (0, padded[2] - xx)]
     if any(p[1] for p in pad):
         x = np.pad(x, pad, mode="edge")
@@ -108,16 +145,7 @@ def sliding_window(x: np.ndarray, net_fn: Callable[[np.ndarray], np.ndarray], *,
     wsum = np.zeros(out_shape, dtype=np.float32)
     tiles = list(itertools.product(*starts))
     bar = tqdm(total=len(tiles), desc="tiles", unit="tile", leave=False, disable=not progress) if tqdm else None
-    weights: dict = {}  # a tile's weight depends only on which of its edges are inner: at most 27 kinds
-
-    def weight(start) -> np.ndarray:
-        key = tuple((s0 > 0, s0 + t < n) for s0, t, n in zip(start, tile, padded))
-        if key not in weights:
-            ws = [_axis_weight(t, sigma_scale, b // gr, lo, hi, g)
-                  for t, b, gr, (lo, hi), g in zip(out_tile, border, grid, key, (gaussian_z, gaussian, gaussian))]
-            weights[key] = ws[0][:, None, None] * ws[1][None, :, None] * ws[2][None, None, :]
-        return weights[key]
-
+    weight = _tile_weights(tile, padded, out_tile, border, grid, sigma_scale, (gaussian_z, gaussian, gaussian))
     batch = None
     for i in range(0, len(tiles), batch_size):
         chunk = tiles[i:i + batch_size]
@@ -125,16 +153,8 @@ def sliding_window(x: np.ndarray, net_fn: Callable[[np.ndarray], np.ndarray], *,
             batch = np.empty((len(chunk), c, tile[0] + 2 * halo_z, tile[1], tile[2]), dtype=x.dtype)
         for j, s in enumerate(chunk):
             batch[j] = x[:, s[0]:s[0] + tile[0] + 2 * halo_z, s[1]:s[1] + tile[1], s[2]:s[2] + tile[2]]
-        probs = net_fn(batch)
-        for (sz, sy, sx), p in zip(chunk, probs):
-            w = weight((sz, sy, sx))
-            sl = tuple(slice(s0 // g, s0 // g + t) for s0, g, t in zip((sz, sy, sx), grid, out_tile))
-            if p.flags.writeable and p.dtype == np.float32:
-                p *= w  # in place: the network's fresh output
-            else:
-                p = p * w
-            out[(slice(None), *sl)] += p
-            wsum[sl] += w
+        for start, p in zip(chunk, net_fn(batch)):
+            _add_tile(out, wsum, p, weight(start), start, grid, out_tile)
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:

@@ -296,6 +296,7 @@ def corpus(tmp_path_factory):
     return make_corpus(tmp_path_factory.mktemp("bad"))
 
 
+@pytest.mark.slow  # one command run per case (~190, train / predict / benchmark controls among them): minutes on 2 cores
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_corpus_case(case: Case, corpus, tmp_path):
     if "{ckpt}" in " ".join(case.argv) and not DEMO_CKPT.exists():

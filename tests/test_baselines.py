@@ -148,7 +148,7 @@ def test_registry_refuses_unknown_names(tiny):
 
 def test_unet_method_calls_the_segment_api(tiny, tmp_path, monkeypatch):
     """Without a checkpoint the method trains one with fit_segmenter, then predicts with load_segmenter."""
-    from seglearn.baselines import unet
+    from seglearn.benchmark import unet_method as unet
 
     ph, ch, det = tiny
     calls = {}

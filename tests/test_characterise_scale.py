@@ -126,6 +126,8 @@ def test_sampled_geodesic_window_bounds_the_search():
     assert (z0, z1) == (0, 14) and (y1 - y0, x1 - x0) == (16, 16)
     assert cut["n_starts"] == int(mask[0, y0:y1, x0:x1].sum())
     assert cut["mean"] >= 1.0 and cut["reached"] > 0
+    by_id = sampled_geodesic(lab, "z0", d, (1, 1, 1), max_starts=None, max_voxels=14 * 16 * 16, phase=1)
+    assert by_id["box"] == cut["box"] and np.array_equal(by_id["tau"], cut["tau"])  # phase cut inside the window
 
 
 def test_block_aggregates_partition_the_cells_by_boxes():
@@ -169,11 +171,12 @@ def test_a_step_over_the_memory_budget_is_reported_not_run():
 
     lab = _electrode()
     rep = characterise(lab, 50.0, CLASSES, values=[1, 2, 3], steps=["fractions", "interfaces", "inner_pores"],
-                       plots=False, html=False, progress=False, parallel={"workers": 1, "memory_gb": 1e-4})
+                       plots=False, html=False, progress=False, parallel={"workers": 1, "memory_gb": 1e-5})
     assert rep["fractions"]["pore"] > 0  # cheap steps run
     assert "interfaces" not in rep and "inner_pores" not in rep
     assert set(rep["not_run"]) == {"interfaces", "inner_pores"}
-    assert rep["not_run"]["inner_pores"].startswith("needs ~") and "parallel.memory_gb=0.0001" in rep["not_run"]["inner_pores"]
+    why = rep["not_run"]["inner_pores"]
+    assert why.startswith("needs ~") and "parallel.memory_gb=1e-05" in why
 
 
 def test_cli_passes_the_parallel_options(tmp_path):
@@ -187,3 +190,67 @@ def test_cli_passes_the_parallel_options(tmp_path):
                "classes": CLASSES, "steps": ["fractions", "inner_pores"], "plots": False, "html": False,
                "parallel": {"workers": 1, "memory_gb": 1e-4, "min_voxels": 0}})
     assert rep["parallel"]["workers"] == 1 and set(rep["not_run"]) == {"inner_pores"}
+
+
+def test_a_tortuosity_solve_over_the_budget_keeps_its_row_without_tau(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from seglearn.characterise import characterise
+    from seglearn.characterise.tortuosity import BYTES_PER_UNKNOWN
+
+    lab = np.ones((16, 20, 20), np.uint8)  # pore, with a straight binder channel and an active block
+    lab[:, 2:6, 2:6] = 3
+    lab[4:12, 10:18, 10:18] = 2
+    n = {c: int((lab == i).sum()) for i, c in enumerate(CLASSES, 1)}
+    need = {c: (BYTES_PER_UNKNOWN * v + 10.0 * lab.size) / 2**30 for c, v in n.items()}
+    budget = 0.5 * (need["pore"] + need["carbon_binder"])  # the pore solve does not fit, the binder's does
+    assert need["pore"] > budget > need["carbon_binder"]
+    rep = characterise(lab, 50.0, CLASSES, values=[1, 2, 3], steps=["fractions", "tortuosity"], out_dir=tmp_path,
+                       tortuosity={"phases": ["pore", "carbon_binder"]}, plots=False, progress=False,
+                       parallel={"workers": 1, "memory_gb": budget})
+    rows = {r["phase"]: r for r in rep["tortuosity"]}
+    assert rows["pore"]["tau"] is None and rows["pore"]["status"].startswith("not run: needs ~")
+    assert rows["carbon_binder"]["status"] == "converged"
+    assert rows["carbon_binder"]["tau"] == pytest.approx(1.0, rel=1e-3)  # a straight channel
+    assert list(rep["not_run"]) == ["tortuosity pore z"]
+    csv = pd.read_csv(tmp_path / "tortuosity.csv").set_index("phase")
+    assert pd.isna(csv.loc["pore", "tau"]) and csv.loc["pore", "status"].startswith("not run")
+    assert pd.read_csv(tmp_path / "not_run.csv")["step"].tolist() == ["tortuosity pore z"]
+    assert json.loads((tmp_path / "report.json").read_text())["tortuosity"][0]["tau"] is None
+    assert "not run: needs ~" in (tmp_path / "report.html").read_text()
+
+
+def test_meshes_over_the_budget_leave_the_face_counts():
+    from seglearn.characterise import characterise
+
+    lab = _electrode()
+    budget = 8.0 * lab.size / 2**30  # face counting (~3 B a voxel) fits, a mesh (~16 B a voxel) does not
+    rep = characterise(lab, 50.0, CLASSES, values=[1, 2, 3], steps=["fractions", "interfaces"], plots=False,
+                       html=False, progress=False, parallel={"workers": 1, "memory_gb": budget})
+    full = characterise(lab, 50.0, CLASSES, values=[1, 2, 3], steps=["fractions", "interfaces"], plots=False,
+                        html=False, progress=False, parallel={"workers": 1})
+    assert sorted(rep["not_run"]) == [f"interfaces mesh {c}" for c in sorted(CLASSES)]
+    assert [r["area_faces_um2"] for r in rep["interfaces"]] == [r["area_faces_um2"] for r in full["interfaces"]]
+    assert all(r["area_mesh_um2"] is None for r in rep["interfaces"])
+    assert all(r["area_mesh_um2"] > 0 for r in full["interfaces"]) and "not_run" not in full
+
+
+def test_large_volume_helpers_count_without_copies():
+    from seglearn.characterise.fractions import phase_counts
+    from seglearn.characterise.labels import _distinct, map_labels
+
+    rng = np.random.default_rng(0)
+    lab = rng.integers(0, 4, (40, 300, 300)).astype(np.uint8)  # > 2**24 voxels: several slabs
+    assert np.array_equal(phase_counts(lab, 3), np.bincount(lab.ravel(), minlength=4))
+    for dtype in (np.uint8, np.int8, np.uint16, np.int16):
+        a = rng.integers(-50 if np.dtype(dtype).kind == "i" else 0, 120, (5, 7, 9)).astype(dtype)
+        assert np.array_equal(_distinct(a), np.unique(a))
+    ids, classes, values = map_labels(lab, CLASSES, [1, 2, 3])
+    assert ids is lab and values == [1, 2, 3]  # ids 1..K already: the volume is not copied
+    grey = (lab * 85).astype(np.uint8)
+    assert np.array_equal(map_labels(grey, CLASSES, [85, 170, 255])[0], lab)
+    big = np.repeat(grey, 5, axis=0)  # 1.8e7 voxels: the grey values ranked slab by slab
+    ids, classes, values = map_labels(big, ["a", "b", "c", "d"])
+    assert values == [0, 85, 170, 255] and np.array_equal(ids, np.repeat(lab, 5, axis=0) + 1)

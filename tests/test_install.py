@@ -4,7 +4,7 @@ The project is built into a wheel (``pip wheel --no-deps``) from a copy of its p
 installed with ``pip install --no-deps --target T`` and run from an unrelated working directory
 with ``PYTHONPATH=T`` only: the configs must come from the installed package, not the checkout.
 To prove that, the installed copy of ``synth.yaml`` gets a different default ``name`` before the run.
-About 9 s (two subprocesses, one of them ``import torch``).
+About a minute on the shared 2-core machine (a wheel build and three commands; marked ``slow``).
 """
 
 from __future__ import annotations
@@ -64,8 +64,10 @@ def test_wheel_ships_every_config(installed):
         assert f"seglearn-{name} = " in scripts
 
 
+@pytest.mark.slow
 def test_commands_run_from_any_directory(installed, tmp_path):
-    """``seglearn-synth`` and ``python -m seglearn predict`` from an unrelated cwd use the installed YAML."""
+    """``seglearn-synth``, ``python -m seglearn predict`` and ``seglearn-train`` from an unrelated cwd use the
+    installed YAML and write nothing there."""
     _, target = installed
     synth_yaml = target / "seglearn" / "configs" / "synth.yaml"
     text = synth_yaml.read_text()
@@ -87,4 +89,11 @@ def test_commands_run_from_any_directory(installed, tmp_path):
     labels = tifffile.imread(pred / "labels.tif")
     assert labels.shape == (8, 32, 32) and set(labels.ravel().tolist()) <= {1, 2, 3}
     assert json.loads((pred / "summary.json").read_text())
+
+    run = tmp_path / "run"  # training too: train.yaml and its groups (model, trainer, ...) from the wheel
+    _run([str(target / "bin" / "seglearn-train"), f"data.root={phantom}", f"out_dir={run}", "trainer.max_steps=2",
+          "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "model.net.base=4", "model.net.depth=2",
+          "model.batch_size=2", "model.patch=[1,32,32]", "model.inference.tile=[4,32,32]", "model.steps_per_epoch=2"],
+         cwd, target)
+    assert json.loads((run / "train_summary.json").read_text())["steps"] == 2 and (run / "best.ckpt").is_file()
     assert sorted(p.name for p in cwd.iterdir()) == []  # nothing written into the working directory

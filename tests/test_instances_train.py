@@ -57,6 +57,33 @@ def test_train_writes_checkpoint(trained):
         train(cfg)
 
 
+def test_train_tunes_fusion_on_held_out_volume(tiny_dataset, tmp_path):
+    """model.tune_data: the fusion settings that score best there go into the checkpoint (plumbing only: the
+    tiny dataset stands in for a held-out volume)."""
+    import yaml
+
+    from seglearn.ckpt import load_checkpoint
+    from seglearn.errors import InputError
+    from seglearn.instances.train import train
+
+    model = {**yaml.safe_load((ROOT / "configs" / "model" / "stardist.yaml").read_text()), **TINY,
+             "tune_data": str(tiny_dataset), "fusion_grid": {"h": [0.05, 0.3], "foreground": ["probability"],
+                                                             "fg_prob": [0.1, 0.3]}}
+    cfg = OmegaConf.create({"data": {"root": str(tiny_dataset)}, "out_dir": str(tmp_path / "o"), "seed": 0,
+                            "model": model, "progress": False})
+    metrics = train(cfg)
+    tuned = metrics["tuned"]
+    assert len(tuned["table"]) == 4 and tuned["f1_0.75"] == max(r["f1_0.75"] for r in tuned["table"])
+    meta = load_checkpoint(tmp_path / "o" / "best.ckpt", kind="stardist")["meta"]
+    assert meta["predict"]["fusion"] == tuned["fusion"] and meta["predict"]["fusion"]["foreground"] == "probability"
+    assert meta["tuned"]["dataset"] == str(tiny_dataset) and meta["tuned"]["f1_0.75"] == tuned["f1_0.75"]
+    model["tune_data"] = str(tmp_path / "missing")
+    cfg = OmegaConf.create({"data": {"root": str(tiny_dataset)}, "out_dir": str(tmp_path / "o2"), "model": model,
+                            "progress": False})
+    with pytest.raises(InputError, match="missing"):
+        train(cfg)
+
+
 def test_train_needs_instances(tmp_path):
     from seglearn.data import write_dataset
     from seglearn.errors import InputError

@@ -200,7 +200,7 @@ def test_finetuning_inputs_on_the_base_scale(crop):
 
 
 def test_benchmark_unet_method_reads_any_encoding(crop):
-    from seglearn.baselines.unet import predict
+    from seglearn.benchmark.unet_method import predict
 
     model = {"ckpt": str(ROOT / "checkpoints" / "demo.ckpt"), "tta": None, "adapt": 0.0}
     ref = predict(model, crop[:, :6], list(DETS))
@@ -212,7 +212,7 @@ def test_benchmark_unet_method_reads_any_encoding(crop):
 def test_model_trained_on_unit_floats_reads_uint8_input(crop, tmp_path):
     """A model whose ranges say it was trained on 0..1 data gets uint8 input divided by 255 (the benchmark's
     uint8 fast path included): here demo.ckpt with its ranges divided by 255, which must then give demo's labels."""
-    from seglearn.baselines.unet import predict
+    from seglearn.benchmark.unet_method import predict
     from seglearn.ckpt import load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(ROOT / "checkpoints" / "demo.ckpt", kind="unet")

@@ -115,14 +115,8 @@ def test_the_documented_defaults_pass_their_rules():
     options.check_options(ft, options.FINETUNE, "train", prefix="finetune.")
 
 
-@pytest.mark.parametrize("experiment", ["demo", "long", "pretrain_fibsem", "pretrain_fibsem_1det"])
-def test_the_shipped_training_experiments_pass_the_rules(experiment):
-    cfg = _fill_interpolations(_composed("train", [f"experiment={experiment}"]))
-    kind = {"unet": options.UNET, "stardist": options.STARDIST, "unet_pretrain": options.PRETRAIN}
-    for table in (options.TRAIN, kind[cfg["model"]["kind"]]):
-        options.check_options(cfg, table, "train")
-    if cfg.get("finetune"):
-        options.check_options(cfg["finetune"], options.FINETUNE, "train", prefix="finetune.")
+# every experiment and every config group option, composed and checked as its command checks it:
+# tests/test_config_groups.py
 
 
 def _fill_interpolations(cfg):

@@ -166,3 +166,46 @@ def test_isotropic_checkpoint_sees_resampled_volume(monkeypatch):
     lbl, _ = segment_particles(net, x, method="linking", params=params, voxel_size_nm=(40.0, 20.0, 20.0),
                                progress=False)
     assert seen == [("xy", (1, 6, 16, 16))] and lbl.shape == (6, 16, 16)
+
+
+def test_fusion_candidates_without_repeats():
+    from seglearn.instances.tune import fusion_candidates
+
+    base = {"foreground": "polygons", "fg_vote": 0.5, "fg_prob": 0.1, "seed_thresh": 0.4, "h": 0.05, "sigma": 1.0,
+            "min_size": 20}
+    grid = {"h": [0.05, 0.1], "foreground": ["polygons", "probability"], "fg_vote": [0.5, 0.67], "fg_prob": [0.1, 0.2]}
+    cands = fusion_candidates(grid, base)
+    # polygons: 2 h x 2 fg_vote; probability: 2 h x 2 fg_prob (fg_vote / fg_prob varied only where they matter)
+    assert len(cands) == 8 and all(c["min_size"] == 20 and c["sigma"] == 1.0 for c in cands)
+    assert {c["fg_prob"] for c in cands if c["foreground"] == "polygons"} == {0.1}
+    assert {c["fg_vote"] for c in cands if c["foreground"] == "probability"} == {0.5}
+    with pytest.raises(InputError, match="fusion_grid.*'hh'"):
+        fusion_candidates({"hh": [1]}, base)
+
+
+def test_tune_fusion_picks_the_best_candidate(tmp_path, monkeypatch):
+    from stardist import edt_prob
+
+    import seglearn.instances.pipeline as pipeline
+    from seglearn.instances.targets import relabel_slice, unview_stack, view_stack
+    from seglearn.instances.tune import tune_fusion
+    from seglearn.synth.particles import write_particles
+
+    ph = write_particles(tmp_path / "held_out", {**SMALL, "seed": 6, "voxel_size_nm": [70.0, 70.0, 70.0]})
+    probs = [unview_stack(np.stack([edt_prob(relabel_slice(s)) for s in view_stack(ph.instances, v)]), v)
+             for v in ("xy", "xz", "yz")]
+
+    def oracle(net, x, **kw):  # a perfect network: the truth's own per-view probabilities and polygons
+        assert x.shape == (1, *ph.instances.shape) and 0 <= x.min() and x.max() <= 1.0
+        return probs, [(p > 0).astype(np.int32) for p in probs]
+
+    monkeypatch.setattr(pipeline, "view_outputs", oracle)
+    meta = {"net": {"in_channels": 1}, "channels": ["CT"], "thresholds": {"prob": 0.5, "nms": 0.4},
+            "normalisation": {"kind": "percentile", "lo": [0.0], "hi": [65535.0]}, "predict": {"isotropic": False}}
+    # h = 5: no maximum stands out that much, so touching particles merge
+    res = tune_fusion(None, meta, tmp_path / "held_out", {"h": [5.0, 0.05], "seed_thresh": [0.3]})
+    assert len(res["table"]) == 2 and res["fusion"]["h"] == 0.05 and res["fusion"]["seed_thresh"] == 0.3
+    bad, good = res["table"]
+    assert good["f1_0.75"] == res["f1_0.75"] > bad["f1_0.75"] and res["f1_0.5"] > 0.9
+    with pytest.raises(InputError, match="tune_data.*detectors"):
+        tune_fusion(None, {**meta, "channels": ["SE2"]}, tmp_path / "held_out", {"h": [0.05]})

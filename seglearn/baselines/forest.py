@@ -58,7 +58,7 @@ def predict(model, channels, detectors, slices=None) -> np.ndarray:
     """Labels ``(Z, Y, X)``; with ``slices`` only those slices are predicted (others stay 0)."""
     stack = FeatureStack(channels, detectors, model["features"], model["voxel_size_nm"])
     clf = model["clf"]
-    pred = make_predictor(clf, model.get("engine", "auto"), n_jobs=model.get("n_jobs", -1))
+    pred = make_predictor(clf, model["engine"], n_jobs=model["n_jobs"])
     return predict_volume(stack, lambda x: np.asarray(pred(x)).astype(np.uint8), max_chunk_mb=model["max_chunk_mb"],
                           slices=slices)
 

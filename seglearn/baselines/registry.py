@@ -27,7 +27,9 @@ METHODS: dict[str, tuple[str, str]] = {
     "watershed": (_B + "watershed:fit", _B + "watershed:predict"),
     "zgradient": (_B + "zgradient:fit", _B + "zgradient:predict"),
     "random_forest": (_B + "forest:fit", _B + "forest:predict"),
-    "unet": (_B + "unet:fit", _B + "unet:predict"),
+    # the U-Net as one more method lives above the networks it trains (pretrain, segment): the table names
+    # it by import path, resolved only when the method is used (docs/architecture.md)
+    "unet": ("seglearn.benchmark.unet_method:fit", "seglearn.benchmark.unet_method:predict"),
 }
 
 

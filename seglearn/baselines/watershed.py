@@ -15,6 +15,7 @@ from scipy import ndimage as ndi
 from seglearn.baselines.common import channel, need_labels
 from seglearn.baselines.threshold_fit import best_double_threshold
 from seglearn.errors import InputError
+from seglearn.features.filters import gaussian_derivatives
 
 log = logging.getLogger("seglearn")
 
@@ -44,8 +45,6 @@ def _prefilter(img: np.ndarray, sigma: float, dims: int) -> np.ndarray:
 
 def gradient_magnitude(img: np.ndarray, sigma: float, dims: int) -> np.ndarray:
     """Gaussian gradient magnitude in-plane (``dims=2``) or in 3D."""
-    from seglearn.features.filters import gaussian_derivatives
-
     orders = [(0, 1, 0), (0, 0, 1)] + ([(1, 0, 0)] if dims == 3 else [])
     d = gaussian_derivatives(img, (sigma if dims == 3 else 0.0, sigma, sigma), orders)
     return np.sqrt(sum(v * v for v in d.values())).astype(np.float32)

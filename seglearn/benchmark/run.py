@@ -22,6 +22,7 @@ from seglearn.data import load_dataset
 from seglearn.errors import InputError, OutputExistsError
 from seglearn.io.atomic import atomic_path
 from seglearn.metrics import score
+from seglearn.paths import load_config
 from seglearn.preprocess.stage import preprocess_loaded, stage_config
 from seglearn.segment.predict_io import write_probabilities_tif
 
@@ -136,9 +137,9 @@ def _write_reports(cfg: Mapping, out: Path, summary: dict, ds, preds: list) -> N
 
 def run_benchmark(cfg: Mapping) -> dict:
     """Run the benchmark described by ``cfg`` (see ``configs/benchmark.yaml``); returns the results dict."""
-    cfg = dict(cfg)
+    cfg = {**load_config("benchmark.yaml"), **dict(cfg)}
     out = Path(cfg["out"])
-    overwrite = bool(cfg.get("overwrite", False))
+    overwrite = bool(cfg["overwrite"])
     _check_outputs(out, overwrite)
     methods = list(cfg["methods"] or [])
     if not methods:
@@ -151,11 +152,11 @@ def run_benchmark(cfg: Mapping) -> dict:
     if roi is not None:
         roi = [tuple(int(v) for v in pair) for pair in roi]
     scored = test_slices(ds.test)
-    only_test = str(cfg.get("predict", "full")) == "test_slices"
+    only_test = str(cfg["predict"]) == "test_slices"
     results, preds = [], []
     for name, impl, params in resolved:
         rec, model, pred = _run_method(name, impl, params, ds, scored=scored, only_test=only_test, roi=roi,
-                                       fail_fast=bool(cfg.get("fail_fast", False)))
+                                       fail_fast=bool(cfg["fail_fast"]))
         results.append(rec)
         if pred is None:
             continue

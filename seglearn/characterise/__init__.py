@@ -9,6 +9,7 @@ sizes from instances; with ``out_dir`` it writes ``report.json``, CSV tables, PN
 ``report.html``. ``python characterise.py input=labels.tif`` runs it on a file.
 """
 
-from seglearn.characterise.core import STEPS, characterise, default_options
+from seglearn.characterise.core import STEPS, default_options
+from seglearn.characterise.pipeline import characterise
 
 __all__ = ["characterise", "default_options", "STEPS"]

@@ -60,9 +60,9 @@ def run(cfg) -> dict:
     """
     from omegaconf import OmegaConf
 
-    from seglearn.characterise.core import characterise
+    from seglearn.characterise.pipeline import characterise
     from seglearn.characterise.labels import resolve_voxel_size
-    from seglearn.cli import setup_logging
+    from seglearn.log import setup_logging
     from seglearn.io import read_stack
 
     setup_logging()

@@ -1,10 +1,10 @@
-"""``characterise(labels, voxel_size_nm, classes)``: every microstructure number of one label volume.
+"""Measure a label volume: the options and the steps run under the memory budget.
 
-Lengths in the result are in µm, areas in µm², volumes in µm³, specific surface areas in µm⁻¹.
-Which steps run and how is set by ``options``, whose defaults are ``configs/characterise.yaml``
-(:func:`default_options`); the report files are written when ``out_dir`` is given. The steps are
-cut into tasks (:mod:`seglearn.characterise.steps`) run on ``parallel.workers`` processes under
-``parallel.memory_gb`` (:mod:`seglearn.characterise.parallel`).
+The measuring core of :func:`seglearn.characterise.characterise` (:mod:`.pipeline` adds the
+intervals and the report files): the options, whose defaults are ``configs/characterise.yaml``
+(:func:`default_options`), and the steps, cut into tasks (:mod:`.steps`, :mod:`.steps_pores`) run on
+``parallel.workers`` processes under ``parallel.memory_gb`` (:mod:`.parallel`). Lengths in the
+result are in µm, areas in µm², volumes in µm³, specific surface areas in µm⁻¹.
 """
 
 from __future__ import annotations
@@ -13,11 +13,18 @@ import copy
 import logging
 import resource
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+import seglearn.characterise.fractions as fr
+from seglearn.characterise.context import Ctx
+from seglearn.characterise.labels import as_voxel_size, find_roles, map_labels
+from seglearn.characterise.parallel import run_tasks
+from seglearn.characterise.steps import PLANS as VOLUME_PLANS
+from seglearn.characterise.steps_pores import PLANS as PORE_PLANS
 from seglearn.errors import InputError
+from seglearn.paths import load_config
 
 log = logging.getLogger("seglearn")
 
@@ -27,10 +34,11 @@ STEPS = ("fractions", "depth", "interfaces", "sizes", "tortuosity", "geodesic", 
 _NOT_OPTIONS = ("input", "probabilities", "instances", "output", "voxel_size_nm", "classes", "hydra")
 
 
+_PLANS: dict[str, Callable[[Ctx], tuple]] = {**VOLUME_PLANS, **PORE_PLANS}
+
+
 def default_options() -> dict[str, Any]:
     """The options of :func:`characterise` with their defaults, read from ``configs/characterise.yaml``."""
-    from seglearn.paths import load_config
-
     opts = {k: v for k, v in load_config("characterise.yaml").items() if k not in _NOT_OPTIONS}
     opts["source"] = None  # name of the input in messages (API only, no YAML default)
     return opts
@@ -64,77 +72,62 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def characterise(labels: np.ndarray, voxel_size_nm, classes: Sequence[str] | None = None,
-                 instances: np.ndarray | None = None, out_dir=None, *, probabilities: np.ndarray | None = None,
-                 tables_out: dict | None = None, **options) -> dict:
-    """Measure a label volume: fractions, interfaces, sizes, transport, inner pores, RVE.
+class Clock:
+    """Wall and CPU seconds (this process and its finished workers) since it was made."""
+
+    def __init__(self):
+        self.t, self.c, self.k = time.perf_counter(), time.process_time(), _children_cpu()
+
+    def wall(self) -> float:
+        return round(time.perf_counter() - self.t, 3)
+
+    def cpu(self) -> float:
+        return round(time.process_time() - self.c + _children_cpu() - self.k, 3)
+
+
+def run(labels: np.ndarray, voxel_size_nm, classes: Sequence[str] | None, instances: np.ndarray | None,
+        opts: dict) -> Ctx:
+    """Every step of ``opts["steps"]`` on ``labels``; returns the context holding the report.
 
     Parameters
     ----------
     labels : (Z, Y, X) int ndarray
-        Class ids ``1..K`` (0 = outside, not measured) or grey values mapped to classes by the
-        rule of :mod:`seglearn.characterise.labels` (``values=[...]`` names them explicitly).
+        Class ids or grey values (:func:`seglearn.characterise.labels.map_labels`).
     voxel_size_nm : float or (z, y, x)
-    classes : sequence of str, optional
-        Class names (default ``value_<v>`` per distinct value).
-    instances : (Z, Y, X) int ndarray, optional
-        Particle ids (0 = none) for per-particle sizes and aspect ratios.
-    out_dir : path-like, optional
-        Write ``report.json``, CSV tables, PNG plots and ``report.html`` there.
-    probabilities : (K, Z, Y, X) ndarray, optional
-        Class probabilities of ``labels`` (ids ``1..K``): every number of the report gets a 95 %
-        interval from segmentations drawn from them (option ``intervals``;
-        :mod:`seglearn.characterise.intervals`).
-    tables_out : dict, optional
-        Filled with the CSV tables (name -> rows).
-    **options
-        See :func:`default_options` / ``configs/characterise.yaml`` (e.g. ``steps=["fractions"]``,
-        ``tortuosity={"directions": ["z", "x"]}``, ``parallel={"workers": 1}``).
+    classes : sequence of str or None
+    instances : (Z, Y, X) int ndarray or None
+    opts : dict
+        Merged options (:func:`merge_options`).
 
     Returns
     -------
-    dict
-        The content of ``report.json`` (plain lists and numbers); ``timings_s`` / ``timings_cpu_s``
-        per step (a step's tasks summed, over every worker) and ``total`` (CPU: this process and
-        its workers), ``parallel`` (workers used, their peak resident memory).
-
-    Examples
-    --------
-    >>> rep = characterise(pred, (20, 10, 10), ["pore", "carbon_binder", "active_material"],
-    ...                    out_dir="out/characterise")  # doctest: +SKIP
+    Ctx
+        ``rep`` (the report without ``timings_s.total``), ``tables`` (CSV rows), ``arrays`` (plot data).
     """
-    opts = merge_options(options)
-    t_all, c_all, k_all = time.perf_counter(), time.process_time(), _children_cpu()
     ctx = _context(labels, voxel_size_nm, classes, instances, opts)
-    info = _run_steps(ctx, [s for s in STEPS if s in opts["steps"]])
-    rep = ctx.rep
-    rep["parallel"] = info
-    if probabilities is not None and int(opts["intervals"]["n_samples"]) > 0:
-        t, c = time.perf_counter(), time.process_time()
-        from seglearn.characterise.intervals import characterise_intervals
+    ctx.rep["parallel"] = _run_steps(ctx, [s for s in STEPS if s in opts["steps"]])
+    return ctx
 
-        characterise_intervals(rep, ctx.tables, ctx.lab, probabilities, ctx.spacing, ctx.classes, opts,
-                               instances=ctx.instances, roles=ctx.roles)
-        rep["timings_s"]["intervals"] = round(time.perf_counter() - t, 3)
-        rep["timings_cpu_s"]["intervals"] = round(time.process_time() - c, 3)
-    rep["timings_s"]["total"] = round(time.perf_counter() - t_all, 3)
-    rep["timings_cpu_s"]["total"] = round(time.process_time() - c_all + _children_cpu() - k_all, 3)
+
+def measure(labels: np.ndarray, voxel_size_nm, classes: Sequence[str] | None = None,
+            instances: np.ndarray | None = None, *, tables_out: dict | None = None, **options) -> dict:
+    """The report of :func:`seglearn.characterise.characterise` without intervals and files.
+
+    What the intervals measure on each drawn segmentation (:mod:`seglearn.characterise.intervals`);
+    ``tables_out`` is filled with the CSV tables (name -> rows). Options as for ``characterise``.
+    """
+    clock = Clock()
+    ctx = run(labels, voxel_size_nm, classes, instances, merge_options(options))
+    ctx.rep["timings_s"]["total"] = clock.wall()
+    ctx.rep["timings_cpu_s"]["total"] = clock.cpu()
     if tables_out is not None:
         tables_out.update(ctx.tables)
-    if out_dir is not None:
-        from seglearn.characterise.report import write_report
-
-        rep["outputs"] = write_report(out_dir, rep, ctx.tables, ctx.arrays, plots=opts["plots"], html=opts["html"],
-                                      overwrite=bool(opts["overwrite"]))
-    return rep
+    return ctx.rep
 
 
 def _run_steps(ctx, steps: list) -> dict:
     """Plan, run (:func:`.parallel.run_tasks`) and combine the steps into ``ctx.rep``; returns the run info."""
-    from seglearn.characterise.parallel import run_tasks
-    from seglearn.characterise.steps import plan
-
-    plans = {s: plan(s, ctx) for s in steps}
+    plans = {s: _PLANS[s](ctx) for s in steps}
     tasks = [t for s in steps for t in plans[s][0]]
     par = ctx.opts["parallel"]
     workers = int(par["workers"]) if ctx.lab.size >= int(par["min_voxels"]) else 1
@@ -142,11 +135,16 @@ def _run_steps(ctx, steps: list) -> dict:
     info = run_tasks(tasks, workers=workers, memory_gb=par["memory_gb"])
     for s in steps:
         mine = plans[s][0]
-        refused = [t.refused for t in mine if t.refused]
+        refused = [t.refused for t in mine if t.refused and not t.optional]
         if refused:  # bounded: the step is reported as not run, never computed past the budget
             ctx.rep.setdefault("not_run", {})[s] = refused[0]
-        else:
-            plans[s][1]([t.result for t in mine])
+            ctx.tables.setdefault("not_run", []).append({"step": s, "status": f"not run: {refused[0]}"})
+        else:  # an optional task refused gives its place in the step's results to {"not_run": why}
+            for t in mine:
+                if t.refused:
+                    ctx.rep.setdefault("not_run", {})[t.name] = t.refused
+                    ctx.tables.setdefault("not_run", []).append({"step": t.name, "status": f"not run: {t.refused}"})
+            plans[s][1]([{"not_run": t.refused} if t.refused else t.result for t in mine])
         ctx.rep["timings_s"][s] = round(sum(t.wall_s for t in mine), 3)
         ctx.rep["timings_cpu_s"][s] = round(sum(t.cpu_s for t in mine), 3)
         log.info("characterise: %s done in %.1f s (%.1f s CPU)", s, ctx.rep["timings_s"][s],
@@ -156,10 +154,6 @@ def _run_steps(ctx, steps: list) -> dict:
 
 def _context(labels, voxel_size_nm, classes, instances, opts):
     """The mapped label volume, roles, counts and the report's ``input`` section."""
-    from seglearn.characterise import fractions as fr
-    from seglearn.characterise.labels import as_voxel_size, find_roles, map_labels
-    from seglearn.characterise.steps import Ctx
-
     source = opts["source"] or "labels"
     lab, classes, values = map_labels(labels, classes, opts["values"], source=source)
     spacing = as_voxel_size(voxel_size_nm, source=source)
@@ -181,10 +175,3 @@ def _context(labels, voxel_size_nm, classes, instances, opts):
                   "volume_um3": ctx.volume_um3},
         "timings_s": {}, "timings_cpu_s": {}})
     return ctx
-
-
-def tortuosity_row(phase: str, r: dict) -> dict:
-    """One row of the tortuosity table (kept here for callers; see :func:`.steps_pores.tortuosity_row`)."""
-    from seglearn.characterise.steps_pores import tortuosity_row as row
-
-    return row(phase, r)

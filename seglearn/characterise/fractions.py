@@ -12,8 +12,14 @@ AXES = {"z": 0, "y": 1, "x": 2}
 
 
 def phase_counts(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """Voxel count of ids ``0..K`` ``(K + 1,)`` int64."""
-    return np.bincount(np.asarray(labels).ravel(), minlength=n_classes + 1)[: n_classes + 1].astype(np.int64)
+    """Voxel count of ids ``0..K`` ``(K + 1,)`` int64, counted by slabs of ~16 M voxels (bounded memory)."""
+    lab = np.asarray(labels)
+    flat = lab.reshape(lab.shape[0], -1) if lab.ndim > 1 else lab.reshape(1, -1)
+    step = max(1, 2**24 // max(1, flat.shape[1]))
+    counts = np.zeros(n_classes + 1, np.int64)
+    for i in range(0, flat.shape[0], step):
+        counts += np.bincount(flat[i:i + step].ravel(), minlength=n_classes + 1)[: n_classes + 1]
+    return counts
 
 
 def volume_fractions(labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -51,7 +57,7 @@ def fractions_along(labels: np.ndarray, n_classes: int, axis="z") -> np.ndarray:
     return out
 
 
-def fractions_by_region(labels: np.ndarray, n_classes: int, *, n_regions: int = 5, axis="z",
+def fractions_by_region(labels: np.ndarray, n_classes: int, *, n_regions: int, axis="z",
                         spacing_nm: float = 1.0) -> dict:
     """Fractions in ``n_regions`` equal slabs along ``axis`` (seed 001: evolution with depth).
 
@@ -111,8 +117,8 @@ def _box_sums(s: np.ndarray, z: np.ndarray, y: np.ndarray, x: np.ndarray, size) 
             + s[z1, y, x] - s[z, y, x]).astype(np.int64)
 
 
-def representative_volume(labels: np.ndarray, n_classes: int, *, n_sizes: int = 8, n_samples: int = 64,
-                          min_edge: int = 8, tolerance: float = 0.02, seed: int = 0) -> dict:
+def representative_volume(labels: np.ndarray, n_classes: int, *, n_sizes: int, n_samples: int,
+                          tolerance: float, min_edge: int = 8, seed: int = 0) -> dict:
     """How each phase's fraction converges with the edge of cubic sub-volumes.
 
     For edges ``L`` from ``min_edge`` voxels to the smallest dimension (geometric steps),

@@ -98,13 +98,15 @@ def face_distance(shape, face: str, spacing_nm) -> np.ndarray:
 
 
 def sampled_geodesic(mask: np.ndarray, face: str, d_nm: float, spacing_nm, *, max_starts: int | None,
-                     max_voxels: int | None) -> dict:
+                     max_voxels: int | None, phase: int | None = None) -> dict:
     """:func:`geodesic_tortuosity` from a box face, its search region cut to at most ``max_voxels``.
 
     The region searched is the slab within ``d_nm`` of ``face``; when it has more voxels than
     ``max_voxels`` a central window across the face's axis is kept (paths then cannot leave it,
-    which can only lengthen them; the error is measured in docs/characterise.md). Returns the dict
-    of :func:`geodesic_tortuosity` with ``box`` (``[start, stop]`` per axis of the window).
+    which can only lengthen them; the error is measured in docs/characterise.md). With ``phase``,
+    ``mask`` is a (Z, Y, X) label volume and the phase is taken inside the window only (memory of
+    the window, not of the volume). Returns the dict of :func:`geodesic_tortuosity` with ``box``
+    (``[start, stop]`` per axis of the window).
     """
     from seglearn.characterise.sizes import sample_box
 
@@ -118,7 +120,7 @@ def sampled_geodesic(mask: np.ndarray, face: str, d_nm: float, spacing_nm, *, ma
     box = list(sample_box(shape, ax, max_voxels))
     box[ax] = slab[ax]
     box = tuple(slice(*b.indices(n)) for b, n in zip(box, mask.shape))
-    sub = np.ascontiguousarray(mask[box])
+    sub = np.ascontiguousarray(mask[box] if phase is None else mask[box] == phase)
     g = geodesic_tortuosity(sub, face_distance(sub.shape, face, spacing_nm), d_nm, spacing_nm, max_starts=max_starts)
     g["box"] = [[b.start, b.stop] for b in box]
     return g

@@ -107,7 +107,7 @@ def _assign(labels, k, verts, faces, normals, spacing, shape, probe):
 
 
 def mesh_area_matrix(labels: np.ndarray, n_classes: int, spacing_nm=(1.0, 1.0, 1.0), *,
-                     sigma: float = 0.7, probe: float = 1.0) -> dict:
+                     sigma: float, probe: float = 1.0) -> dict:
     """Interface areas from marching-cubes meshes of each phase (``skimage.measure``).
 
     Parameters
@@ -144,7 +144,7 @@ def pair_areas(per_side: np.ndarray) -> np.ndarray:
 
 
 def mesh_phase_areas(labels: np.ndarray, k: int, n_classes: int, spacing_nm=(1.0, 1.0, 1.0), *,
-                     sigma: float = 0.7, probe: float = 1.0) -> tuple[np.ndarray, float]:
+                     sigma: float, probe: float = 1.0) -> tuple[np.ndarray, float]:
     """Marching-cubes mesh of phase ``k``: its area by neighbouring id ``(K + 1,)`` nm^2, and its whole area.
 
     One task of :func:`mesh_area_matrix` (phases can be meshed in parallel).

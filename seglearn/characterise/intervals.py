@@ -12,11 +12,12 @@ each axis (smoothed white noise of ``sigma`` has correlation ``exp(-r² / 4 sigm
 
 Each sample is characterised; the interval of a number is the normal-theory *prediction*
 interval of one more draw, ``mean ± t_{n-1} · std · sqrt(1 + 1/n)`` (the truth is treated as one
-more plausible segmentation). Cheap numbers (fractions, face-counted interfaces, CBD coverage,
-sections, RVE) use ``intervals.n_samples`` draws, the costly ones (meshes, size distributions,
-tortuosity, geodesic tortuosity, inner pores, particles) the first ``intervals.n_samples_slow``.
-Which numbers get intervals and where the bounds go: :mod:`.intervals_numbers`. Options: ``configs/characterise.yaml``
-``intervals``. docs/characterise.md, "Uncertainty intervals".
+more plausible segmentation), clipped to the number's range (:func:`clip_to_range`). Cheap
+numbers (fractions, face-counted interfaces, CBD coverage, sections, RVE) use
+``intervals.n_samples`` draws, the costly ones (meshes, size distributions, tortuosity, geodesic
+tortuosity, inner pores, particles) the first ``intervals.n_samples_slow``. Which numbers get
+intervals and where the bounds go: :mod:`.intervals_numbers`. Options:
+``configs/characterise.yaml`` ``intervals``. docs/characterise.md, "Uncertainty intervals".
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from seglearn.characterise.intervals_numbers import annotate, flatten
+from seglearn.characterise.intervals_numbers import annotate, flatten, is_fraction
 
 log = logging.getLogger("seglearn")
 
-__all__ = ["FAST_STEPS", "SLOW_STEPS", "add_intervals", "characterise_intervals", "correlation_length", "flatten",
-           "interval", "sample_labels"]
+__all__ = ["FAST_STEPS", "SLOW_STEPS", "add_intervals", "characterise_intervals", "clip_to_range", "correlation_length",
+           "flatten", "interval", "sample_labels"]
 
 #: steps measured on every draw, and on the first ``n_samples_slow`` draws (all of them)
 FAST_STEPS = ("fractions", "depth", "interfaces", "sections", "rve")
@@ -153,6 +154,24 @@ def interval(values, level: float = 0.95) -> dict:
     return out
 
 
+def clip_to_range(path: str, iv: dict, values) -> dict:
+    """``iv`` with its bounds clipped to the range the number can take (changed in place, returned).
+
+    Every reported number whose draws are all >= 0 (fractions, areas, τ, sizes, counts, spreads)
+    gets ``low >= 0``; a fraction (:func:`.intervals_numbers.is_fraction`) whose draws all lie in
+    [0, 1] also ``high <= 1``. The normal-theory interval of a number near its limit (a rare phase,
+    a few particles) would otherwise reach past it.
+    """
+    v = [x for x in values if x is not None]
+    if iv["low"] is None or not v:
+        return iv
+    if min(v) >= 0:
+        iv["low"] = max(iv["low"], 0.0)
+        if max(v) <= 1 and is_fraction(path):
+            iv["high"] = min(iv["high"], 1.0)
+    return iv
+
+
 # ------------------------------------------------------------------------------------------ driver
 
 def _sigma(p: np.ndarray, o: dict) -> tuple[list, list]:
@@ -202,7 +221,8 @@ def add_intervals(rep: dict, tables: dict, probs: np.ndarray, measure: Callable[
             if k in f and (i < n_slow or f[k] is not None):
                 draws[k].append(f[k])
         log.info("intervals: sample %d of %d measured (%s)", i + 1, n, "all steps" if i < n_slow else "fast steps")
-    ivs = {k: {"value": point[k], **interval(v, float(o["level"]))} for k, v in draws.items() if v}
+    ivs = {k: {"value": point[k], **clip_to_range(k, interval(v, float(o["level"])), v)}
+           for k, v in draws.items() if v}
     annotate(rep, tables, ivs)  # the CSV / HTML tables carry the bounds next to each number
     tables["intervals"] = [{"number": k, **v} for k, v in ivs.items()]
     rep["intervals"] = {"method": "correlated Gumbel-max sampling of the probabilities",
@@ -258,7 +278,7 @@ def characterise_intervals(rep: dict, tables: dict, lab: np.ndarray, probabiliti
     roles : dict, optional
         ``{"active": id, ...}`` (:func:`seglearn.characterise.labels.find_roles`).
     """
-    from seglearn.characterise.core import characterise
+    from seglearn.characterise.core import measure as characterise  # the numbers alone (no intervals, files)
     from seglearn.errors import InputError
 
     probabilities = np.asarray(probabilities)

@@ -34,6 +34,11 @@ SD_SETTINGS = ("radius_um", "opened", "intruded", "sampled_box")
 GEO_SETTINGS = ("d_um", "sampled_box", "percentiles")
 
 
+def is_fraction(path: str) -> bool:
+    """Whether the number at ``path`` is a fraction in [0, 1] (volume fractions of every kind, CBD coverage)."""
+    return "fraction" in path.rsplit("/", 1)[-1] or path.startswith(("sections/volume/", "cbd_coverage_of_am/"))
+
+
 def _num(v) -> bool:
     return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
 
@@ -55,7 +60,7 @@ def _walk(obj: Any, path: str, skip: tuple, visit) -> None:
     """``visit(parent, key, path, value)`` for every number (or None) in nested dicts; lists are not entered."""
     if not isinstance(obj, dict):
         return
-    for k, v in obj.items():
+    for k, v in list(obj.items()):  # annotate() adds <k>_low / <k>_high while walking
         if k in skip or str(k).endswith(("_low", "_high")):
             continue
         if isinstance(v, dict):

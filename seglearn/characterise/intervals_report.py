@@ -58,7 +58,7 @@ def interval_plot(rep: dict) -> bytes:
     """``intervals.png``: fractions, SSA and τ per phase, and the other results relative to their value."""
     import matplotlib.pyplot as plt
 
-    from seglearn.characterise.plots import _fig_png
+    from seglearn.characterise.render import fig_png as _fig_png
 
     vals = rep["intervals"]["values"]
     classes = rep["input"]["classes"]
@@ -80,7 +80,7 @@ def interval_plot(rep: dict) -> bytes:
 
 def interval_html(rep: dict, tables: dict, img) -> str:
     """The HTML section of the intervals: method, ``intervals.png`` and every number outside the tables."""
-    from seglearn.characterise.report import _table
+    from seglearn.characterise.render import table as _table
 
     iv = rep["intervals"]
     mine = report_paths(rep)

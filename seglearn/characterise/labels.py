@@ -57,6 +57,19 @@ class LabelInfo:
     roles: dict
 
 
+def _distinct(raw: np.ndarray) -> np.ndarray:
+    """The distinct values of ``raw``, sorted; 8- and 16-bit integers counted slab by slab (no sorted copy)."""
+    if raw.dtype.kind not in "ui" or raw.dtype.itemsize > 2 or raw.ndim == 0 or raw.size == 0:
+        return np.unique(raw)
+    offset = 2 ** (8 * raw.dtype.itemsize - 1) if raw.dtype.kind == "i" else 0
+    seen = np.zeros(2 ** (8 * raw.dtype.itemsize), bool)
+    flat = raw.reshape(raw.shape[0], -1) if raw.ndim > 1 else raw.reshape(1, -1)
+    step = max(1, 2**24 // max(1, flat.shape[1]))
+    for i in range(0, flat.shape[0], step):
+        seen[np.bincount((flat[i:i + step].astype(np.int32) + offset).ravel(), minlength=seen.size) > 0] = True
+    return (np.nonzero(seen)[0] - offset).astype(raw.dtype)
+
+
 def map_labels(raw: np.ndarray, classes: Sequence[str] | None = None, values: Sequence | None = None,
                *, source: str = "labels") -> tuple[np.ndarray, list[str], list]:
     """Map a label volume to class ids ``1..K`` (rule in the module docstring).
@@ -95,6 +108,10 @@ def map_labels(raw: np.ndarray, classes: Sequence[str] | None = None, values: Se
             raise InputError(f"{source}: {len(values)} values for {len(classes)} classes {classes}")
         if len(values) > 255:
             raise InputError(f"{source}: at most 255 classes, got {len(values)}")
+        if raw.dtype == np.uint8 and list(values) == list(range(1, len(values) + 1)) and raw.max() <= len(values):
+            if not raw.any():
+                raise InputError(f"{source}: none of the values {values} occur; the file holds [0]")
+            return raw, classes, list(values)  # already ids 1..K (0 outside): no copy of a large volume
         out = np.zeros(raw.shape, np.uint8)
         for i, v in enumerate(values):
             out[raw == v] = i + 1
@@ -102,7 +119,7 @@ def map_labels(raw: np.ndarray, classes: Sequence[str] | None = None, values: Se
             found = np.unique(raw)[:10].tolist()
             raise InputError(f"{source}: none of the values {values} occur; the file holds {found}")
         return out, classes, values
-    found = np.unique(raw)
+    found = _distinct(raw)
     n = len(found)
     if n > 255:
         raise InputError(f"{source}: {n} distinct values is not a label volume (at most 255 classes); "
@@ -114,16 +131,20 @@ def map_labels(raw: np.ndarray, classes: Sequence[str] | None = None, values: Se
         if n == k:
             lut_values = found.tolist()
         elif is_int and ids <= set(range(0, k + 1)) and 0 in ids and n == k + 1:
-            return raw.astype(np.uint8), classes, list(range(1, k + 1))
+            return raw.astype(np.uint8, copy=False), classes, list(range(1, k + 1))
         elif is_int and ids <= set(range(1, k + 1)):
-            return raw.astype(np.uint8), classes, list(range(1, k + 1))
+            return raw.astype(np.uint8, copy=False), classes, list(range(1, k + 1))
         else:
             raise InputError(f"{source}: {n} distinct values {found[:12].tolist()} do not match {k} classes "
                              f"{classes}; give values=[...] (one grey value per class)")
     else:
         lut_values = found.tolist()
         classes = [f"value_{_fmt(v)}" for v in lut_values]
-    out = np.searchsorted(found, raw).astype(np.uint8) + np.uint8(1)
+    out = np.empty(raw.shape, np.uint8)
+    flat, dst = raw.reshape(raw.shape[0], -1), out.reshape(raw.shape[0], -1)
+    step = max(1, 2**24 // max(1, flat.shape[1]))  # slabs: searchsorted's int64 result stays small
+    for i in range(0, flat.shape[0], step):
+        dst[i:i + step] = np.searchsorted(found, flat[i:i + step]) + 1
     return out, classes, [_num(v) for v in lut_values]
 
 

@@ -93,7 +93,7 @@ def erode(mask: np.ndarray, radius_nm: float, spacing_nm) -> np.ndarray:
     return ~dilate(~mask, radius_nm, spacing_nm)
 
 
-def radii_grid(max_nm: float, spacing_nm, *, n_linear: int = 6, growth: float = 1.2) -> np.ndarray:
+def radii_grid(max_nm: float, spacing_nm, *, n_linear: int, growth: float) -> np.ndarray:
     """Radii (nm) up to ``max_nm``: one voxel steps for ``n_linear`` voxels, then steps of ``growth``."""
     v = float(min(spacing_nm))
     r = [v * k for k in range(1, n_linear + 1)]

@@ -34,6 +34,7 @@ class Task:
     name: str = ""
     result: Any = field(default=None, repr=False)
     refused: str | None = None  # why it did not run (its memory estimate exceeds the budget)
+    optional: bool = False  # its step is combined without it (else a refused task refuses the whole step)
     wall_s: float = 0.0
     cpu_s: float = 0.0
 
@@ -64,7 +65,7 @@ def run_tasks(tasks: list[Task], *, workers: int, memory_gb: float) -> dict:
     budget = float(memory_gb) * 2**30
     for t in tasks:
         if t.mem > budget:
-            t.refused = f"needs ~{t.mem / 2**30:.1f} GB > parallel.memory_gb={float(memory_gb):g}"
+            t.refused = f"needs ~{t.mem / 2**30:.3g} GB > parallel.memory_gb={float(memory_gb):g}"
             log.warning("characterise: %s not run: %s", t.name or t.step, t.refused)
     tasks = [t for t in tasks if t.refused is None]
     use = min(int(workers), len(tasks))

@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
 from seglearn.characterise.intervals_report import band, bounds_text, interval_plot, particle_title
-
-
-def _fig_png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+from seglearn.characterise.render import fig_png
 
 
 def make_plots(rep: dict, tables: dict, arrays: dict) -> dict[str, bytes]:
@@ -56,7 +45,7 @@ def _plot_depth(rep, tables, arrays) -> dict:
     ax.set_ylabel("volume fraction")
     ax.set_title("Volume fraction per depth region")
     ax.legend(fontsize=8)
-    return {"fractions_by_depth.png": _fig_png(fig)}
+    return {"fractions_by_depth.png": fig_png(fig)}
 
 
 def _plot_sizes(rep, tables, arrays) -> dict:
@@ -76,7 +65,7 @@ def _plot_sizes(rep, tables, arrays) -> dict:
     ax.set_ylabel("volume fraction with local thickness ≥ d")
     ax.set_title("Continuous size distribution (granulometry)")
     ax.legend(fontsize=8)
-    out["size_distribution.png"] = _fig_png(fig)
+    out["size_distribution.png"] = fig_png(fig)
     if any(p["intruded"] is not None for p in sd["phases"].values()):
         fig, ax = _axes()
         for name, p in sd["phases"].items():
@@ -92,7 +81,7 @@ def _plot_sizes(rep, tables, arrays) -> dict:
         ax.set_ylabel("fraction of the phase filled")
         ax.set_title(f"Intrusion from {sd['inlet']} (solid) vs opening (dotted)")
         ax.legend(fontsize=8)
-        out["intrusion.png"] = _fig_png(fig)
+        out["intrusion.png"] = fig_png(fig)
     return out
 
 
@@ -110,7 +99,7 @@ def _plot_geodesic(rep, tables, arrays) -> dict:
     ax.set_ylabel("density")
     ax.set_title(f"Geodesic tortuosity of {geo['phase']} from {geo['face']}")
     ax.legend(fontsize=8)
-    return {"geodesic_tortuosity.png": _fig_png(fig)}
+    return {"geodesic_tortuosity.png": fig_png(fig)}
 
 
 def _plot_local_fraction(rep, tables, arrays) -> dict:
@@ -126,7 +115,7 @@ def _plot_local_fraction(rep, tables, arrays) -> dict:
     ax.set_ylabel("solid volume fraction")
     ax.set_title("Local solid fraction vs distance to the boundary")
     ax.legend(fontsize=8)
-    return {"local_fraction.png": _fig_png(fig)}
+    return {"local_fraction.png": fig_png(fig)}
 
 
 def _plot_sections(rep, tables, arrays) -> dict:
@@ -146,7 +135,7 @@ def _plot_sections(rep, tables, arrays) -> dict:
         ax.set_xlabel("slice")
     axes[0].set_ylabel("volume fraction")
     axes[0].legend(fontsize=7)
-    return {"sections.png": _fig_png(fig)}
+    return {"sections.png": fig_png(fig)}
 
 
 def _plot_rve(rep, tables, arrays) -> dict:
@@ -164,7 +153,7 @@ def _plot_rve(rep, tables, arrays) -> dict:
     ax.set_ylabel("std of the fraction")
     ax.set_title("Representative volume: spread vs sub-volume size")
     ax.legend(fontsize=8)
-    return {"representative_volume.png": _fig_png(fig)}
+    return {"representative_volume.png": fig_png(fig)}
 
 
 def _plot_particles(rep, tables, arrays) -> dict:
@@ -179,4 +168,4 @@ def _plot_particles(rep, tables, arrays) -> dict:
     axes[1].set_xlabel("aspect ratio (major / minor)")
     if particle_title(rep):
         fig.suptitle(particle_title(rep), fontsize=9)
-    return {"particles.png": _fig_png(fig)}
+    return {"particles.png": fig_png(fig)}

@@ -16,6 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from seglearn.characterise.intervals_report import interval_html
+from seglearn.characterise.plots import make_plots
+from seglearn.characterise.render import fmt, table
 from seglearn.errors import OutputExistsError
 from seglearn.io.atomic import atomic_path, check_writable
 
@@ -81,8 +84,6 @@ def write_report(out_dir, rep: dict, tables: dict[str, list[dict]], arrays: dict
             written.append(f"{name}.csv")
     images: dict[str, bytes] = {}
     if plots:
-        from seglearn.characterise.plots import make_plots
-
         images = make_plots(rep, tables, arrays or {})
         for name, png in images.items():
             with atomic_path(out / name, overwrite=overwrite) as tmp:
@@ -100,28 +101,6 @@ def write_report(out_dir, rep: dict, tables: dict[str, list[dict]], arrays: dict
 
 
 # ------------------------------------------------------------------------------------------ html
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return "–"
-        return f"{v:.4g}"
-    return html.escape(str(v))
-
-
-def _table(rows: list[dict], cols: list[str] | None = None, limit: int = 60) -> str:
-    if not rows:
-        return "<p>–</p>"
-    cols = cols or list(rows[0])
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows[:limit])
-    more = f"<p class=note>{len(rows) - limit} more rows in the CSV.</p>" if len(rows) > limit else ""
-    return f"<table><tr>{head}</tr>{body}</table>{more}"
-
 
 def render_html(rep: dict, tables: dict, images: dict[str, bytes]) -> str:
     """One HTML page with every table and the plots embedded as base64 PNG."""
@@ -146,49 +125,47 @@ def render_html(rep: dict, tables: dict, images: dict[str, bytes]) -> str:
     ]
     for title, key, cols, extra in sections:
         if tables.get(key):
-            parts.append(f"<h2>{title}</h2>{_table(tables[key], cols)}{extra}")
+            parts.append(f"<h2>{title}</h2>{table(tables[key], cols)}{extra}")
     cov = rep.get("cbd_coverage_of_am")
     if cov:
         parts.append("<h2>Carbon-binder coverage of the active material</h2><p>Fraction of the active-material "
-                     "surface touching carbon-binder: " + ", ".join(f"{k} {_fmt(v)}" for k, v in cov.items()) + "</p>")
+                     "surface touching carbon-binder: " + ", ".join(f"{k} {fmt(v)}" for k, v in cov.items()) + "</p>")
     sd = rep.get("size_distribution")
     if sd and sd["phases"]:
         rows = [{"phase": n, **{k: v for k, v in p.items() if not isinstance(v, list)}} for n, p in sd["phases"].items()]
-        parts.append(f"<h2>Size distributions and constrictivity</h2>{_table(rows)}"
+        parts.append(f"<h2>Size distributions and constrictivity</h2>{table(rows)}"
                      f"{img('size_distribution.png', 'size distribution')}{img('intrusion.png', 'intrusion')}")
     geo = rep.get("geodesic_tortuosity")
     if geo and geo["results"]:
         rows = [{k: v for k, v in r.items() if k != "percentiles"} for r in geo["results"]]
-        parts.append(f"<h2>Geodesic tortuosity ({html.escape(geo['phase'])} from {geo['face']})</h2>{_table(rows)}"
+        parts.append(f"<h2>Geodesic tortuosity ({html.escape(geo['phase'])} from {geo['face']})</h2>{table(rows)}"
                      f"{img('geodesic_tortuosity.png', 'geodesic tortuosity')}")
     ip = rep.get("inner_pores")
     if ip:
         parts.append(f"<h2>Inner pores (rolling ball r = {ip['radius_um']:g} µm)</h2>"
-                     f"{_table([{k: v for k, v in ip.items() if k != 'solid'}])}{img('local_fraction.png', 'local fraction')}")
+                     f"{table([{k: v for k, v in ip.items() if k != 'solid'}])}{img('local_fraction.png', 'local fraction')}")
     sec = rep.get("sections")
     if sec:
         rows = [{"estimate": "3D", **sec["volume"]}]
         rows += [{"estimate": f"{p} mean", **sec["mean"][p]} for p in sec["mean"]]
         rows += [{"estimate": f"{p} std", **sec["std"][p]} for p in sec["std"]]
-        parts.append(f"<h2>2D sections vs 3D</h2>{_table(rows)}{img('sections.png', 'sections')}")
+        parts.append(f"<h2>2D sections vs 3D</h2>{table(rows)}{img('sections.png', 'sections')}")
     if tables.get("representative_volume"):
         rv = rep["representative_volume"]
         parts.append(f"<h2>Representative volume</h2><p>Smallest cube edge (voxels) with std ≤ {rv['tolerance']:g}: "
-                     + ", ".join(f"{c} {_fmt(v)}" for c, v in rv["rve_edge_voxels"].items()) + "</p>"
-                     + _table(tables["representative_volume"]) + img("representative_volume.png", "rve"))
+                     + ", ".join(f"{c} {fmt(v)}" for c, v in rv["rve_edge_voxels"].items()) + "</p>"
+                     + table(tables["representative_volume"]) + img("representative_volume.png", "rve"))
     if rep.get("particles"):
         p = rep["particles"]
         parts.append(f"<h2>Particles ({p['count']}, from {p['source']})</h2>"
-                     + _table([{"quantity": k, **(v or {})} for k, v in p.items() if isinstance(v, dict) or v is None])
+                     + table([{"quantity": k, **(v or {})} for k, v in p.items() if isinstance(v, dict) or v is None])
                      + img("particles.png", "particles"))
     if rep.get("intervals"):
-        from seglearn.characterise.intervals_report import interval_html
-
         parts.append(interval_html(rep, tables, img))
     if rep.get("not_run"):
         parts.append("<h2>Steps not run (memory budget)</h2>"
-                     + _table([{"step": k, "why": v} for k, v in rep["not_run"].items()]))
-    parts.append("<h2>Timings (s)</h2>" + _table([rep.get("timings_s", {})]))
+                     + table([{"step": k, "why": v} for k, v in rep["not_run"].items()]))
+    parts.append("<h2>Timings (s)</h2>" + table([rep.get("timings_s", {})]))
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}"
              "th{background:#eee}img{max-width:100%;display:block;margin:.5em 0}.note{color:#666;font-size:12px}")

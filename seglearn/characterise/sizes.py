@@ -39,8 +39,8 @@ def _r50(radii: np.ndarray, covered: np.ndarray) -> float | None:
     return float(r0 + (c0 - 0.5) / max(c0 - c1, 1e-12) * (r1 - r0))
 
 
-def size_distribution(mask: np.ndarray, spacing_nm=(1.0, 1.0, 1.0), *, radii_nm=None, n_linear: int = 6,
-                      growth: float = 1.2, max_radius_nm: float | None = None,
+def size_distribution(mask: np.ndarray, spacing_nm=(1.0, 1.0, 1.0), *, radii_nm=None, n_linear: int | None = None,
+                      growth: float | None = None, max_radius_nm: float | None = None,
                       inlet: np.ndarray | None = None, progress: bool = False) -> dict:
     """Local thickness, granulometry and (with ``inlet``) the intrusion curve of one phase.
 
@@ -50,8 +50,9 @@ def size_distribution(mask: np.ndarray, spacing_nm=(1.0, 1.0, 1.0), *, radii_nm=
         The phase.
     spacing_nm : (z, y, x) floats
     radii_nm : sequence of float, optional
-        Radii to try; default one-voxel steps for ``n_linear`` voxels, then steps of ``growth``,
-        until no ball fits (or ``max_radius_nm``, default half the largest box side).
+        Radii to try; without them (then ``n_linear`` and ``growth`` are needed: ``sizes:`` of
+        configs/characterise.yaml) one-voxel steps for ``n_linear`` voxels, then steps of
+        ``growth``, until no ball fits (or ``max_radius_nm``, default half the largest box side).
     inlet : (Z, Y, X) bool ndarray, optional
         Where intruding spheres come from (e.g. :func:`~seglearn.characterise.morph.face_mask`).
     progress : bool
@@ -72,6 +73,8 @@ def size_distribution(mask: np.ndarray, spacing_nm=(1.0, 1.0, 1.0), *, radii_nm=
         return {"radius_nm": np.zeros(0), "opened": np.zeros(0), "intruded": None, "local_thickness_nm": lt,
                 "r50_opening_nm": None, "r50_intrusion_nm": None, "constrictivity": None,
                 "mean_diameter_nm": None}
+    if radii_nm is None and (n_linear is None or growth is None):
+        raise ValueError("size_distribution: give radii_nm, or n_linear and growth")
     top = max_radius_nm or 0.5 * max(n * s for n, s in zip(mask.shape, spacing))
     radii = (np.sort(np.asarray(radii_nm, float)) if radii_nm is not None
              else radii_grid(top, spacing, n_linear=n_linear, growth=growth))

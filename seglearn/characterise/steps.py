@@ -1,85 +1,29 @@
-"""The steps of :func:`~seglearn.characterise.characterise`, each cut into tasks for :mod:`.parallel`.
+"""The volume steps of :func:`~seglearn.characterise.characterise` (fractions, depth, interfaces,
+sections, RVE, particles), each cut into tasks for :mod:`.parallel`; the pore-space steps are in
+:mod:`.steps_pores`.
 
-``plan(step, ctx)`` returns the step's tasks and a ``combine(results)`` that writes their results
-into the report (``ctx.rep``, ``ctx.tables``, ``ctx.arrays``). Tasks read the label volume from
-``ctx`` and return small picklable results, so they can run in forked worker processes. Each task
-carries a rough memory estimate in bytes (what :func:`.parallel.run_tasks` budgets) and a relative
-cost (what it orders by).
+Each ``_<step>(ctx)`` returns its plan (:data:`.context.Plan`): the tasks and a ``combine(results)``
+that writes their results into the report (``ctx.rep``, ``ctx.tables``, ``ctx.arrays``). Tasks read
+the label volume from ``ctx`` and return small picklable results, so they can run in forked worker
+processes. Each task carries a rough memory estimate in bytes (what :func:`.parallel.run_tasks`
+budgets) and a relative cost (what it orders by).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
+from scipy import ndimage as ndi
 
+import seglearn.characterise.fractions as fr
+from seglearn.characterise.context import Ctx, Plan, finite
+from seglearn.characterise.interfaces import face_area_matrix, mesh_phase_areas, pair_areas
 from seglearn.characterise.parallel import Task
+from seglearn.characterise.particles import particle_table
 
 log = logging.getLogger("seglearn")
-
-
-@dataclass
-class Ctx:
-    """What every step reads: the label volume, its classes and voxel size, the options."""
-
-    lab: np.ndarray  # (Z, Y, X) ids 1..K, 0 = outside
-    classes: list
-    values: list
-    spacing: tuple
-    roles: dict
-    opts: dict
-    instances: np.ndarray | None = None
-    counts: np.ndarray = field(default=None)  # voxels of ids 0..K
-    rep: dict = field(default_factory=dict)
-    tables: dict = field(default_factory=dict)
-    arrays: dict = field(default_factory=dict)
-
-    @property
-    def k(self) -> int:
-        return len(self.classes)
-
-    @property
-    def vox_um3(self) -> float:
-        return float(np.prod(self.spacing)) / 1e9
-
-    @property
-    def volume_um3(self) -> float:
-        return float(self.counts[1:].sum()) * self.vox_um3
-
-    @property
-    def all_ids(self) -> list:
-        return list(range(1, self.k + 1))
-
-
-def phase_ids(choice, classes: Sequence[str], default: Sequence[int]) -> list[int]:
-    """Class ids of an option naming phases (``None``: ``default``)."""
-    from seglearn.characterise.labels import class_id
-
-    if choice is None:
-        return list(default)
-    if isinstance(choice, (str, int)):
-        choice = [choice]
-    return [class_id(classes, c) for c in choice]
-
-
-def finite(x):
-    """``float(x)``, or ``None`` for ``None``, NaN and infinity."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if np.isfinite(x) else None
-
-
-Plan = tuple[list[Task], Callable[[list], None]]
-
-
-def plan(step: str, ctx: Ctx) -> Plan:
-    """Tasks and combiner of one step."""
-    from seglearn.characterise import steps_pores
-
-    return {**_PLANS, **steps_pores.PLANS}[step](ctx)
 
 
 # ------------------------------------------------------------------------------ fractions, depth
@@ -98,9 +42,6 @@ def _fractions(ctx: Ctx) -> Plan:
 
 
 def _depth_rows(ctx: Ctx) -> dict:
-    from seglearn.characterise import fractions as fr
-    from seglearn.characterise.interfaces import face_area_matrix
-
     o, k, classes = ctx.opts["depth"], ctx.k, ctx.classes
     axi = fr._axis(o["axis"])
     reg = fr.fractions_by_region(ctx.lab, k, n_regions=o["n_regions"], axis=o["axis"], spacing_nm=ctx.spacing[axi])
@@ -125,30 +66,27 @@ def _depth(ctx: Ctx) -> Plan:
         ctx.tables["fractions_by_depth"] = res[0]["regions"]
         ctx.rep["fractions_by_depth"] = res[0]
 
-    return [Task("depth", lambda: _depth_rows(ctx), cost=1.0 * ctx.lab.size, mem=3.0 * 2**24)], combine
+    n = ctx.lab.size
+    return [Task("depth", lambda: _depth_rows(ctx), cost=1.0 * n, mem=3.0 * min(n, 2**24))], combine
 
 
 # ------------------------------------------------------------------------------------ interfaces
 
 def _interfaces(ctx: Ctx) -> Plan:
-    from seglearn.characterise.interfaces import face_area_matrix, mesh_phase_areas
-
     lab, k, sp, n = ctx.lab, ctx.k, ctx.spacing, ctx.lab.size
-    tasks = [Task("interfaces", lambda: face_area_matrix(lab, k, sp) / 1e6, cost=1.0 * n, mem=3.0 * 2**24)]
+    tasks = [Task("interfaces", lambda: face_area_matrix(lab, k, sp) / 1e6, cost=1.0 * n, mem=3.0 * min(n, 2**24))]
     mesh = bool(ctx.opts["interfaces"]["mesh"])
     if mesh:
         sigma = ctx.opts["interfaces"]["sigma"]
         for p in range(1, k + 1):
             tasks.append(Task("interfaces", (lambda p=p: mesh_phase_areas(lab, p, k, sp, sigma=sigma)),
-                              cost=3.0 * n, mem=16.0 * n, name=f"mesh {ctx.classes[p - 1]}"))
+                              cost=3.0 * n, mem=16.0 * n, name=f"interfaces mesh {ctx.classes[p - 1]}", optional=True))
 
-    def combine(res):
-        faces = res[0]
+    def combine(res):  # meshes refused by the memory budget: face counts only (not_run says why)
+        faces, meshes = res[0], res[1:]
         m = None
-        if mesh:
-            from seglearn.characterise.interfaces import pair_areas
-
-            m = pair_areas(np.stack([r[0] for r in res[1:]])) / 1e6
+        if meshes and not any(isinstance(r, dict) and "not_run" in r for r in meshes):
+            m = pair_areas(np.stack([r[0] for r in meshes])) / 1e6
         _interface_tables(ctx, faces, m)
 
     return tasks, combine
@@ -188,7 +126,6 @@ def _interface_tables(ctx: Ctx, faces: np.ndarray, mesh: np.ndarray | None) -> N
 # ------------------------------------------------------------------------- sections, RVE, particles
 
 def _sections(ctx: Ctx) -> Plan:
-    from seglearn.characterise import fractions as fr
 
     def combine(res):
         sec, classes = res[0], ctx.classes
@@ -205,7 +142,6 @@ def _sections(ctx: Ctx) -> Plan:
 
 
 def _rve(ctx: Ctx) -> Plan:
-    from seglearn.characterise import fractions as fr
 
     o = ctx.opts["rve"]
 
@@ -230,12 +166,8 @@ def _rve(ctx: Ctx) -> Plan:
 
 
 def _particle_result(ctx: Ctx) -> dict | None:
-    from seglearn.characterise.particles import particle_table
-
     o, instances, source = ctx.opts["particles"], ctx.instances, "instances"
     if instances is None and o["from_components"] and ctx.roles.get("active"):
-        from scipy import ndimage as ndi
-
         source = "connected components of " + ctx.classes[ctx.roles["active"] - 1]
         instances, _ = ndi.label(ctx.lab == ctx.roles["active"])
     if instances is None:
@@ -266,6 +198,6 @@ def _particles(ctx: Ctx) -> Plan:
                  mem=8.0 * ctx.lab.size * some)], combine
 
 
-_PLANS: dict[str, Callable[[Ctx], Plan]] = {
+PLANS: dict[str, Callable[[Ctx], Plan]] = {
     "fractions": _fractions, "depth": _depth, "interfaces": _interfaces, "sections": _sections, "rve": _rve,
     "particles": _particles}

@@ -1,5 +1,5 @@
 """The pore-space steps of :func:`~seglearn.characterise.characterise` as tasks: sizes, tortuosity,
-geodesic tortuosity, inner pores (see :mod:`seglearn.characterise.steps`).
+geodesic tortuosity, inner pores (plans as in :mod:`seglearn.characterise.steps`).
 """
 
 from __future__ import annotations
@@ -8,8 +8,13 @@ import logging
 
 import numpy as np
 
+from seglearn.characterise.context import Ctx, Plan, finite, phase_ids
+from seglearn.characterise.geodesic import sampled_geodesic
+from seglearn.characterise.inner import fraction_vs_boundary_distance, inner_pores
+from seglearn.characterise.labels import class_id
 from seglearn.characterise.parallel import Task
-from seglearn.characterise.steps import Ctx, Plan, finite, phase_ids
+from seglearn.characterise.sizes import sampled_size_distribution
+from seglearn.characterise.tortuosity import BYTES_PER_UNKNOWN, choose_solver, tortuosity_factor
 
 log = logging.getLogger("seglearn")
 
@@ -21,8 +26,6 @@ def _um(x):
 # ----------------------------------------------------------------------------------------- sizes
 
 def _sizes(ctx: Ctx) -> Plan:
-    from seglearn.characterise.sizes import sampled_size_distribution
-
     o = ctx.opts["sizes"]
     pids = phase_ids(o["phases"], ctx.classes, ctx.all_ids)
     n = min(ctx.lab.size, int(o["max_voxels"] or ctx.lab.size))
@@ -73,13 +76,13 @@ def tortuosity_row(phase: str, r: dict) -> dict:
 
 
 def _tortuosity(ctx: Ctx) -> Plan:
-    from seglearn.characterise.tortuosity import BYTES_PER_UNKNOWN, tortuosity_factor
-
     t = ctx.opts["tortuosity"]
     policy = {k: v for k, v in t.items() if k not in ("phases", "directions")}
     jobs = [(pid, d) for pid in phase_ids(t["phases"], ctx.classes, ctx.all_ids) for d in t["directions"]]
 
     def one(pid, d):
+        if ctx.counts[pid] > t["max_phase_voxels"]:  # refused before the phase mask is made (memory)
+            return tortuosity_row(ctx.classes[pid - 1], _not_solved(ctx, pid, d, t))
         r = tortuosity_factor(ctx.lab == pid, d, ctx.spacing, label=ctx.classes[pid - 1], **policy)
         return tortuosity_row(ctx.classes[pid - 1], r)
 
@@ -87,21 +90,39 @@ def _tortuosity(ctx: Ctx) -> Plan:
     for pid, d in jobs:
         nph = float(ctx.counts[pid]) if ctx.counts[pid] <= t["max_phase_voxels"] else 0.0  # else refused at once
         tasks.append(Task("tortuosity", (lambda p=pid, d=d: one(p, d)), cost=20.0 * nph,
-                          mem=BYTES_PER_UNKNOWN * nph + (10.0 if nph else 2.0) * ctx.lab.size, name=f"tortuosity {pid} {d}"))
+                          mem=BYTES_PER_UNKNOWN * nph + (10.0 if nph else 2.0) * ctx.lab.size,
+                          name=f"tortuosity {ctx.classes[pid - 1]} {d}", optional=True))
 
-    def combine(res):
-        ctx.tables["tortuosity"] = list(res)
-        ctx.rep["tortuosity"] = list(res)
+    def combine(res):  # a solve refused by the memory budget keeps its row, with no tau
+        rows = [_not_run_row(ctx, pid, d, r["not_run"]) if "not_run" in r else r for (pid, d), r in zip(jobs, res)]
+        ctx.tables["tortuosity"] = rows
+        ctx.rep["tortuosity"] = rows
 
     return tasks, combine
+
+
+def _not_solved(ctx: Ctx, pid: int, direction: str, t: dict) -> dict:
+    """What :func:`.tortuosity.tortuosity_factor` returns for a phase over ``max_phase_voxels``."""
+    n = int(ctx.counts[pid])
+    why = f"max_phase_voxels={int(t['max_phase_voxels'])} exceeded ({n} voxels)"
+    log.warning("tortuosity %s %s: not solved, %s", ctx.classes[pid - 1], direction, why)
+    return {"direction": direction, "volume_fraction": n / ctx.lab.size,
+            "solver": choose_solver(t["solver"], t["device"]),
+            "tau": None, "tau_unconverged": None, "d_eff": None, "converged": False, "stopped_by": why,
+            "flux_spread": 0.0, "iterations": 0, "seconds": 0.0}
+
+
+def _not_run_row(ctx: Ctx, pid: int, direction: str, why: str) -> dict:
+    """The tortuosity row of a solve the memory budget refused: no tau, the status says why."""
+    return {"phase": ctx.classes[pid - 1], "direction": direction, "tau": None, "status": f"not run: {why}",
+            "percolating": None, "volume_fraction": float(ctx.counts[pid]) / max(int(ctx.counts[1:].sum()), 1),
+            "relative_diffusivity": None, "solver": None, "iterations": 0, "flux_spread": None, "converged": False,
+            "seconds": 0.0}
 
 
 # -------------------------------------------------------------------------------------- geodesic
 
 def _geodesic(ctx: Ctx) -> Plan:
-    from seglearn.characterise.geodesic import sampled_geodesic
-    from seglearn.characterise.labels import class_id
-
     o = ctx.opts["geodesic"]
     pid = class_id(ctx.classes, o["phase"]) if o["phase"] is not None else ctx.roles.get("pore")
     if not pid:
@@ -121,8 +142,8 @@ def _geodesic(ctx: Ctx) -> Plan:
     n = min(ctx.lab.size, int(o["max_voxels"] or ctx.lab.size))
 
     def one(d):
-        return sampled_geodesic(ctx.lab == pid, face, d, ctx.spacing, max_starts=o["max_values"],
-                                max_voxels=o["max_voxels"])
+        return sampled_geodesic(ctx.lab, face, d, ctx.spacing, max_starts=o["max_values"], max_voxels=o["max_voxels"],
+                                phase=pid)
 
     tasks = [Task("geodesic", (lambda d=d: one(d)), cost=2.0 * n * d / extent, mem=40.0 * n * d / extent)
              for d in ds]
@@ -146,8 +167,6 @@ def _geodesic(ctx: Ctx) -> Plan:
 # ----------------------------------------------------------------------------------- inner pores
 
 def _inner_result(ctx: Ctx, solid_ids: list) -> dict:
-    from seglearn.characterise.inner import fraction_vs_boundary_distance, inner_pores
-
     o, lab = ctx.opts["inner_pores"], ctx.lab
     solid = np.isin(lab, solid_ids)
     r_nm = float(o["radius_um"]) * 1e3

@@ -17,6 +17,7 @@ from scipy import ndimage as ndi
 
 from seglearn.ct.phantom import AM, NON_AM
 from seglearn.errors import InputError
+from seglearn.paths import load_config
 from seglearn.synth.fields import smooth_noise
 
 THRESHOLD_RULES = ("otsu", "minimum", "li", "isodata", "mean", "eye")
@@ -82,15 +83,8 @@ class Annotator:
         return asdict(self)
 
 
-#: Three users with distinct, plausible habits (seed 003 had three).
-DEFAULT_USERS = (
-    Annotator("A", boundary_bias=0.0, edge_errors=0.05, margin=2.0, stroke_px=3.0, am_share=None,
-              threshold_rule="otsu", threshold_offset=0.0, gws_window=12.0, cws_window=40.0),
-    Annotator("B", boundary_bias=0.5, edge_errors=0.15, margin=0.5, stroke_px=5.0, am_share=0.6,
-              threshold_rule="minimum", threshold_offset=4.0, gws_window=8.0, cws_window=50.0),
-    Annotator("C", boundary_bias=-0.5, edge_errors=0.10, margin=1.0, stroke_px=2.0, am_share=0.4,
-              threshold_rule="li", threshold_offset=-4.0, gws_window=16.0, cws_window=30.0),
-)
+#: Three users with distinct, plausible habits (seed 003 had three): ``configs/ct_users.yaml``.
+DEFAULT_USERS = tuple(Annotator(**u) for u in load_config("ct_users.yaml")["users"])
 
 
 def make_users(n: int = 3, seed: int = 0, users: Sequence[Mapping[str, Any]] | None = None) -> list[Annotator]:

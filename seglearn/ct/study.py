@@ -151,7 +151,7 @@ def real_ct_check(p: dict, users, seed: int) -> dict | None:
     """Users on the real CT slice of a cylindrical cell, scored against its mask (binary IoU)."""
     rc = p["real_ct"]
     img_p, mask_p = _resolve(rc.get("image")), _resolve(rc.get("mask"))
-    if not rc.get("enabled", True):
+    if not rc["enabled"]:
         return None
     if img_p is None or mask_p is None or not img_p.exists() or not mask_p.exists():
         log.warning("real CT check skipped: %s or %s not found", rc.get("image"), rc.get("mask"))
@@ -172,7 +172,7 @@ def real_ct_check(p: dict, users, seed: int) -> dict | None:
                     "iou": float(np.logical_and(a, t).sum() / max(np.logical_or(a, t).sum(), 1)),
                     "fraction": float(a.mean())})
 
-    segs = _run_volume(image, truth, users, q, rc.get("coverages", [10, 25]), seed, record)
+    segs = _run_volume(image, truth, users, q, rc["coverages"], seed, record)
     methods = {}
     for m, ss in segs.items():
         s = _summarise(ss, truth, float((truth == AM).mean()))

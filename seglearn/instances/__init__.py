@@ -4,5 +4,6 @@ distance-transform watershed baseline, instance metrics and per-particle feature
 
 Modules: ``model`` (network), ``targets`` (stardist targets, views, normalisation), ``loss``,
 ``postprocess`` (NMS, thresholds), ``tiling``, ``volume`` (per-view prediction), ``fusion``,
-``linking``, ``watershed``, ``metrics``, ``features``, ``train`` / ``predict`` (entry points).
+``linking``, ``watershed``, ``metrics``, ``features``, ``anisotropy`` (isotropic resampling), ``tune``
+(fusion settings tuned on a held-out volume), ``train`` / ``predict`` (entry points).
 """

@@ -325,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from seglearn.cli import report_errors, setup_logging
+    from seglearn.log import report_errors, setup_logging
 
     setup_logging()
     report_errors(main)()

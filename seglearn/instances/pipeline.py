@@ -71,6 +71,16 @@ def prepare_images(images: np.ndarray, meta: Mapping, where: str = "input") -> n
     return normalise(images, norm["lo"], norm["hi"])
 
 
+def model_grid(images: np.ndarray, params: Mapping, voxel_size_nm=None) -> np.ndarray:
+    """``images`` ``(C, Z, Y, X)`` on the grid the network sees: resampled to the x voxel size when
+    ``params["isotropic"]`` (a checkpoint trained so, issue 29) and the voxel size is known, else as they are
+    (checkpoints from before issue 29 have no ``isotropic``: they were trained on the voxels as they are)."""
+    from seglearn.instances.anisotropy import iso_factors, to_isotropic
+
+    factors = iso_factors(voxel_size_nm) if params.get("isotropic") and images.shape[1] > 1 else (1.0, 1.0, 1.0)
+    return to_isotropic(images, factors)
+
+
 def view_outputs(net, images: np.ndarray, *, prob_thresh: float, nms_thresh: float, params: Mapping | None = None,
                  views=("xy", "xz", "yz"), voxel_size_nm=None, progress: bool = True,
                  back: bool = True) -> tuple[list, list]:
@@ -96,7 +106,7 @@ def view_outputs(net, images: np.ndarray, *, prob_thresh: float, nms_thresh: flo
     labels : list of (Z, Y, X) int32
         2D ids per slice of the view.
     """
-    from seglearn.instances.anisotropy import from_isotropic, iso_factors, to_isotropic
+    from seglearn.instances.anisotropy import from_isotropic
     from seglearn.instances.volume import predict_view
     from seglearn.precision import resolve_bf16
 
@@ -104,9 +114,7 @@ def view_outputs(net, images: np.ndarray, *, prob_thresh: float, nms_thresh: flo
     kw = dict(prob_thresh=prob_thresh, nms_thresh=nms_thresh, tile=tuple(params.get("tile", (256, 256))),
               context=int(params.get("context", 64)), batch_size=int(params.get("batch_size", 8)), progress=progress,
               bf16=resolve_bf16(params.get("bf16", "auto"), next(net.parameters()).device))
-    # checkpoints from before issue 29 have no "isotropic": they were trained on the voxels as they are
-    factors = iso_factors(voxel_size_nm) if params.get("isotropic") and images.shape[1] > 1 else (1.0, 1.0, 1.0)
-    x = to_isotropic(images, factors)
+    x = model_grid(images, params, voxel_size_nm)
     probs, labels = [], []
     for view in views:
         p, lbl = predict_view(net, x, view, **kw)

@@ -111,6 +111,90 @@ def write_instance_preview(path: Path, images: np.ndarray, labels: np.ndarray, *
     plt.close(fig)
 
 
+NAMES = ("instances.tif", "particles.csv", "contacts.csv", "preview.png")
+
+
+def _output_folder(cfg, inp) -> tuple[Path, bool]:
+    """The output folder and whether it may be replaced (default ``outputs/<input name>_particles``,
+    replaced by a later run); every output file checked writable."""
+    from seglearn.io import check_writable
+
+    output = _get(cfg, "output")
+    overwrite = bool(_get(cfg, "overwrite", False))
+    if output is None:
+        name = Path(str(inp if isinstance(inp, str) else list(inp)[0])).stem
+        output, overwrite = f"outputs/{name}_particles", True
+    out = Path(str(output))
+    for name in NAMES:
+        check_writable(out / name, overwrite=overwrite)
+    return out, overwrite
+
+
+def _settings(cfg, meta: dict) -> tuple[dict, float, float]:
+    """Prediction settings: ``configs/model/stardist.yaml`` ``predict`` <- the checkpoint's <- the command's
+    ``instances.*``, ``tile``, ``batch_size``, ``bf16``; and the probability / NMS thresholds."""
+    from seglearn.instances.pipeline import predict_settings
+
+    over = _get(cfg, "instances", {})
+    opts = {k: _plain(_get(over, k)) for k in ("method", "fusion", "linking")}
+    params = predict_settings(meta.get("predict"), opts)
+    tile = _get(cfg, "tile")
+    if tile is not None:
+        params["tile"] = [int(t) for t in list(tile)[-2:]]
+    if _get(cfg, "batch_size") is not None:
+        params["batch_size"] = int(_get(cfg, "batch_size"))
+    if _get(cfg, "bf16") is not None:  # bf16=false: the network in float32 (null: the checkpoint's, auto)
+        params["bf16"] = _get(cfg, "bf16")
+    thr = meta["thresholds"]
+    return params, float(_get(over, "prob_thresh", thr["prob"])), float(_get(over, "nms_thresh", thr["nms"]))
+
+
+def _stack_ids(labels: np.ndarray) -> np.ndarray:
+    """Per-slice 2D ids made unique over the stack, so the file means the same as a 3D result."""
+    offs = np.cumsum([0] + [int(s.max()) for s in labels[:-1]])
+    labels = np.where(labels > 0, labels.astype(np.int64) + offs[:, None, None], 0)
+    n = int(labels.max()) if labels.size else 0
+    return labels.astype(np.uint32 if n < 2**32 else np.uint64)
+
+
+def _write_outputs(dst: Path, labels: np.ndarray, images: np.ndarray, *, voxel, detectors, overwrite: bool,
+                   cfg, method: str) -> int:
+    """``instances.tif``, ``particles.csv``, ``contacts.csv`` and ``preview.png`` into ``dst``; the particle count."""
+    from seglearn.instances.features import contact_pairs, particle_features, write_features
+    from seglearn.io import write_volume
+    from seglearn.io.atomic import atomic_path
+
+    write_volume(dst / "instances.tif", labels, voxel_size_nm=voxel, overwrite=overwrite, compression="zlib")
+    table = particle_features(labels, images, voxel_size_nm=voxel or (1.0, 1.0, 1.0), detectors=detectors,
+                              progress=bool(_get(cfg, "progress", True)))
+    write_features(dst / "particles.csv", table, overwrite=overwrite)
+    pairs = contact_pairs(labels)
+    with atomic_path(dst / "contacts.csv", overwrite=overwrite) as tmp:
+        tmp.write_text("id_a,id_b\n" + "".join(f"{a},{b}\n" for a, b in pairs))
+    if bool(_get(cfg, "preview", True)):
+        write_instance_preview(dst / "preview.png", images, labels, overwrite=overwrite,
+                               title=f"{len(table)} particles ({method})")
+    return int(len(table))
+
+
+def _write_scores(dst: Path, truth: np.ndarray, labels: np.ndarray, method: str) -> dict:
+    """Instance matching against the dataset's true instances (2D per slice for ``2d``), into ``scores.json``."""
+    from seglearn.instances.metrics import instance_scores, instance_scores_2d
+    from seglearn.io.atomic import atomic_path
+
+    if method == "2d":
+        from skimage.measure import label as cc
+
+        scores = {"2d": instance_scores_2d(np.stack([cc(s) for s in truth]), np.stack([cc(s) for s in labels]))}
+    else:
+        scores = {"3d": instance_scores(truth, labels)}
+    with atomic_path(dst / "scores.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(scores, indent=2))
+    key = next(iter(scores))
+    log.info("particles: F1 at IoU 0.5 against the dataset's instances (%s): %.3f", key, scores[key]["0.5"]["f1"])
+    return scores
+
+
 def predict(cfg, ckpt: dict) -> dict:
     """Predict particle instances with a ``stardist`` checkpoint and write them with their features.
 
@@ -131,34 +215,20 @@ def predict(cfg, ckpt: dict) -> dict:
         ``n_particles``, ``method``, ``seconds``, ``outputs`` and ``scores`` (when the input has
         true instances).
     """
-    from seglearn.instances.features import contact_pairs, particle_features, write_features
-    from seglearn.instances.metrics import instance_scores, instance_scores_2d
-    from seglearn.instances.pipeline import load_model, predict_settings, prepare_images, segment_particles
-    from seglearn.io import check_writable, write_volume
-    from seglearn.io.atomic import atomic_path
+    from seglearn.characterise.labels import as_voxel_size
+    from seglearn.instances.pipeline import load_model, prepare_images, segment_particles
+    from seglearn.io.outset import OutputSet
+    from seglearn.io.tiff_write import choose_voxel_size
 
     t0 = time.perf_counter()
     meta = ckpt["meta"]
     inp = _get(cfg, "input")
     if inp is None:
         raise InputError("input: missing; pass input=IMAGE.tif or a dataset folder")
-    output = _get(cfg, "output")
-    overwrite = bool(_get(cfg, "overwrite", False))
-    if output is None:  # default: outputs/<input name>_particles, replaced by a later run
-        name = Path(str(inp if isinstance(inp, str) else list(inp)[0])).stem
-        output, overwrite = f"outputs/{name}_particles", True
-    out = Path(str(output))
-    names = ("instances.tif", "particles.csv", "contacts.csv", "preview.png")
-    for name in names:
-        check_writable(out / name, overwrite=overwrite)
-    from seglearn.io.outset import OutputSet
-
+    out, overwrite = _output_folder(cfg, inp)
     # the folder is claimed (a second run is refused) and published whole at the end (issue 25)
     with OutputSet(out, replace=overwrite, inputs=[*([inp] if isinstance(inp, str) else list(inp))]) as dst:
         images, found, detectors, truth = _read_input(inp, meta)
-        from seglearn.characterise.labels import as_voxel_size
-        from seglearn.io.tiff_write import choose_voxel_size
-
         opt = _get(cfg, "voxel_size_nm")
         opt = None if opt is None else as_voxel_size(opt, source="voxel_size_nm")
         voxel, voxel_source = choose_voxel_size([("voxel_size_nm option", opt), *found,
@@ -173,54 +243,18 @@ def predict(cfg, ckpt: dict) -> dict:
             torch.set_num_threads(int(threads))
         device = str(_get(cfg, "device", "auto"))
         net = load_model(ckpt, device=None if device == "auto" else device)
-        # configs/model/stardist.yaml predict <- the checkpoint's <- instances.fusion.h=0.2, instances.method=...
-        over = _get(cfg, "instances", {})
-        opts = {k: _plain(_get(over, k)) for k in ("method", "fusion", "linking")}
-        params = predict_settings(meta.get("predict"), opts)
-        tile = _get(cfg, "tile")
-        if tile is not None:
-            params["tile"] = [int(t) for t in list(tile)[-2:]]
-        if _get(cfg, "batch_size") is not None:
-            params["batch_size"] = int(_get(cfg, "batch_size"))
-        method = str(params["method"])
-        if _get(cfg, "bf16") is not None:  # bf16=false: the network in float32 (null: the checkpoint's, auto)
-            params["bf16"] = _get(cfg, "bf16")
-        thr = meta["thresholds"]
-        prob_t = float(_get(over, "prob_thresh", thr["prob"]))
-        nms_t = float(_get(over, "nms_thresh", thr["nms"]))
-        labels, info = segment_particles(net, x, method=method, prob_thresh=prob_t, nms_thresh=nms_t, params=params,
-                                         progress=bool(_get(cfg, "progress", True)), voxel_size_nm=voxel)
+        params, prob_t, nms_t = _settings(cfg, meta)
+        labels, info = segment_particles(net, x, method=str(params["method"]), prob_thresh=prob_t, nms_thresh=nms_t,
+                                         params=params, progress=bool(_get(cfg, "progress", True)), voxel_size_nm=voxel)
         if info["method"] == "2d":
-            # ids unique over the stack so the file means the same as a 3D result
-            offs = np.cumsum([0] + [int(s.max()) for s in labels[:-1]])
-            labels = np.where(labels > 0, labels.astype(np.int64) + offs[:, None, None], 0)
-            n = int(labels.max()) if labels.size else 0
-            labels = labels.astype(np.uint32 if n < 2**32 else np.uint64)
-        write_volume(dst / "instances.tif", labels, voxel_size_nm=voxel, overwrite=overwrite, compression="zlib")
-        table = particle_features(labels, images, voxel_size_nm=voxel or (1.0, 1.0, 1.0), detectors=detectors,
-                                  progress=bool(_get(cfg, "progress", True)))
-        write_features(dst / "particles.csv", table, overwrite=overwrite)
-        pairs = contact_pairs(labels)
-        with atomic_path(dst / "contacts.csv", overwrite=overwrite) as tmp:
-            tmp.write_text("id_a,id_b\n" + "".join(f"{a},{b}\n" for a, b in pairs))
-        if bool(_get(cfg, "preview", True)):
-            write_instance_preview(dst / "preview.png", images, labels, overwrite=overwrite,
-                                   title=f"{len(table)} particles ({info['method']})")
-        result = {"n_particles": int(len(table)), "method": info["method"], "prob_thresh": prob_t, "nms_thresh": nms_t,
+            labels = _stack_ids(labels)
+        n = _write_outputs(dst, labels, images, voxel=voxel, detectors=detectors, overwrite=overwrite, cfg=cfg,
+                           method=info["method"])
+        result = {"n_particles": n, "method": info["method"], "prob_thresh": prob_t, "nms_thresh": nms_t,
                   "seconds": {"segment": info["seconds"], "total": time.perf_counter() - t0},
                   "voxel_size_nm": voxel, "voxel_size_source": voxel_source, "intensity": intensity,
-                  "outputs": [str(out / n) for n in names]}
+                  "outputs": [str(out / name) for name in NAMES]}
         if truth is not None and np.any(truth):
-            if info["method"] == "2d":
-                from skimage.measure import label as cc
-
-                scores = {"2d": instance_scores_2d(np.stack([cc(s) for s in truth]), np.stack([cc(s) for s in labels]))}
-            else:
-                scores = {"3d": instance_scores(truth, labels)}
-            result["scores"] = scores
-            with atomic_path(dst / "scores.json", overwrite=True) as tmp:
-                tmp.write_text(json.dumps(scores, indent=2))
-            key = next(iter(scores))
-            log.info("particles: F1 at IoU 0.5 against the dataset's instances (%s): %.3f", key, scores[key]["0.5"]["f1"])
-    log.info("particles: %d (%s) written to %s in %.1f s", len(table), info["method"], out, result["seconds"]["total"])
+            result["scores"] = _write_scores(dst, truth, labels, info["method"])
+    log.info("particles: %d (%s) written to %s in %.1f s", n, info["method"], out, result["seconds"]["total"])
     return result

@@ -4,7 +4,9 @@ Targets come from ``labels/instances.tif``. Training patches are slices of all t
 (xy, xz, yz) of the volume minus a held-out slab of xy slices at the end of z, on which the
 validation loss is tracked and the probability / NMS thresholds are chosen. The best weights (by
 validation loss), the thresholds and everything prediction needs go into ``DIR/best.ckpt``
-(:func:`seglearn.ckpt.save_checkpoint`, kind ``stardist``); figures into ``DIR/metrics.json``.
+(:func:`seglearn.ckpt.save_checkpoint`, kind ``stardist``); figures into ``DIR/metrics.json``. With
+``model.tune_data=DATASET`` (a second labelled volume), the view-fusion settings are then tuned there and
+stored in the checkpoint (:mod:`seglearn.instances.tune`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from seglearn.errors import InputError, OutputExistsError, SeglearnError
 from seglearn.instances.targets import VIEWS, fit_normalisation, normalise, relabel_slice, slice_targets, view_stack
 
 log = logging.getLogger("seglearn")
+
 
 def _params(cfg) -> dict:
     """The ``model`` settings: ``configs/model/stardist.yaml`` (their one home) updated by ``cfg.model``."""
@@ -174,6 +177,133 @@ def _split(images: np.ndarray, instances: np.ndarray, val_fraction: float, divis
     return (images, instances), (images, instances), "the training image (too small to split)"
 
 
+def _load(cfg, p: dict):
+    """Check the command's options (and ``model.tune_data``) and read the training volume.
+
+    Returns
+    -------
+    ds : Dataset
+        With ``instances``.
+    root : str
+    out_dir : Path
+    seed : int
+    """
+    root = _get(cfg, "data.root")
+    if root is None:
+        raise InputError("data.root: missing; pass data.root=DATASET (a folder with labels/instances.tif)")
+    out_dir = Path(str(_get(cfg, "out_dir", "runs/stardist")))
+    seed = int(_get(cfg, "seed", 0))
+    for key in ("ckpt_path", "init"):
+        if _get(cfg, key) is not None:
+            raise InputError(f"{key}={_get(cfg, key)}: resuming / fine-tuning is not supported for model=stardist; train from scratch")
+    ckpt_path = out_dir / "best.ckpt"
+    if ckpt_path.exists() and not bool(_get(cfg, "overwrite", False)):
+        raise OutputExistsError(f"{ckpt_path}: output already exists; pass overwrite=true to replace it")
+    tune = p.get("tune_data")
+    if tune and not (Path(str(tune)) / "dataset.yaml").is_file():
+        raise InputError(f"model.tune_data={tune}: not a dataset folder (no dataset.yaml); expected a labelled volume "
+                         "with labels/instances.tif, not the training one")
+    from seglearn.data import load_dataset
+
+    ds = load_dataset(root, labels=("instances",), require=("instances",))
+    if not np.any(ds.instances):
+        raise InputError(f"{Path(root) / 'labels' / 'instances.tif'}: holds no particle (all 0); label particles first")
+    return ds, root, out_dir, seed
+
+
+def _training_volume(ds, p: dict, seed: int):
+    """Normalised images ``(C, Z, Y, X)`` float32 and instances ``(Z, Y, X)``, resampled to isotropic voxels
+    when ``p["isotropic"]`` (issue 29); the normalisation ``lo`` / ``hi`` and whether it was resampled."""
+    lo, hi = fit_normalisation(ds.images, p["percentiles"], seed=seed)
+    images, instances = normalise(ds.images, lo, hi), ds.instances
+    iso = bool(p["isotropic"]) and ds.shape[0] > 1
+    if iso:  # anisotropic voxels: train on the volume resampled to the x voxel size (issue 29)
+        from seglearn.instances.anisotropy import iso_factors, to_isotropic
+
+        factors = iso_factors(ds.voxel_size_nm)
+        images, instances = to_isotropic(images, factors), to_isotropic(instances, factors, labels=True)
+        log.info("particles: voxels %s nm resampled by %s to %s", list(ds.voxel_size_nm), factors,
+                 "x".join(map(str, instances.shape)))
+    return images, instances, lo, hi, iso
+
+
+def _validation_slices(va_img: np.ndarray, va_lbl: np.ndarray, div, p: dict):
+    """Whole xy validation slices padded to the network divisor.
+
+    Returns
+    -------
+    va_x : (S, C, H', W') float32
+    va_lbl2 : list of (H, W) int
+        Their instances, relabelled per slice.
+    va_data : list of (image, prob target, dist target)
+    """
+    va_lbl2 = [relabel_slice(s) for s in va_lbl]
+    h, w = va_lbl.shape[1:]
+    hp, wp = -(-h // div[0]) * div[0], -(-w // div[1]) * div[1]
+    va_x = np.pad(np.moveaxis(va_img, 1, 0), ((0, 0), (0, 0), (0, hp - h), (0, wp - w)), mode="symmetric")
+    va_t = [slice_targets(np.pad(s, ((0, hp - h), (0, wp - w))), n_rays=p["n_rays"], grid=p["grid"]) for s in va_lbl2]
+    return va_x, va_lbl2, [(x, t[0][None], t[1]) for x, t in zip(va_x, va_t)]
+
+
+def _fit(net, sampler, va_data, p: dict, cfg, out_dir: Path):
+    """Train ``net`` on the Lightning Trainer and load its best weights (by validation loss); the module
+    (history, best loss) and the trainer."""
+    import lightning as L
+
+    from seglearn.instances.lit import StarDistModule
+
+    module = StarDistModule(net, sampler=sampler, val_data=va_data, lr=float(p["lr"]), batch_size=int(p["batch_size"]),
+                            steps_per_epoch=int(p["steps_per_epoch"]), epochs=int(p["epochs"]),
+                            dist_weight=float(p["dist_weight"]), background_reg=float(p["background_reg"]),
+                            max_seconds=60.0 * float(p["max_minutes"]), bf16=p["bf16"],
+                            channels_last=bool(p["channels_last"]))
+    trainer = L.Trainer(max_epochs=int(p["epochs"]), accelerator="auto", devices=1, logger=False,
+                        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        max_time={"minutes": float(p["max_minutes"])}, enable_progress_bar=bool(_get(cfg, "progress", True)),
+                        deterministic=False)
+    trainer.fit(module)
+    steps = int(trainer.global_step)
+    if steps == 0 or not module.history:  # no best weights: the "best" would be the random initialisation
+        why = "ran 0 steps" if steps == 0 else f"ran {steps} steps but validated none"
+        raise SeglearnError(f"{out_dir}: particle training {why}; nothing was saved (check model.epochs, "
+                            f"model.steps_per_epoch, model.max_minutes and labels/instances.tif)")
+    net.load_state_dict(module.best_state)
+    net.eval().cpu()
+    return module, trainer
+
+
+def _thresholds(net, va_x: np.ndarray, va_lbl2, p: dict):
+    """Probability / NMS thresholds chosen on the validation slices, predicted as predict.py will (bf16 or
+    not), and the 2D scores there."""
+    from seglearn.instances.metrics import instance_scores_2d
+    from seglearn.instances.postprocess import instances_2d, optimize_thresholds
+    from seglearn.instances.tiling import predict_tiles
+    from seglearn.precision import resolve_bf16
+
+    h, w = va_lbl2[0].shape
+    hp, wp = va_x.shape[2:]
+    predict_bf16 = resolve_bf16(dict(p.get("predict") or {}).get("bf16", "auto"), "cpu")
+    prob, dist = predict_tiles(net, va_x, tile=(256, 256), context=64, bf16=predict_bf16)
+    thr = optimize_thresholds(list(prob), list(dist), [np.pad(s, ((0, hp - h), (0, wp - w))) for s in va_lbl2],
+                              grid=p["grid"], prob_grid=p["prob_grid"], nms_grid=p["nms_grid"])
+    preds = np.stack([instances_2d(pp, dd, (hp, wp), grid=p["grid"], prob_thresh=thr["prob_thresh"],
+                                   nms_thresh=thr["nms_thresh"])[:h, :w] for pp, dd in zip(prob, dist)])
+    return thr, instance_scores_2d(np.stack(va_lbl2), preds)
+
+
+def _tune(net, meta: dict, p: dict) -> dict | None:
+    """With ``model.tune_data``: the fusion settings tuned there (:mod:`seglearn.instances.tune`) written into
+    ``meta["predict"]["fusion"]`` (and ``meta["tuned"]``); the tuning result, or None."""
+    if not p.get("tune_data"):
+        return None
+    from seglearn.instances.tune import tune_fusion
+
+    res = tune_fusion(net, meta, p["tune_data"], p["fusion_grid"])
+    meta["predict"]["fusion"] = dict(res["fusion"])
+    meta["tuned"] = {k: res[k] for k in ("dataset", "f1_0.75", "f1_0.5", "mean_iou")}
+    return res
+
+
 def train(cfg) -> dict:
     """Train the StarDist-style particle model; returns its metrics.
 
@@ -193,45 +323,18 @@ def train(cfg) -> dict:
     import torch
 
     from seglearn.ckpt import save_checkpoint
-    from seglearn.data import load_dataset
-    from seglearn.instances.lit import StarDistModule
-    from seglearn.instances.metrics import instance_scores_2d
     from seglearn.instances.model import NET_KEYS, build_model
-    from seglearn.instances.postprocess import instances_2d, optimize_thresholds
-    from seglearn.precision import resolve_bf16
-    from seglearn.instances.tiling import predict_tiles
+    from seglearn.io.atomic import atomic_path
 
     t0 = time.perf_counter()
     p = _params(cfg)
-    root = _get(cfg, "data.root")
-    if root is None:
-        raise InputError("data.root: missing; pass data.root=DATASET (a folder with labels/instances.tif)")
-    out_dir = Path(str(_get(cfg, "out_dir", "runs/stardist")))
-    overwrite = bool(_get(cfg, "overwrite", False))
-    seed = int(_get(cfg, "seed", 0))
-    for key in ("ckpt_path", "init"):
-        if _get(cfg, key) is not None:
-            raise InputError(f"{key}={_get(cfg, key)}: resuming / fine-tuning is not supported for model=stardist; train from scratch")
+    ds, root, out_dir, seed = _load(cfg, p)
     ckpt_path = out_dir / "best.ckpt"
-    if ckpt_path.exists() and not overwrite:
-        raise OutputExistsError(f"{ckpt_path}: output already exists; pass overwrite=true to replace it")
-    ds = load_dataset(root, labels=("instances",), require=("instances",))
-    if not np.any(ds.instances):
-        raise InputError(f"{Path(root) / 'labels' / 'instances.tif'}: holds no particle (all 0); label particles first")
     if p.get("threads"):
         # one thread: intra-op threads spin-wait on a loaded machine (18 s vs 2 s a step measured on 2 shared cores)
         torch.set_num_threads(int(p["threads"]))
     L.seed_everything(seed, workers=True, verbose=False)
-    lo, hi = fit_normalisation(ds.images, p["percentiles"], seed=seed)
-    images, instances = normalise(ds.images, lo, hi), ds.instances
-    iso = bool(p["isotropic"]) and ds.shape[0] > 1
-    if iso:  # anisotropic voxels: train on the volume resampled to the x voxel size (issue 29)
-        from seglearn.instances.anisotropy import iso_factors, to_isotropic
-
-        factors = iso_factors(ds.voxel_size_nm)
-        images, instances = to_isotropic(images, factors), to_isotropic(instances, factors, labels=True)
-        log.info("particles: voxels %s nm resampled by %s to %s", list(ds.voxel_size_nm), factors,
-                 "x".join(map(str, instances.shape)))
+    images, instances, lo, hi, iso = _training_volume(ds, p, seed)
     net = build_model(p, in_channels=images.shape[0])
     div = net.divisor
     views = p["views"] if ds.shape[0] > 1 else ["xy"]
@@ -239,41 +342,10 @@ def train(cfg) -> dict:
     log.info("particles: training on %s views of %s, validating on %s", views, "x".join(map(str, tr_lbl.shape)), where)
     sampler = PatchSampler(tr_img, tr_lbl, views=views, patch_size=p["patch_size"], divisor=div, n_rays=p["n_rays"],
                            grid=p["grid"], augment=bool(p["augment"]), seed=seed)
-    # validation: whole xy slices, padded to the divisor
-    va_lbl2 = [relabel_slice(s) for s in va_lbl]
-    h, w = va_lbl.shape[1:]
-    hp, wp = -(-h // div[0]) * div[0], -(-w // div[1]) * div[1]
-    va_x = np.pad(np.moveaxis(va_img, 1, 0), ((0, 0), (0, 0), (0, hp - h), (0, wp - w)), mode="symmetric")
-    va_t = [slice_targets(np.pad(s, ((0, hp - h), (0, wp - w))), n_rays=p["n_rays"], grid=p["grid"]) for s in va_lbl2]
-    va_data = [(x, t[0][None], t[1]) for x, t in zip(va_x, va_t)]
-
-    module = StarDistModule(net, sampler=sampler, val_data=va_data, lr=float(p["lr"]), batch_size=int(p["batch_size"]),
-                            steps_per_epoch=int(p["steps_per_epoch"]), epochs=int(p["epochs"]),
-                            dist_weight=float(p["dist_weight"]), background_reg=float(p["background_reg"]),
-                            max_seconds=60.0 * float(p["max_minutes"]), bf16=p["bf16"],
-                            channels_last=bool(p["channels_last"]))
-    trainer = L.Trainer(max_epochs=int(p["epochs"]), accelerator="auto", devices=1, logger=False,
-                        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        max_time={"minutes": float(p["max_minutes"])}, enable_progress_bar=bool(_get(cfg, "progress", True)),
-                        deterministic=False)
-    trainer.fit(module)
-    steps = int(trainer.global_step)
-    if steps == 0 or not module.history:  # no best weights: the "best" would be the random initialisation
-        why = "ran 0 steps" if steps == 0 else f"ran {steps} steps but validated none"
-        raise SeglearnError(f"{out_dir}: particle training {why}; nothing was saved (check model.epochs, "
-                            f"model.steps_per_epoch, model.max_minutes and labels/instances.tif)")
-    net.load_state_dict(module.best_state)
-    net.eval().cpu()
+    va_x, va_lbl2, va_data = _validation_slices(va_img, va_lbl, div, p)
+    module, trainer = _fit(net, sampler, va_data, p, cfg, out_dir)
     t_train = time.perf_counter() - t0
-    # thresholds on the validation slices, predicted as predict.py will (bf16 or not)
-    predict_p = dict(p.get("predict") or {})
-    predict_bf16 = resolve_bf16(predict_p.get("bf16", "auto"), "cpu")
-    prob, dist = predict_tiles(net, va_x, tile=(256, 256), context=64, bf16=predict_bf16)
-    thr = optimize_thresholds(list(prob), list(dist), [np.pad(s, ((0, hp - h), (0, wp - w))) for s in va_lbl2],
-                              grid=p["grid"], prob_grid=p["prob_grid"], nms_grid=p["nms_grid"])
-    preds = np.stack([instances_2d(pp, dd, (hp, wp), grid=p["grid"], prob_thresh=thr["prob_thresh"],
-                                   nms_thresh=thr["nms_thresh"])[:h, :w] for pp, dd in zip(prob, dist)])
-    val_scores = instance_scores_2d(np.stack(va_lbl2), preds)
+    thr, val_scores = _thresholds(net, va_x, va_lbl2, p)
     net_meta = {k: p[k] for k in NET_KEYS if p.get(k) is not None}
     meta = {
         "net": {**net_meta, "in_channels": int(images.shape[0])},
@@ -287,13 +359,12 @@ def train(cfg) -> dict:
                   "best_val_loss": float(module.best_loss), "validation": where,
                   "steps": int(trainer.global_step), "bf16": bool(module.use_bf16), "seconds": round(t_train, 1)},
     }
+    tuned = _tune(net, meta, p)
     save_checkpoint(ckpt_path, kind="stardist", state_dict=net.state_dict(), meta=meta, overwrite=True)
     if not ckpt_path.is_file():
-        raise SeglearnError(f"{out_dir}: particle training ran {steps} steps but wrote no {ckpt_path.name}")
+        raise SeglearnError(f"{out_dir}: particle training ran {trainer.global_step} steps but wrote no {ckpt_path.name}")
     metrics = {"checkpoint": str(ckpt_path), "thresholds": meta["thresholds"], "val_scores": val_scores,
-               "history": module.history, "seconds": {"train": t_train, "total": time.perf_counter() - t0}}
-    from seglearn.io.atomic import atomic_path
-
+               "history": module.history, "tuned": tuned, "seconds": {"train": t_train, "total": time.perf_counter() - t0}}
     with atomic_path(out_dir / "metrics.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2))
     log.info("particles: wrote %s (validation F1 at IoU 0.5: %.3f, %.0f s)", ckpt_path, val_scores["0.5"]["f1"],

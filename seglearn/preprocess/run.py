@@ -26,6 +26,7 @@ from seglearn.io import open_stack, write_volume_stream
 from seglearn.io.outset import OutputSet
 from seglearn.log import setup_logging
 from seglearn.options import PREPROCESS, check_options
+from seglearn.paths import load_config
 from seglearn.preprocess.drift import residual_rms
 from seglearn.preprocess.pipeline import Pipeline, ReaderSource
 from seglearn.preprocess.registration import plot_shifts, read_shifts_csv, write_shifts_csv
@@ -198,12 +199,12 @@ def _write_dataset(src: Path, dst: Path, meta: dict, pipe: Pipeline, frame: str,
 def run(cfg) -> dict:
     """Entry point of ``preprocess.py`` (see ``configs/preprocess.yaml``)."""
     setup_logging()
-    params = to_plain(cfg)
+    conf = load_config("preprocess.yaml")
+    params = {**{k: conf[k] for k in ("overwrite", "chunk", "labels_frame", "progress")}, **to_plain(cfg)}
     for key in ("input", "output"):
         if params.get(key) in (None, "???"):
             raise InputError(f"preprocess: give {key}=PATH")
     check_options(params, PREPROCESS, "preprocess")
     return preprocess_dataset(params["input"], params["output"], params.get("steps"),
-                              chunk=int(params.get("chunk", 16)), overwrite=bool(params.get("overwrite", False)),
-                              labels_frame=str(params.get("labels_frame", "auto")),
-                              progress=bool(params.get("progress", True)))
+                              chunk=int(params["chunk"]), overwrite=bool(params["overwrite"]),
+                              labels_frame=str(params["labels_frame"]), progress=bool(params["progress"]))

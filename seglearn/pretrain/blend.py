@@ -31,9 +31,13 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from seglearn.baselines.forest_engine import pack_forest
+from seglearn.ckpt import load_checkpoint, save_checkpoint
 from seglearn.errors import InputError
+from seglearn.features.stack import FeatureStack, training_samples
 from seglearn.paths import config_file, load_config
+from seglearn.pretrain.rules import predict_slices
 from seglearn.segment import forest_pack
+from seglearn.segment.api import segmenter_from_checkpoint
 from seglearn.segment.blend import Blend, _cpus, from_checkpoint, z_halo  # noqa: F401  (the inference side)
 
 log = logging.getLogger("seglearn")
@@ -88,7 +92,7 @@ def forest_config(name: str, detectors: Sequence[str], trees=None) -> dict:
     params = {k: v for k, v in cfg.items() if k not in _NOT_FOREST}
     if trees is not None:
         params["n_estimators"] = int(trees)
-    return {"features": spec, "params": params, "max_chunk_mb": float(cfg.get("max_chunk_mb", 1024.0))}
+    return {"features": spec, "params": params, "max_chunk_mb": float(cfg["max_chunk_mb"])}
 
 
 def _fit(x: np.ndarray, y: np.ndarray, config: Mapping, *, seed: int, threads: int):
@@ -100,8 +104,6 @@ def _fit(x: np.ndarray, y: np.ndarray, config: Mapping, *, seed: int, threads: i
 def fit_forest(raw: np.ndarray, detectors: Sequence[str], labels: np.ndarray, config: Mapping, *, voxel_size_nm=None,
                seed: int = 0, threads: int = 1):
     """A ``RandomForestClassifier`` fitted on the features (:func:`forest_config`) of the labelled voxels."""
-    from seglearn.features.stack import FeatureStack, training_samples
-
     stack = FeatureStack(raw, detectors, config["features"], voxel_size_nm)
     x, y = training_samples(stack, labels, max_chunk_mb=config["max_chunk_mb"])
     return _fit(x, y, config, seed=seed, threads=threads)
@@ -200,14 +202,40 @@ def _net_proba(ckpt, raw: np.ndarray, detectors: Sequence[str], zs: Sequence[int
     """The network's probabilities ``(K, len(zs), Y, X)`` on whole slices (one forward pass per slice)."""
     import torch
 
-    from seglearn.ckpt import load_checkpoint
-    from seglearn.pretrain.rules import predict_slices
-    from seglearn.segment.api import segmenter_from_checkpoint
-
     seg = segmenter_from_checkpoint(load_checkpoint(ckpt, kind="unet"), device="cpu")
     halo = int(seg.meta["net"].get("context", 0)) if seg.mode == "2.5d" else 0
     logits = predict_slices(seg.net, seg.prepare(raw), zs, halo, bf16=seg.bf16)
     return torch.softmax(torch.from_numpy(logits), dim=1).numpy().transpose(1, 0, 2, 3)
+
+
+def _judge_proba(packed: dict, k: int, stack, x_all: np.ndarray, train: np.ndarray, val_labels: np.ndarray,
+                 val_z: list[int], *, threads: int) -> np.ndarray:
+    """The judging forest's probabilities ``(K, len(val_z), Y, X)`` on the validation slices ``val_z``.
+
+    Held-out scribbles (all inside ``train``) reuse their features in ``x_all`` (rows in C order of
+    ``train > 0``) and leave the other voxels 0; dense validation labels get their slices' features.
+    """
+    p_forest = np.zeros((k, len(val_z), *train.shape[1:]), np.float32)
+    if np.all(train[val_labels > 0] > 0):
+        p_forest[:, val_labels[val_z] > 0] = forest_pack.proba(packed, x_all[val_labels[train > 0] > 0],
+                                                              threads=threads).T
+    else:
+        for i, z in enumerate(val_z):
+            p_forest[:, i] = forest_pack.proba(packed, stack.compute_samples(z, z + 1), threads=threads).T.reshape(
+                k, *train.shape[1:])
+    return p_forest
+
+
+def _stored_blend(final, w: float, cfg: Mapping, detectors: Sequence[str], k: int, voxel_size_nm,
+                  record: dict) -> tuple[dict, dict]:
+    """``(tensors, meta["blend"])`` of the blend of weight ``w`` with the forest ``final``; ``record`` gets its size."""
+    arrays = pack(final, k)
+    bl = Blend(arrays, {"weight": w, "features": cfg["features"], "detectors": list(detectors),
+                        "n_features": int(final.n_features_in_), "n_classes": k,
+                        "voxel_size_nm": None if voxel_size_nm is None else [float(v) for v in voxel_size_nm],
+                        "max_chunk_mb": cfg["max_chunk_mb"], "trees": len(final.estimators_)})
+    record.update(trees=len(final.estimators_), nodes=int(len(arrays["feature"])), bytes=forest_pack.nbytes(arrays))
+    return bl.to_checkpoint()
 
 
 def attach(ckpt: str | Path, raw: np.ndarray, detectors: Sequence[str], train: np.ndarray, *, fit_labels: np.ndarray,
@@ -237,14 +265,11 @@ def attach(ckpt: str | Path, raw: np.ndarray, detectors: Sequence[str], train: n
     dict or None
         What was chosen and why (for ``finetune_summary.json``); None with ``blend: off``.
     """
-    from seglearn.ckpt import load_checkpoint, save_checkpoint
-    from seglearn.features.stack import FeatureStack, training_samples
-
     s = settings
     if check_mode(s["blend"]) == "off":
         return None
     t0 = time.perf_counter()
-    threads, seed = int(s.get("threads") or 0) or _cpus(), int(s.get("seed", 0))
+    threads, seed = int(s["threads"] or 0) or _cpus(), int(s["seed"])
     cfg = forest_config(str(s["blend_forest"]), detectors, s.get("blend_trees"))
     ck = load_checkpoint(ckpt, kind="unet")
     k = len(ck["meta"]["classes"])
@@ -253,15 +278,7 @@ def attach(ckpt: str | Path, raw: np.ndarray, detectors: Sequence[str], train: n
     x_all, y_all = training_samples(stack, train, max_chunk_mb=cfg["max_chunk_mb"])  # C order of train > 0
     in_fit = fit_labels[train > 0] > 0
     judge = _fit(x_all[in_fit], y_all[in_fit], cfg, seed=seed, threads=threads)
-    packed = pack(judge, k)
-    p_forest = np.zeros((k, len(val_z), *raw.shape[2:]), np.float32)
-    if np.all(train[val_labels > 0] > 0):  # held-out scribbles: their features are computed already
-        p_forest[:, val_labels[val_z] > 0] = forest_pack.proba(packed, x_all[val_labels[train > 0] > 0],
-                                                              threads=threads).T
-    else:  # dense validation labels: their slices' features
-        for i, z in enumerate(val_z):
-            p_forest[:, i] = forest_pack.proba(packed, stack.compute_samples(z, z + 1), threads=threads).T.reshape(
-                k, *raw.shape[2:])
+    p_forest = _judge_proba(pack(judge, k), k, stack, x_all, train, val_labels, val_z, threads=threads)
     p_net = _net_proba(judge_ckpt, raw, detectors, val_z)
     choice = choose_weight(p_net, p_forest, val_labels[val_z], s["blend_weights"], tol=float(s["blend_tol"]))
     w = choice["weight"]
@@ -274,14 +291,7 @@ def attach(ckpt: str | Path, raw: np.ndarray, detectors: Sequence[str], train: n
     tensors = None
     if w < 1.0:
         final = judge if in_fit.all() else _fit(x_all, y_all, cfg, seed=seed, threads=threads)
-        arrays = pack(final, k)
-        bl = Blend(arrays, {"weight": w, "features": cfg["features"], "detectors": list(detectors),
-                            "n_features": int(final.n_features_in_), "n_classes": k,
-                            "voxel_size_nm": None if voxel_size_nm is None else [float(v) for v in voxel_size_nm],
-                            "max_chunk_mb": cfg["max_chunk_mb"], "trees": len(final.estimators_)})
-        tensors, meta["blend"] = bl.to_checkpoint()
-        record.update(trees=len(final.estimators_), nodes=int(len(arrays["feature"])),
-                      bytes=forest_pack.nbytes(arrays))
+        tensors, meta["blend"] = _stored_blend(final, w, cfg, detectors, k, voxel_size_nm, record)
     else:
         meta["blend"] = {"weight": 1.0}
     record["seconds"] = round(time.perf_counter() - t0, 1)

@@ -43,6 +43,14 @@ Rules (documented in ``docs/pretrain.md``; the numeric ones in :mod:`seglearn.pr
 - **Runs.** ``runs: auto`` averages 3 runs (seeds ``seed, seed + 1, ...``, each its own held-out scribbles,
   patches and synthetic stream, sharing ``max_minutes``) into one network (a "soup") when the base head
   is kept; 1 run for a new head.
+- **Self-training** (``selftrain: auto``; off by default). The first round (the runs above, finished) gets
+  ``1 - selftrain_share`` of ``max_minutes``; where its network and the forest agree with confidence on
+  slices nobody scribbled, the voxels become weighted pseudo-labels (:mod:`seglearn.pretrain.ft_selftrain`,
+  :mod:`seglearn.pretrain.selftrain`), and a second round of the same loop starts from the first round's
+  model with them in the user's batches (``selftrain_synth_fraction`` of each batch synthetic,
+  ``selftrain_distill`` towards the first round's model), in what is left of ``max_minutes``; its last
+  weights (``selftrain_keep: last``) are finished (BatchNorm, blend judged again, temperature).
+  With ``selftrain_keep: best`` the held-out scribbles pick its best step, and step 0 keeps the first round.
 """
 
 from __future__ import annotations
@@ -60,14 +68,15 @@ import numpy as np
 from seglearn.ckpt import load_checkpoint, save_checkpoint
 from seglearn.config import merge_settings, resolve_seed, to_plain
 from seglearn.errors import InputError, OutputExistsError, SeglearnError
-from seglearn.io.atomic import atomic_path
 from seglearn.paths import config_file, load_config
 from seglearn.precision import precision_record
 from seglearn.pretrain.blend import check_mode
 from seglearn.pretrain.ft_final import finish
+from seglearn.pretrain.ft_selftrain import check_mode as check_selftrain
+from seglearn.pretrain.ft_selftrain import second_round
 from seglearn.pretrain.ft_setup import Setup, prepare
 from seglearn.pretrain.rules import resolve_classes, resolve_runs
-from seglearn.pretrain.soup import average_checkpoints
+from seglearn.pretrain.soup import soup_of_runs
 
 log = logging.getLogger("seglearn")
 
@@ -130,6 +139,7 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
     """
     s = settings_from(settings)
     check_mode(s["blend"])  # a bad setting fails before the training
+    selftrain = check_selftrain(s["selftrain"])
     out_dir = Path(out_dir)
     if (out_dir / "best.ckpt").exists() and not overwrite:
         raise OutputExistsError(f"{out_dir}: already holds best.ckpt; pass overwrite=true to replace it")
@@ -138,27 +148,12 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
     same_head = resolve_classes(base_classes, np.asarray(train), test, classes) == base_classes
     n = s["runs"] = resolve_runs(s["runs"], same_head)
     t0 = time.perf_counter()
-    results, setup = [], None
-    for i in range(n):
-        if n > 1:
-            log.info("fine-tuning run %d of %d (seed %d)", i + 1, n, s["seed"] + i)
-        run_s = s if n == 1 else {**s, "seed": s["seed"] + i, "max_minutes": float(s["max_minutes"]) / n}
-        hook = on_step if on_step is None or n == 1 else (lambda info, i=i: on_step({**info, "run": i, "runs": n}))
-        res, st = fit_run(ck, init, images, detectors, train, out_dir if n == 1 else out_dir / "runs" / f"run{i}",
-                          run_s, classes=classes, test=test, voxel_size_nm=voxel_size_nm, name=name,
-                          preprocess=preprocess, on_step=hook, trainer_cfg=trainer_cfg)
-        results.append(res)
-        setup = setup or st
-        if res.get("stopped"):  # stopped by on_step: the runs done so far make the model
-            break
+    kw = dict(classes=classes, test=test, voxel_size_nm=voxel_size_nm, name=name, preprocess=preprocess,
+              trainer_cfg=trainer_cfg)
+    results, setup = _fit_runs(ck, init, images, detectors, train, out_dir, s, selftrain, on_step=on_step, kw=kw)
     if "rank" in results[0]:
         return results[0]
-    ckpt = out_dir / "best.ckpt"
-    if len(results) > 1:
-        average_checkpoints([r["best_ckpt"] for r in results], ckpt, overwrite=True, section="finetune")
-    elif n > 1:  # stopped during the first of several runs: its best weights are the model
-        with atomic_path(ckpt, overwrite=True) as tmp:
-            shutil.copyfile(results[0]["best_ckpt"], tmp)
+    ckpt = soup_of_runs([r["best_ckpt"] for r in results], out_dir / "best.ckpt", n)
     stopped = bool(results[-1].get("stopped"))
     source = setup.val_source if n == 1 or setup.val_source == "test" else \
         f"{setup.val_source} of run 1 of {n} (runs 2..{n} trained on part of them)"
@@ -166,12 +161,47 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
                   val_labels=setup.val_labels, val_source=source, judge_ckpt=Path(results[0]["best_ckpt"]),
                   frozen=setup.freeze_bn, stopped=stopped, voxel_size_nm=voxel_size_nm)
     result = results[0] if n == 1 else _soup_result(results, ckpt, stopped)
-    result.update(done, seconds=round(time.perf_counter() - t0, 1))
+    result.update(done)
+    if selftrain == "auto" and not stopped and int(result["precision"].get("processes", 1)) == 1:
+        result.update(second_round(fit_run, ck, init, images, detectors, train, out_dir, s, setup, t0, source,
+                                   {**kw, "on_step": on_step}))
+    else:
+        result["selftrain"] = {"mode": selftrain} if selftrain == "off" else \
+            {"mode": selftrain, "skipped": "stopped by the caller" if stopped else "several processes"}
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    _write_summary(out_dir, result, ckpt)
+    return result
+
+
+def _write_summary(out_dir: Path, result: Mapping, ckpt: Path) -> None:
+    """``out_dir/finetune_summary.json`` and the closing log line."""
     (out_dir / "finetune_summary.json").write_text(json.dumps(result, indent=2))
     log.info("fine-tuned in %.0f s (%s steps): validation awe %.2f %% (zero-shot %.2f %%, best at step %s); wrote %s",
              result["seconds"], result["steps"], result["best_val_awe"], result["val_awe_zero_shot"],
              result["best_step"], ckpt)
-    return result
+
+
+def _fit_runs(ck: dict, init, images, detectors, train, out_dir: Path, s: Mapping, selftrain: str, *,
+              on_step: Callable[[dict], bool | None] | None, kw: Mapping) -> tuple[list[dict], Setup]:
+    """The ``s["runs"]`` fine-tunings (seeds ``seed``, ``seed + 1``, ...) sharing ``max_minutes`` (less the
+    ``selftrain_share`` of a second round with ``selftrain: auto``), each into ``out_dir`` (one run) or
+    ``out_dir/runs/run<i>``; stops after a run that ``on_step`` stopped.
+    Returns each run's result and the first run's :class:`Setup`; ``kw``: :func:`fit_run`'s keywords."""
+    n = int(s["runs"])
+    minutes = float(s["max_minutes"]) * (1.0 - float(s["selftrain_share"]) if selftrain == "auto" else 1.0)
+    results, setup = [], None
+    for i in range(n):
+        if n > 1:
+            log.info("fine-tuning run %d of %d (seed %d)", i + 1, n, s["seed"] + i)
+        run_s = {**s, "max_minutes": minutes} if n == 1 else {**s, "seed": s["seed"] + i, "max_minutes": minutes / n}
+        hook = on_step if on_step is None or n == 1 else (lambda info, i=i: on_step({**info, "run": i, "runs": n}))
+        res, st = fit_run(ck, init, images, detectors, train, out_dir if n == 1 else out_dir / "runs" / f"run{i}",
+                          run_s, on_step=hook, **kw)
+        results.append(res)
+        setup = setup or st
+        if res.get("stopped"):  # stopped by on_step: the runs done so far make the model
+            break
+    return results, setup
 
 
 def _soup_result(results: list, ckpt: Path, stopped: bool) -> dict:
@@ -188,9 +218,13 @@ def _soup_result(results: list, ckpt: Path, stopped: bool) -> dict:
 
 
 def fit_run(ck: dict, init, images, detectors, train, out_dir: Path, s: Mapping, *, classes, test, voxel_size_nm,
-            name: str, preprocess, on_step, trainer_cfg) -> tuple[dict, Setup | None]:
+            name: str, preprocess, on_step, trainer_cfg, start: Mapping | None = None,
+            pseudo: tuple | None = None) -> tuple[dict, Setup | None]:
     """One fine-tuning run on the Lightning Trainer; writes ``out_dir/best.ckpt`` (the kept weights, not yet
-    adapted, blended nor calibrated). Returns ``(result, setup)``; ``({"rank": r}, None)`` on other processes."""
+    adapted, blended nor calibrated). Returns ``(result, setup)``; ``({"rank": r}, None)`` on other processes.
+
+    ``start``: a state dict the network starts from (and, with the base head, the teacher of ``distill``);
+    ``pseudo``: ``(labels, weights, share)`` pseudo-labels for the user's batches (self-training's second round)."""
     import lightning as L
     import torch
     from lightning.pytorch.loggers import CSVLogger
@@ -204,6 +238,13 @@ def fit_run(ck: dict, init, images, detectors, train, out_dir: Path, s: Mapping,
     torch.manual_seed(int(s["seed"]))
     st = prepare(ck, images, detectors, train, s, classes=classes, test=test, voxel_size_nm=voxel_size_nm, name=name,
                  init=init)
+    if start is not None:
+        state = {k[4:] if k.startswith("net.") else k: v for k, v in start.items()}
+        st.net.load_state_dict(state)
+        if st.same_head:
+            st.base_net.load_state_dict(state)
+    if pseudo is not None:
+        st.extra["pseudo"] = pseudo
     tr = trainer_kwargs(trainer_cfg if trainer_cfg is not None else {"enable_progress_bar": False,
                                                                      "enable_model_summary": False},
                         s, time_limit=False)
@@ -282,7 +323,7 @@ def run_meta(st: Setup, s: Mapping, init, *, name: str, voxel_size_nm, preproces
 def train(cfg) -> dict:
     """Entry point of ``train.py data.root=DATASET init=BASE.ckpt`` (settings: the ``finetune`` group,
     ``finetune.KEY=VALUE``; processes and devices: the ``trainer`` group)."""
-    from seglearn.cli import setup_logging  # the command layer: logging set-up only
+    from seglearn.log import setup_logging
     from seglearn.data import load_dataset
     from seglearn.preprocess.stage import preprocess_loaded, stage_config
 
@@ -305,7 +346,7 @@ def train(cfg) -> dict:
         out_dir = Path("runs/finetune")
     result = finetune(str(cfg.init), images, dets, ds.train, out_dir, classes=ds.classes,
                       voxel_size_nm=ds.voxel_size_nm, test=ds.test, settings=s,
-                      overwrite=bool(cfg.get("overwrite", False)), name=str(root), preprocess=entry,
+                      overwrite=bool(cfg.overwrite), name=str(root), preprocess=entry,
                       trainer_cfg=to_plain(cfg.get("trainer")))
     if "rank" in result:
         return result

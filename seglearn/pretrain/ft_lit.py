@@ -27,6 +27,7 @@ import torch
 
 from seglearn.metrics import score
 from seglearn.pretrain.rules import _user_patch, predict_slices
+from seglearn.pretrain.selftrain import decode, encode
 
 log = logging.getLogger("seglearn")
 
@@ -38,6 +39,11 @@ class MixedBatches(torch.utils.data.IterableDataset):
 
     ``y_user`` is -1 where unlabelled. The user's patches come from ``np.random.default_rng(seed)``, the
     synthetic ones from ``make_stream(seed + 1)`` (rank ``r`` adds ``7919 * r`` to both).
+
+    With pseudo-labels (``setup.extra["pseudo"] = (labels, weights, share)``, self-training's second round,
+    :mod:`seglearn.pretrain.selftrain`) a share ``share`` of the user's patches is centred on pseudo-labelled
+    voxels, ``y_user`` holds scribbles and pseudo-labels (scribbles win) and a fourth item
+    ``w_user (n_user, 1, P, P) float32`` their weights (scribbles 1, 0 where unlabelled).
     """
 
     def __init__(self, setup, seed: int):
@@ -49,13 +55,27 @@ class MixedBatches(torch.utils.data.IterableDataset):
         rng = np.random.default_rng(self.seed)
         stream = iter(st.make_stream(self.seed + 1)) if st.make_stream is not None and st.n_syn > 0 else None
         coords = np.argwhere(st.fit_labels > 0)
+        pseudo = st.extra.get("pseudo")
+        if pseudo is not None:
+            labels, share = encode(st.fit_labels, pseudo[0], pseudo[1]), pseudo[2]
+            top = float(max(1.0, pseudo[1].max()))
+            p_coords = np.argwhere(pseudo[0] > 0)
+            share = share if len(p_coords) else 0.0
         while True:
-            ub = [_user_patch(st.x, st.fit_labels, coords, st.patch, st.halo, rng) for _ in range(st.n_user)]
+            if pseudo is None:
+                ub = [_user_patch(st.x, st.fit_labels, coords, st.patch, st.halo, rng) for _ in range(st.n_user)]
+            else:
+                ub = [_user_patch(st.x, labels, p_coords if rng.random() < share else coords, st.patch, st.halo, rng)
+                      for _ in range(st.n_user)]
+                ub = [(b[0], *decode(b[1], top)) for b in ub]
             sb = [next(stream) for _ in range(st.n_syn)] if stream is not None else []
             xb = torch.from_numpy(np.stack([b[0] for b in ub + sb]))
             yu = torch.from_numpy(np.stack([b[1] for b in ub]).astype(np.int64)) - 1
             ys = torch.from_numpy(np.stack([b[1] for b in sb])) - 1 if sb else torch.zeros(0, dtype=torch.int64)
-            yield xb, yu, ys
+            if pseudo is None:
+                yield xb, yu, ys
+            else:
+                yield xb, yu, ys, torch.from_numpy(np.stack([b[2] for b in ub]))
 
 
 class MixedData(L.LightningDataModule):
@@ -123,10 +143,15 @@ class FinetuneModule(L.LightningModule):
         self.train_mode()
 
     def training_step(self, batch, batch_idx):
-        xb, yu, ys = batch
+        xb, yu, ys = batch[:3]
         n = self.n_user
         logits = self.net(xb)
-        loss = torch.nn.functional.cross_entropy(logits[:n].float(), yu, ignore_index=-1)
+        if len(batch) > 3:  # self-training: scribbles and weighted pseudo-labels
+            ce = torch.nn.functional.cross_entropy(logits[:n].float(), yu, ignore_index=-1, reduction="none")
+            wu = batch[3]
+            loss = (ce * wu).sum() / wu.sum().clamp_min(1e-6)
+        else:
+            loss = torch.nn.functional.cross_entropy(logits[:n].float(), yu, ignore_index=-1)
         if self.distill > 0:
             # learning without forgetting: on the user's unlabelled voxels stay close to the base model
             with torch.no_grad():

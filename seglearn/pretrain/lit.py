@@ -25,6 +25,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from seglearn.paths import load_config
 from seglearn.precision import trainer_device
 
 log = logging.getLogger("seglearn")
@@ -211,14 +212,13 @@ def trainer_kwargs(trainer_cfg: Mapping | None, settings: Mapping, *, time_limit
     ``time_limit=False`` leaves the wall-clock budget to the caller (fine-tuning counts it from its
     own start, set-up included).
     """
-    tr = {k: v for k, v in dict(trainer_cfg or {}).items() if k not in ("max_steps", "max_time", "max_epochs")}
-    tr.setdefault("accelerator", "auto")
-    tr.setdefault("devices", 1)
-    tr = trainer_device(tr, settings.get("bf16", "auto"))
+    given = dict(trainer_cfg or {})
+    given.setdefault("devices", 1)  # without a trainer group: one process (the group's own default is all devices)
+    tr = {k: v for k, v in {**load_config("trainer/default.yaml"), **given}.items()
+          if k not in ("max_steps", "max_time", "max_epochs")}
+    tr = trainer_device(tr, settings["bf16"])
     tr.pop("deterministic", None)  # the phantom stream is seeded; deterministic kernels cost speed here
     tr.update(max_steps=int(settings["max_steps"]), max_epochs=-1, num_sanity_val_steps=0, limit_val_batches=0)
     if time_limit:
         tr["max_time"] = datetime.timedelta(seconds=float(settings["max_minutes"]) * 60.0)
-    tr.setdefault("enable_progress_bar", True)
-    tr.setdefault("log_every_n_steps", 10)
     return tr

@@ -26,7 +26,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from seglearn.ckpt import load_checkpoint, save_checkpoint
 from seglearn.errors import InputError
+from seglearn.io.atomic import check_writable
+from seglearn.log import report_errors, setup_logging
+from seglearn.preprocess.denoise import noise_sigma
 from seglearn.pretrain.randomise import make_randomiser
 
 #: phantoms drawn for the reference distribution (fixed seed: the same numbers on every run)
@@ -60,8 +64,6 @@ def relative_noise(images: np.ndarray, labels: np.ndarray, *, max_slices: int = 
     (C,) float ndarray
         NaN where fewer than two classes are labelled or the classes have the same median.
     """
-    from seglearn.preprocess.denoise import noise_sigma
-
     images = np.asarray(images)
     labels = np.asarray(labels)
     if images.ndim != 4 or images.shape[1:] != labels.shape:
@@ -114,8 +116,6 @@ def relative_noise_unlabelled(images: np.ndarray, *, classes: int = 3, max_slice
     """
     from scipy import ndimage as ndi
     from skimage.filters import threshold_multiotsu
-
-    from seglearn.preprocess.denoise import noise_sigma
 
     images = np.asarray(images)
     if images.ndim != 4:
@@ -342,10 +342,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``python -m seglearn.pretrain.noise BASE.ckpt --out NEW.ckpt``: store a base model's noise reference."""
     import argparse
 
-    from seglearn.ckpt import load_checkpoint, save_checkpoint
-    from seglearn.cli import setup_logging
-    from seglearn.io.atomic import check_writable
-
     ap = argparse.ArgumentParser(prog="python -m seglearn.pretrain.noise",
                                  description="Store a base model's noise reference in a copy of its checkpoint "
                                              "(base models pretrained since 2026-11-30 have it already).")
@@ -364,6 +360,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from seglearn.cli import report_errors
 
     report_errors(main)()

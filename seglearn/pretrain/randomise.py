@@ -17,52 +17,22 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from seglearn.errors import InputError
+from seglearn.io.tiff import read_stack
+from seglearn.paths import load_config
 from seglearn.synth.config import DetectorModel, PhantomConfig
+from seglearn.synth.config_b import sample_family_b
+from seglearn.synth.forward import render
+from seglearn.synth.forward_b import render_b
+from seglearn.synth.microstructure import generate_microstructure, microstructure_from_volume
 
 log = logging.getLogger("seglearn")
 
-# name: (lo, hi). Detector entries are *scales* applied to the SE2 / InLens defaults unless noted.
-DEFAULT_RANGES: dict[str, list[float]] = {
-    # microstructure
-    "am_fraction": [0.35, 0.62],
-    "cbd_fraction": [0.05, 0.22],
-    "particle_radius_nm": [200.0, 650.0],
-    "particle_radius_cv": [0.15, 0.5],
-    "surface_roughness": [0.0, 0.15],
-    "inner_pores_per_particle": [0.0, 6.0],
-    "crack_probability": [0.0, 0.6],
-    "cbd_porosity": [0.05, 0.45],
-    "cbd_patchiness": [0.2, 1.2],
-    # voxel size (nm); anisotropy = z / xy
-    "voxel_xy_nm": [8.0, 25.0],
-    "anisotropy": [1.0, 3.0],
-    # forward model, shared
-    "gradient_face": [0.0, 0.45],
-    "gradient_slices": [0.0, 0.08],
-    "redeposition": [0.0, 0.4],
-    "drift_px": [0.0, 0.0],
-    # forward model, per detector (absolute values)
-    "level_am": [0.45, 0.85],
-    "cbd_contrast": [0.15, 0.75],  # (level_cbd - background) / (level_am - background)
-    "level_background": [0.0, 0.15],
-    "shine_length": [2.0, 14.0],
-    "shine_gain": [0.4, 1.0],
-    "shine_blur": [0.2, 1.0],
-    "wall_glow": [0.0, 0.4],
-    "edge_gain": [0.0, 0.45],
-    "noise": [0.02, 0.14],
-    "curtain": [0.0, 0.12],
-    "texture_am": [0.0, 0.08],
-    "texture_cbd": [0.02, 0.14],
-    # acquisition: global gain/offset of the 8-bit image (contrast stretch of the whole volume)
-    "gain": [0.7, 1.4],
-    "offset": [-0.1, 0.15],
-    "gamma": [0.7, 1.4],
-}
-#: probability of drawing the microstructure from a segmented volume (when any is available)
-P_REAL_SOURCE = 0.3
-#: probability of a 2D-like sample (a single slice repeated along z: what a micrograph looks like)
-P_FLAT = 0.15
+#: name -> [lo, hi] of every randomised parameter: ``configs/pretrain_ranges.yaml`` (their one home)
+DEFAULT_RANGES: dict[str, list[float]] = {k: [float(a) for a in v] for k, v in load_config("pretrain_ranges.yaml").items()}
+#: probability of drawing the microstructure from a segmented volume (when any is available): ``p_real``
+P_REAL_SOURCE = float(load_config("model/unet_pretrain.yaml")["p_real"])
+#: probability of a 2D-like sample (a single slice repeated along z: what a micrograph looks like): ``p_flat``
+P_FLAT = float(load_config("model/unet_pretrain.yaml")["p_flat"])
 
 REAL_SOURCES = ("electrode_nmc_3phase_256.tif", "microstructure_3phase_100.tif", "bilayer_3phase_240.tif",
                 "nmc_binary_128.tif")
@@ -147,8 +117,6 @@ class Randomiser:
             inlens=dets["InLens"], gradient_face=u("gradient_face"), gradient_slices=u("gradient_slices"),
             redeposition=u("redeposition"), drift_px=u("drift_px"), test_gap=0, n_train_slices=0)
         if self.p_family_b >= 1.0 or (self.p_family_b > 0.0 and rng.random() < self.p_family_b):
-            from seglearn.synth.config_b import sample_family_b
-
             cfg.family = "b"
             cfg.b = sample_family_b(rng)
             if len(self.detectors) == 1 and rng.random() < 0.5:
@@ -161,8 +129,6 @@ class Randomiser:
 
     def _volume(self, path: str) -> np.ndarray:
         if path not in self._volumes:
-            from seglearn.io.tiff import read_stack
-
             self._volumes[path] = np.asarray(read_stack(path)[0])
         return self._volumes[path]
 
@@ -178,10 +144,6 @@ class Randomiser:
         info : dict
             The draw (config and acquisition parameters), for logging.
         """
-        from seglearn.synth.forward import render
-        from seglearn.synth.forward_b import render_b
-        from seglearn.synth.microstructure import generate_microstructure, microstructure_from_volume
-
         cfg, acq = self.sample_config(rng)
         z, y, x = cfg.shape
         if acq["source"]:

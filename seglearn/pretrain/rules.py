@@ -14,6 +14,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from seglearn.errors import InputError
+from seglearn.io.intensity import apply_map, fit_array
+from seglearn.pretrain.stream import augment_patch
 
 
 def select_detectors(meta: Mapping, detectors: Sequence[str], *, detector: str | None = None,
@@ -64,8 +66,6 @@ def scaled_inputs(ck: Mapping, images: np.ndarray, detectors: Sequence[str], *, 
     record : dict
         The decision (dtype, statistics, map), for ``finetune_summary.json``.
     """
-    from seglearn.io.intensity import apply_map, fit_array
-
     idx, names = select_detectors(ck["meta"], detectors, detector=detector, where=name)
     raw = np.asarray(images)[idx]
     scaled, record = fit_array(dict(ck), raw, list(ck["meta"]["detectors"]), where=name)
@@ -211,8 +211,6 @@ def probe_head(net, x: np.ndarray, labels: np.ndarray, n_classes: int, halo: int
 
 
 def _user_patch(x: np.ndarray, labels: np.ndarray, coords: np.ndarray, p: int, halo: int, rng) -> tuple:
-    from seglearn.pretrain.stream import augment_patch
-
     _, z_n, y, xx = x.shape
     z, cy, cx = coords[int(rng.integers(len(coords)))]
     py, px = min(p, y), min(p, xx)

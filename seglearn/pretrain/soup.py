@@ -14,10 +14,17 @@ any benchmark's test labels.
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 from typing import Sequence
 
+from seglearn.ckpt import load_checkpoint, save_checkpoint
 from seglearn.errors import InputError
+from seglearn.io.atomic import atomic_path, check_writable
+from seglearn.log import report_errors, setup_logging
+from seglearn.pretrain.noise import store_reference
+from seglearn.pretrain.train import evaluate, settings_from, validation_set
+from seglearn.segment.net import build_net
 
 #: seed of the independent validation phantoms of ``--validate``
 VALIDATE_SEED = 777
@@ -47,9 +54,6 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path, *, overwri
     overwrite : bool
         Replace an existing ``out``.
     """
-    from seglearn.ckpt import load_checkpoint, save_checkpoint
-    from seglearn.io.atomic import check_writable
-
     if len(paths) < 2:
         raise InputError(f"soup: needs at least two checkpoints, got {len(paths)}")
     check_writable(out, overwrite=overwrite)  # before the work, not after it
@@ -72,10 +76,19 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path, *, overwri
                    for p, ck in zip(paths, cks)]
     meta[section] = sec
     if section == "pretrain":
-        from seglearn.pretrain.noise import store_reference
-
         meta = store_reference(meta)
     return save_checkpoint(out, kind="unet", state_dict=state, meta=meta, overwrite=overwrite)
+
+
+def soup_of_runs(best: Sequence[str | Path], ckpt: Path, runs: int) -> Path:
+    """``ckpt``: the weights of the fine-tuning runs' checkpoints ``best`` averaged; with one run planned it is
+    that run's own checkpoint already; with several planned but only the first done (stopped), a copy of it."""
+    if len(best) > 1:
+        average_checkpoints(list(best), ckpt, overwrite=True, section="finetune")
+    elif runs > 1:
+        with atomic_path(ckpt, overwrite=True) as tmp:
+            shutil.copyfile(best[0], tmp)
+    return ckpt
 
 
 def validate(paths: Sequence[str | Path], n: int, *, seed: int = VALIDATE_SEED, threads: int = 1) -> dict[str, float]:
@@ -85,10 +98,6 @@ def validate(paths: Sequence[str | Path], n: int, *, seed: int = VALIDATE_SEED, 
     ranges, the same as pretraining's).
     """
     import torch
-
-    from seglearn.ckpt import load_checkpoint
-    from seglearn.pretrain.train import evaluate, settings_from, validation_set
-    from seglearn.segment.net import build_net
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -107,7 +116,6 @@ def validate(paths: Sequence[str | Path], n: int, *, seed: int = VALIDATE_SEED, 
 def main(argv: Sequence[str] | None = None) -> None:
     import json
 
-    from seglearn.cli import setup_logging
 
     ap = argparse.ArgumentParser(prog="python -m seglearn.pretrain.soup", description=__doc__.splitlines()[0])
     ap.add_argument("inputs", nargs="+", help="base checkpoints continued from the same model")
@@ -117,7 +125,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="score the inputs and the soup on N fresh randomised phantoms")
     a = ap.parse_args(argv)
     setup_logging()
-    from seglearn.io.atomic import check_writable
 
     check_writable(a.out, overwrite=a.overwrite, how="--overwrite")
     out = average_checkpoints(a.inputs, a.out, overwrite=a.overwrite)
@@ -128,6 +135,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from seglearn.cli import report_errors
 
     report_errors(main)()

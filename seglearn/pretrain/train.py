@@ -16,16 +16,18 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from seglearn.segment.net import build_net
 import seglearn
 from seglearn.ckpt import load_checkpoint, save_checkpoint
 from seglearn.config import merge_settings, resolve_seed, to_plain
 from seglearn.errors import InputError, OutputExistsError, SeglearnError
+from seglearn.log import setup_logging
 from seglearn.metrics import score
 from seglearn.paths import load_config
 from seglearn.precision import precision_record
 from seglearn.pretrain.noise import store_reference
 from seglearn.pretrain.randomise import make_randomiser
-from seglearn.pretrain.stream import base_ranges, to_channels
+from seglearn.pretrain.stream import PhantomPatchStream, base_ranges, to_channels
 from seglearn.segment.channels import resolve_derived
 from seglearn.segment.infer import mode_defaults
 
@@ -59,7 +61,7 @@ def base_meta(s: Mapping, randomiser) -> dict:
     return {
         "net": {"in_channels": len(dets) + len(derived), "n_classes": 3, "mode": mode,
                 "context": int(s["context"]) if mode == "2.5d" else 0, "base": int(s["net"]["base"]), "depth": depth,
-                "dropout": float(s["net"].get("dropout", 0.0)), "pool_z": [False] * depth, "kernel_z": [1] * (depth + 1),
+                "dropout": float(s["net"]["dropout"]), "pool_z": [False] * depth, "kernel_z": [1] * (depth + 1),
                 "channels_last": False},
         "detectors": dets, "derived": derived, "channels": dets + derived,
         "normalisation": {"method": "fixed", "percentiles": None, "ranges": base_ranges(dets, derived)},
@@ -123,6 +125,34 @@ def warm_start(net, meta: Mapping, path: str) -> dict:
             "val_awe": prev.get("val_awe"), "continued_from": prev.get("continued_from")}
 
 
+def _base_network(s: Mapping) -> tuple[Any, dict, Any]:
+    """``(randomiser, meta, net)`` of a new base model: the phantom randomiser of the settings, the
+    checkpoint's ``meta`` (with the noise reference when ``noise_reference``) and the network, warm-started
+    from ``init`` when given."""
+    rnd = make_randomiser(s)
+    meta = base_meta(s, rnd)
+    net = build_net(meta["net"])
+    if s.get("init"):
+        meta["pretrain"]["continued_from"] = warm_start(net, meta, str(s["init"]))
+    if s["noise_reference"]:  # measured once, before the clock starts, not by every fine-tuning and prediction
+        meta = store_reference(meta)
+    return rnd, meta, net
+
+
+def _summary(trainer, ckpts, net, out_dir: Path, tr: Mapping, *, seconds: float) -> dict:
+    """``pretrain_summary.json`` of a finished run (rank 0); raises if it wrote no ``best.ckpt``."""
+    best = out_dir / "best.ckpt"
+    if trainer.global_step == 0 or not best.is_file():
+        raise SeglearnError(f"{out_dir}: pretraining ran {trainer.global_step} steps and wrote no best.ckpt "
+                            f"(trainer: {tr.get('accelerator')}, devices={tr.get('devices')})")
+    bf16 = "bf16" in str(tr["precision"])
+    return {"best_ckpt": str(best), "best_awe": round(ckpts.best, 3), "best_step": ckpts.best_step,
+            "steps": int(trainer.global_step), "seconds": round(seconds, 1),
+            "size_bytes": best.stat().st_size, "parameters": int(sum(p.numel() for p in net.parameters())),
+            "processes": int(trainer.world_size),
+            "precision": {**precision_record(trainer.strategy.root_device, bf16), "lightning": str(tr["precision"])}}
+
+
 def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False,
              trainer_cfg: Mapping | None = None) -> dict:
     """Train a base model on the phantom stream; writes ``out_dir/best.ckpt``, ``last.ckpt``, ``log.csv``.
@@ -151,8 +181,6 @@ def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False,
     from lightning.pytorch.loggers import CSVLogger
 
     from seglearn.pretrain.lit import PhantomStreamData, PretrainCheckpoints, PretrainModule, trainer_kwargs
-    from seglearn.pretrain.stream import PhantomPatchStream
-    from seglearn.segment.net import build_net
 
     s = dict(settings)
     out_dir = Path(out_dir)
@@ -162,13 +190,7 @@ def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False,
     if int(s.get("threads") or 0) > 0:
         torch.set_num_threads(int(s["threads"]))
     L.seed_everything(int(s["seed"]), verbose=False)
-    rnd = make_randomiser(s)
-    meta = base_meta(s, rnd)
-    net = build_net(meta["net"])
-    if s.get("init"):
-        meta["pretrain"]["continued_from"] = warm_start(net, meta, str(s["init"]))
-    if s["noise_reference"]:  # measured once, before the clock starts, not by every fine-tuning and prediction
-        meta = store_reference(meta)
+    rnd, meta, net = _base_network(s)
     halo = int(meta["net"]["context"])
     val = validation_set(s, int(s["n_val"]))
     budget = float(s["max_minutes"]) * 60.0
@@ -199,15 +221,7 @@ def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False,
     trainer.fit(module, datamodule=data)
     if not trainer.is_global_zero:
         return {"best_ckpt": str(out_dir / "best.ckpt"), "rank": trainer.global_rank}
-    best = out_dir / "best.ckpt"
-    if trainer.global_step == 0 or not best.is_file():
-        raise SeglearnError(f"{out_dir}: pretraining ran {trainer.global_step} steps and wrote no best.ckpt "
-                            f"(trainer: {tr.get('accelerator')}, devices={tr.get('devices')})")
-    result = {"best_ckpt": str(best), "best_awe": round(ckpts.best, 3), "best_step": ckpts.best_step,
-              "steps": int(trainer.global_step), "seconds": round(time.perf_counter() - t0, 1),
-              "size_bytes": best.stat().st_size, "parameters": int(sum(p.numel() for p in net.parameters())),
-              "processes": int(trainer.world_size),
-              "precision": {**precision_record(trainer.strategy.root_device, bf16), "lightning": str(tr["precision"])}}
+    result = _summary(trainer, ckpts, net, out_dir, tr, seconds=time.perf_counter() - t0)
     (out_dir / "pretrain_summary.json").write_text(json.dumps(result, indent=2))
     log.info("pretraining done: best validation awe %.2f %% at step %d; %s (%d bytes)", ckpts.best, ckpts.best_step,
              result["best_ckpt"], result["size_bytes"])
@@ -216,10 +230,9 @@ def pretrain(settings: Mapping, out_dir: str | Path, *, overwrite: bool = False,
 
 def train(cfg) -> dict:
     """Entry point of ``train.py`` for ``model.kind=unet_pretrain``."""
-    from seglearn.cli import setup_logging  # the command layer
 
     setup_logging()
     s = settings_from(cfg.model)
     s["seed"] = resolve_seed(cfg, "model", 0)
-    return pretrain(s, str(cfg.out_dir), overwrite=bool(cfg.get("overwrite", False)),
+    return pretrain(s, str(cfg.out_dir), overwrite=bool(cfg.overwrite),
                     trainer_cfg=to_plain(cfg.get("trainer")))

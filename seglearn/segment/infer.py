@@ -8,21 +8,9 @@ from typing import Callable, Mapping
 import numpy as np
 
 from seglearn.paths import load_config
+from seglearn.precision import resolve_device  # noqa: F401  (the one device rule; seglearn.segment.api uses it from here)
 
 KIND = "unet"
-
-
-def resolve_device(device: str = "auto"):
-    """A torch device: ``auto`` picks CUDA, then MPS, then the CPU."""
-    import torch
-
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
 
 
 def torch_net_fn(net, device, *, bf16: bool = False, temperature: float = 1.0) -> Callable[[np.ndarray], np.ndarray]:
@@ -48,12 +36,15 @@ def torch_net_fn(net, device, *, bf16: bool = False, temperature: float = 1.0) -
 
 def inference_kwargs(meta: Mapping, net, *, tile=None, overlap=None, border=None, batch_size=None) -> dict:
     """Keyword arguments of :func:`~seglearn.segment.tiling.sliding_window` from the checkpoint defaults."""
-    inf = dict(meta.get("inference", {}))
+    inf = dict(meta.get("inference") or {})
+    if not all(k in inf for k in ("tile", "overlap", "batch_size")):  # a checkpoint without them: the YAML's
+        inf = {**mode_defaults(net.mode), "batch_size": load_config("model/unet.yaml")["inference"]["batch_size"],
+               **inf}
     three_d = net.mode == "3d"
     kw = {
-        "tile": [int(v) for v in (tile if tile is not None else inf.get("tile", [4, 256, 256]))],
-        "overlap": [int(v) for v in (overlap if overlap is not None else inf.get("overlap", [0, 64, 64]))],
-        "batch_size": int(batch_size if batch_size is not None else inf.get("batch_size", 2)),
+        "tile": [int(v) for v in (tile if tile is not None else inf["tile"])],
+        "overlap": [int(v) for v in (overlap if overlap is not None else inf["overlap"])],
+        "batch_size": int(batch_size if batch_size is not None else inf["batch_size"]),
         "align": net.align,
         "n_classes": net.n_classes,
         "gaussian_z": three_d,

@@ -59,6 +59,50 @@ def warmup_cosine(step: int, *, total: int, warmup: float = 0.05, floor: float =
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def logits_fn(net, device, *, bf16: bool = False):
+    """Like :func:`~seglearn.segment.infer.torch_net_fn`, but ``(B, C, Z, Y, X)`` -> the raw logits ``(B, K, z, Y, X)``
+    float32 (for fitting the softmax temperature, :mod:`seglearn.segment.calibrate`)."""
+    dtype = next(net.parameters()).dtype
+    autocast = bool(bf16) and dtype != torch.bfloat16
+
+    def fn(batch: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(batch)).to(device=device, dtype=dtype)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            return net(t).float().cpu().numpy()
+
+    return fn
+
+
+def predict_validation(fn, meta: Mapping, net, dm):
+    """Yield ``fn``'s output ``(K, z1 - z0, Y, X)`` tiled as in prediction and the labels ``(z1 - z0, Y, X)`` of
+    each run ``z0:z1`` of ``dm``'s validation slices (``dm``: a prepared :class:`~.datamodule.SegDataModule`)."""
+    kw = inference_kwargs(meta, net)
+    n = dm.x.shape[1]
+    context = max(kw["tile"][0] // 2, 1) if net.mode == "3d" else 0
+    for z0, z1 in contiguous_runs(dm.val_z):
+        out = predict_slab(fn, lambda a, b: dm.x[:, a:b], n, z0, z1, halo_z=net.halo, context_z=context, **kw)
+        yield out, dm.val_labels[z0:z1]
+
+
+def validation_logits(net, meta: Mapping, dm, device, *, bf16: bool = False, max_voxels: int = 2_000_000,
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Logits ``(K, N)`` and labels ``(N,)`` (ids 1..K) of the ``N`` labelled validation voxels of ``dm``.
+
+    With more than ``max_voxels`` labelled voxels (a dense test volume), a seeded random share of
+    each run of slices is kept, so that ``N`` stays near ``max_voxels`` (memory: ``K * N`` floats).
+    """
+    keep = min(1.0, max_voxels / max(int(np.count_nonzero(dm.val_labels)), 1))
+    rng = np.random.default_rng(seed)
+    zs, ys = [], []
+    for out, lab in predict_validation(logits_fn(net, device, bf16=bf16), meta, net, dm):
+        idx = np.flatnonzero(lab > 0)
+        if keep < 1.0:
+            idx = np.sort(rng.choice(idx, int(round(keep * len(idx))), replace=False))
+        zs.append(out.reshape(out.shape[0], -1)[:, idx])
+        ys.append(lab.ravel()[idx])
+    return np.concatenate(zs, axis=1), np.concatenate(ys)
+
+
 class SegModule(L.LightningModule):
     """U-Net training on sparse labels.
 
@@ -108,16 +152,11 @@ class SegModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         dm = self.trainer.datamodule
-        kw = inference_kwargs(self.meta, self.net)
         fn = torch_net_fn(self.net, self.device, bf16=self.device.type == "cuda")
-        n = dm.x.shape[1]
-        context = max(kw["tile"][0] // 2, 1) if self.net.mode == "3d" else 0
         preds, truths = [], []
-        for z0, z1 in contiguous_runs(dm.val_z):
-            probs = predict_slab(fn, lambda a, b: dm.x[:, a:b], n, z0, z1, halo_z=self.net.halo,
-                                 context_z=context, **kw)
+        for probs, lab in predict_validation(fn, self.meta, self.net, dm):
             preds.append(np.argmax(probs, axis=0).astype(np.uint8) + 1)
-            truths.append(dm.val_labels[z0:z1])
+            truths.append(lab)
         names = list(self.meta["classes"])
         s = score(np.concatenate(preds), np.concatenate(truths), len(names), class_names=names)
         self.val_scores = {"awe": s["awe"], "miou": s["miou"], "iou": s["iou_by_class"], "step": int(self.global_step),

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 
@@ -23,13 +24,16 @@ from seglearn.config import to_plain as _plain
 from seglearn.data import Dataset, load_dataset
 from seglearn.data.layout import DEFAULT_CLASSES
 from seglearn.errors import InputError, OutputExistsError, SeglearnError
+from seglearn.io.atomic import atomic_path
 from seglearn.log import setup_logging
 from seglearn.paths import compose
 from seglearn.precision import precision_record, trainer_device
 from seglearn.preprocess.stage import preprocess_loaded, stage_config
+from seglearn.segment.api import segmenter_from_checkpoint
+from seglearn.segment.calibrate import calibration_record
 from seglearn.segment.datamodule import SegDataModule
 from seglearn.segment.infer import mode_defaults
-from seglearn.segment.module import SegModule, class_weights
+from seglearn.segment.module import SegModule, class_weights, validation_logits
 from seglearn.segment.net import MODES, plan_anisotropy
 
 log = logging.getLogger("seglearn")
@@ -125,7 +129,7 @@ def _meta(m, mode: str, ds, dm, *, context: int, patch: list, pool_z, kernel_z, 
     by = mode_defaults(mode)
     return {
         "net": {"in_channels": len(dm.channel_names), "n_classes": ds.n_classes, "mode": mode, "context": context,
-                "base": int(m.net.base), "depth": int(m.net.depth), "dropout": float(m.net.get("dropout", 0.0)),
+                "base": int(m.net.base), "depth": int(m.net.depth), "dropout": float(m.net.dropout),
                 "pool_z": [bool(v) for v in pool_z], "kernel_z": [int(v) for v in kernel_z],
                 "channels_last": channels_last},
         "detectors": list(dm.detectors), "derived": list(dm.derived), "channels": dm.channel_names,
@@ -151,7 +155,7 @@ def _callbacks(out_dir: Path, early_stopping: dict) -> list:
     ]
     if early_stopping.get("patience"):
         callbacks.append(EarlyStopping(monitor="val/awe", mode="min", patience=int(early_stopping["patience"]),
-                                       min_delta=float(early_stopping.get("min_delta", 0.0)),
+                                       min_delta=float(early_stopping["min_delta"]),
                                        check_on_train_epoch_end=False))
     return callbacks
 
@@ -179,8 +183,37 @@ def _run(trainer, module, dm, out_dir: Path, resume, created: bool) -> float:
                         f"ckpt_path={out_dir / 'last.ckpt'}")
 
 
+#: ``meta["calibration"]["source"]`` of each validation source of :class:`~.datamodule.SegDataModule`
+CAL_SOURCE = {"test": "test", "holdout": "held-out scribbles"}
+
+
+def calibrate_best(best: Path, dm, device) -> dict | None:
+    """Fit the softmax temperature ``T`` of ``best`` (the model written) on ``dm``'s validation labels and store
+    it in its ``meta["calibration"]`` (rewritten atomically); returns that record (issue 27).
+
+    The same fit as fine-tuning's (:func:`seglearn.segment.calibrate.calibration_record`: NLL over log T in
+    [0.05, 20]) on the logits of the network as the :class:`~seglearn.segment.api.Segmenter` runs it, tiled as
+    in prediction, over the validation voxels training held out (``labels/test.tif``, else held-out strokes).
+    None (T = 1) when the run validated on its own training labels: a T fitted there would be over-confident.
+    """
+    if dm.val_source not in CAL_SOURCE:
+        log.warning("no held-out labels: the temperature is not fitted (T = 1); give labels/test.tif or more strokes")
+        return None
+    ck = load_checkpoint(best, kind="unet")
+    seg = segmenter_from_checkpoint(ck, device=str(device))
+    logits, labels = validation_logits(seg.fast_net, seg.meta, dm, seg.device)
+    rec = {**calibration_record(logits, labels, source=CAL_SOURCE[dm.val_source]),
+           "fitted_on": f"{best.name} (network alone)"}
+    ck["meta"] = {**ck["meta"], "calibration": rec}
+    with atomic_path(best, overwrite=True) as tmp:
+        torch.save(ck, tmp)
+    log.info("temperature %.3f fitted on %s (%s; ECE %.4f -> %.4f on %d voxels)", rec["temperature"], best.name,
+             rec["source"], rec["ece_before"], rec["ece_after"], rec["n_voxels"])
+    return rec
+
+
 def _result(trainer, best_cb, out_dir: Path, *, seconds: float, mode: str, n_params: int, precision: str,
-            val_source: str) -> dict:
+            val_source: str, calibration: dict | None = None) -> dict:
     """``train_summary.json`` of a finished run (written by rank 0)."""
     best = out_dir / "best.ckpt"
     best_score = best_cb.best_model_score
@@ -189,7 +222,7 @@ def _result(trainer, best_cb, out_dir: Path, *, seconds: float, mode: str, n_par
               "epochs": int(trainer.current_epoch), "seconds": round(seconds, 1), "val_source": val_source,
               "mode": mode, "parameters": int(n_params),
               "precision": {**precision_record(trainer.strategy.root_device, "bf16" in precision),
-                            "lightning": precision}}
+                            "lightning": precision}, "calibration": calibration}
     if best.exists():
         result["val"] = load_checkpoint(best)["meta"]["train"]["val"]
     if trainer.is_global_zero:
@@ -202,11 +235,11 @@ def _result(trainer, best_cb, out_dir: Path, *, seconds: float, mode: str, n_par
 
 def _datamodule(cfg, ds, patch: list, context: int) -> SegDataModule:
     m = cfg.model
-    dm = SegDataModule(ds, detectors=_plain(cfg.data.get("detectors")), derived=_plain(cfg.data.get("derived", "auto")),
+    dm = SegDataModule(ds, detectors=_plain(cfg.data.get("detectors")), derived=_plain(cfg.data.derived),
                        percentiles=_plain(m.percentiles), patch=patch, halo=context, batch_size=int(m.batch_size),
                        steps_per_epoch=int(m.steps_per_epoch), p_labelled=float(m.p_labelled),
-                       augment=_plain(m.get("augment")), val_fraction=float(cfg.data.get("val_fraction", 0.2)),
-                       seed=int(cfg.seed), num_workers=int(cfg.data.get("num_workers", 0)))
+                       augment=_plain(m.get("augment")), val_fraction=float(cfg.data.val_fraction),
+                       seed=int(cfg.seed), num_workers=int(cfg.data.num_workers))
     dm.prepare_arrays()
     return dm
 
@@ -220,7 +253,8 @@ def fit(cfg, ds, callbacks_extra: Sequence = ()) -> dict:
     -------
     dict
         ``best_ckpt``, ``last_ckpt``, ``best_awe``, ``val`` (scores of the best checkpoint),
-        ``steps``, ``seconds``.
+        ``steps``, ``seconds``, ``calibration`` (the temperature fitted on the validation labels and
+        stored in ``best.ckpt``, :func:`calibrate_best`; None without held-out labels).
     """
     m = cfg.model
     mode = str(m.mode).lower()
@@ -230,9 +264,9 @@ def fit(cfg, ds, callbacks_extra: Sequence = ()) -> dict:
     resume = cfg.get("ckpt_path")
     if resume and not Path(str(resume)).is_file():
         raise InputError(f"{resume}: ckpt_path to resume from does not exist")
-    _check_out_dir(out_dir, bool(cfg.get("overwrite", False)), resume, clean=False)
+    _check_out_dir(out_dir, bool(cfg.overwrite), resume, clean=False)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    trainer_cfg, channels_last = _resolve_auto(_plain(cfg.trainer), m.get("channels_last", "auto"))
+    trainer_cfg, channels_last = _resolve_auto(_plain(cfg.trainer), m.channels_last)
     context = int(m.context) if mode == "2.5d" else 0
     depth = int(m.net.depth)
     pool_z, kernel_z = plan_anisotropy(ds.voxel_size_nm, depth) if mode == "3d" else ([False] * depth, [1] * (depth + 1))
@@ -247,9 +281,9 @@ def fit(cfg, ds, callbacks_extra: Sequence = ()) -> dict:
     if resume:
         _check_resume(str(resume), meta)  # before anything is written
     created = not out_dir.exists()
-    _check_out_dir(out_dir, bool(cfg.get("overwrite", False)), resume)
+    _check_out_dir(out_dir, bool(cfg.overwrite), resume)
     module = SegModule(meta, lr=float(m.optim.lr), weight_decay=float(m.optim.weight_decay), max_steps=max_steps,
-                       dice=float(loss.get("dice", 0.0) or 0.0), weights=class_weights(loss.get("class_weights"), dm.class_counts))
+                       dice=float(loss["dice"] or 0.0), weights=class_weights(loss.get("class_weights"), dm.class_counts))
     callbacks = _callbacks(out_dir, _plain(m.get("early_stopping")) or {})
     logger = CSVLogger(save_dir=str(out_dir), name="logs", version="")
     trainer = L.Trainer(callbacks=callbacks + list(callbacks_extra), logger=logger, default_root_dir=str(out_dir),
@@ -258,8 +292,9 @@ def fit(cfg, ds, callbacks_extra: Sequence = ()) -> dict:
     log.info("training a %s U-Net (%d parameters, %s) on %s for at most %d steps, out_dir %s", mode, n_params,
              trainer_cfg.get("precision"), ds.name, max_steps, out_dir)
     seconds = _run(trainer, module, dm, out_dir, resume, created)
+    cal = calibrate_best(out_dir / "best.ckpt", dm, trainer.strategy.root_device) if trainer.is_global_zero else None
     return _result(trainer, callbacks[0], out_dir, seconds=seconds, mode=mode, n_params=n_params,
-                   precision=str(trainer_cfg.get("precision")), val_source=dm.val_source)
+                   precision=str(trainer_cfg.get("precision")), val_source=dm.val_source, calibration=cal)
 
 
 def train(cfg) -> dict:
@@ -269,7 +304,7 @@ def train(cfg) -> dict:
     if not root:
         raise InputError("data.root is not set: give the dataset folder, e.g. python train.py data.root=data/demo")
     resume = cfg.get("ckpt_path")
-    _check_out_dir(Path(str(cfg.out_dir)), bool(cfg.get("overwrite", False)), resume, clean=False)
+    _check_out_dir(Path(str(cfg.out_dir)), bool(cfg.overwrite), resume, clean=False)
     ds = load_dataset(root, labels=("train", "test"), require=("train",))
     steps, frame = stage_config(cfg)
     if steps:

@@ -311,13 +311,13 @@ def run(cfg) -> None:
     """The command: write the phantom described by ``cfg`` (``configs/particles.yaml``)."""
     from omegaconf import OmegaConf
 
-    from seglearn.cli import setup_logging
+    from seglearn.log import setup_logging
     from seglearn.io.outset import OutputSet
 
     setup_logging()
     params = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
     params.pop("hydra", None)
-    out, overwrite, name = params.pop("out"), bool(params.pop("overwrite", False)), params.pop("name", None)
+    out, overwrite, name = params.pop("out"), bool(params.pop("overwrite")), params.pop("name", None)
     particle_params(params)  # check everything before claiming the folder
     with OutputSet(out, replace=overwrite) as tmp:
         ph = write_particles(tmp, params, overwrite=True, name=name or Path(out).name)
@@ -326,7 +326,7 @@ def run(cfg) -> None:
 
 def main() -> None:
     """``python -m seglearn.synth.particles out=DIR ...`` (Hydra overrides)."""
-    from seglearn.cli import command
+    from seglearn.log import command
 
     command("particles")(run)()
 

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from seglearn.data.layout import DEFAULT_CLASSES, write_dataset
+from seglearn.io.tiff import read_stack
 from seglearn.synth.annotate import make_annotations
 from seglearn.synth.config import PhantomConfig
 from seglearn.synth.forward import render
+from seglearn.synth.forward_b import render_b
 from seglearn.synth.microstructure import generate_microstructure, microstructure_from_volume
 
 log = logging.getLogger("seglearn")
@@ -62,8 +64,6 @@ def make_phantom(cfg: PhantomConfig | dict | None = None) -> Phantom:
     rng = np.random.default_rng(cfg.seed)
     t0 = time.perf_counter()
     if cfg.source:
-        from seglearn.io.tiff import read_stack
-
         vol, _ = read_stack(cfg.source)
         vol = vol[: cfg.shape[0], : cfg.shape[1], : cfg.shape[2]]
         truth, inst = microstructure_from_volume(vol, cfg, str(cfg.source))
@@ -73,8 +73,6 @@ def make_phantom(cfg: PhantomConfig | dict | None = None) -> Phantom:
         truth, inst = generate_microstructure(cfg, rng)
     t1 = time.perf_counter()
     if cfg.family == "b":
-        from seglearn.synth.forward_b import render_b
-
         images, shifts = render_b(truth, inst, cfg, rng)
     else:
         images, shifts = render(truth, inst, cfg, rng)

@@ -377,7 +377,7 @@ def run(params: Mapping[str, Any]) -> dict:
     if isinstance(ions, str):
         ions = [s.strip() for s in ions.split(",") if s.strip()]
     inp, out = params.pop("input"), params.pop("output")
-    overwrite = bool(params.pop("overwrite", False))
+    overwrite = bool(params.pop("overwrite", load_config("tofsims.yaml")["overwrite"]))
     # claimed (a second run is refused), written into a temporary sibling, published by rename
     with OutputSet(out, replace=overwrite, inputs=[inp]) as tmp:
         stack = load_ions(inp, ions)

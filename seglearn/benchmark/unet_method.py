@@ -1,4 +1,5 @@
-"""The U-Net as one more benchmark method: load a checkpoint, fine-tune a base model, or train one.
+"""The U-Net as one more benchmark method (``impl: unet`` in ``configs/method/``, listed in
+:data:`seglearn.baselines.registry.METHODS`): load a checkpoint, fine-tune a base model, or train one.
 
 Uses ``seglearn.segment`` (``load_segmenter``, ``fit_segmenter``) and
 ``seglearn.pretrain.finetune``, imported only when called.
