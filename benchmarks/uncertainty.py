@@ -4,7 +4,7 @@ For each seed and family: a phantom (``seglearn.synth.make_phantom``), the class
 ``--ckpt`` zero-shot (as ``predict.py ... probabilities=true``), optionally temperature-calibrated on
 the phantom's scribbles (``seglearn.segment.calibrate``), the characterisation with intervals of the
 argmax and the characterisation of the truth. Reports how often the interval holds the truth's
-value (pore fraction, pore specific surface area by mesh and by faces, pore tau along z), the
+value (each phase's volume fraction and specific surface area by mesh and by faces, pore tau along z), the
 interval widths, and the ECE of the test slice before and after calibration.
 
     .venv/bin/python benchmarks/uncertainty.py --seeds 0 1 2 3 4 5 6 7 8 9 --out docs/bench_uncertainty.json
@@ -19,8 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-NUMBERS = {"pore fraction": "fractions/pore/fraction", "pore SSA (mesh)": "surface/pore/ssa_mesh_per_um",
-           "pore SSA (faces)": "surface/pore/ssa_faces_per_um", "pore tau z": "tortuosity/pore/z/tau"}
+#: the numbers scored: every phase's volume fraction and specific surface area (mesh and faces), the pore's tau
+PHASES = ("pore", "carbon_binder", "active_material")
+NUMBERS = {**{f"{ph} fraction": f"fractions/{ph}/fraction" for ph in PHASES},
+           **{f"{ph} SSA (mesh)": f"surface/{ph}/ssa_mesh_per_um" for ph in PHASES},
+           **{f"{ph} SSA (faces)": f"surface/{ph}/ssa_faces_per_um" for ph in PHASES},
+           "pore tau z": "tortuosity/pore/z/tau"}
 
 
 #: a light ilastik feature set for the forest predictor (--predictor forest)
@@ -40,7 +44,7 @@ def synth_config(seed: int, family: str, shape) -> dict:
 def one(seg, seed: int, family: str, shape, opts: dict, measured=("raw", "calibrated")) -> dict:
     from seglearn.characterise import characterise
     from seglearn.characterise.intervals import flatten
-    from seglearn.segment.calibrate import expected_calibration_error, fit_temperature, softmax
+    from seglearn.segment.calibrate import expected_calibration_error, fit_temperature, softmax, temperature_bounds
     from seglearn.synth.phantom import make_phantom
 
     ph = make_phantom(synth_config(seed, family, shape))
@@ -59,7 +63,7 @@ def one(seg, seed: int, family: str, shape, opts: dict, measured=("raw", "calibr
         classes = list(seg.classes)
     t_pred = time.perf_counter() - t0
     logp = np.log(np.clip(p, 1e-12, None))
-    temp = fit_temperature(logp, ph.train, probs=False)
+    temp = fit_temperature(logp, ph.train, probs=False, bounds=temperature_bounds("scribbles"))
     variants = {"raw": p, "calibrated": softmax(logp / temp, 0).astype(np.float32)}
     vs = list(ph.config.voxel_size_nm)
     common = {"steps": ["fractions", "interfaces", "tortuosity"], "tortuosity": {"phases": ["pore"]},
@@ -122,10 +126,10 @@ def main() -> None:
         runs = [json.loads(Path(f).read_text()) for f in a.merge]
         report([r for run in runs for r in run["records"]], [run["command"] for run in runs], runs[0]["options"], a.out)
         return
-    from seglearn.characterise.core import DEFAULTS
+    from seglearn.characterise.core import default_options
     from seglearn.segment.api import load_segmenter
 
-    opts = {**DEFAULTS["intervals"], "n_samples": a.n_samples, "n_samples_slow": a.n_samples_slow}
+    opts = {**default_options()["intervals"], "n_samples": a.n_samples, "n_samples_slow": a.n_samples_slow}
     if a.correlation_scale is not None:
         opts["correlation_scale"] = a.correlation_scale
     seg = load_segmenter(a.ckpt, device="cpu") if a.predictor == "unet" else "forest"

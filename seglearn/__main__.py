@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import sys
 
+from seglearn.commands import COMMANDS, entry_point
+
 
 def main(argv: list[str] | None = None) -> None:
     """Pop the command name off ``sys.argv`` and call its entry point with the remaining overrides."""
-    from seglearn.commands import COMMANDS, entry_point
-
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help") or args[0] not in COMMANDS:
         print(__doc__.strip(), file=sys.stderr if args and args[0] not in ("-h", "--help") else sys.stdout)

@@ -16,8 +16,10 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+import seglearn
 from seglearn.errors import InputError
 from seglearn.io.atomic import atomic_path
+from seglearn.segment.calibrate import T_BOUNDS
 
 FORMAT = "seglearn"
 VERSION = 1
@@ -56,8 +58,6 @@ def save_checkpoint(path: str | os.PathLike, *, kind: str, state_dict: Mapping[s
         ``meta["blend"]``, :mod:`seglearn.pretrain.blend`).
     """
     import torch
-
-    import seglearn
 
     meta = dict(meta)
     meta.setdefault("seglearn_version", seglearn.__version__)
@@ -188,7 +188,6 @@ def _check_unet_meta(meta: Mapping, path) -> dict:
                          f"found {str(ranges)[:80]}")
     cal = meta.get("calibration")
     if cal is not None:  # a huge or non-finite temperature would make every softmax uniform: all one class
-        from seglearn.segment.calibrate import T_BOUNDS
 
         t = cal.get("temperature") if isinstance(cal, dict) else None
         if not _finite(t) or not T_BOUNDS[0] <= float(t) <= T_BOUNDS[1]:

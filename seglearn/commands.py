@@ -16,23 +16,21 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
+from seglearn import runner
 from seglearn.cli import command, report_errors, setup_logging
+from seglearn.options import TOFSIMS, check_options
 
 
 @command("train")
 def train(cfg) -> None:
     """Train a model: ``data.root=DATASET out_dir=DIR [model=unet|stardist] [experiment=NAME]``."""
-    from seglearn.runner import train as run
-
-    run(cfg)
+    runner.train(cfg)
 
 
 @command("predict")
 def predict(cfg) -> None:
     """Predict a tomogram: ``ckpt=C input=DATASET_OR_TIFFS output=OUT``; no arguments: the demo."""
-    from seglearn.runner import predict as run
-
-    run(cfg)
+    runner.predict(cfg)
 
 
 @command("preprocess")
@@ -64,7 +62,6 @@ def run_tofsims(cfg) -> dict:
     """ToF-SIMS ion maps -> phase map for the composed ``configs/tofsims.yaml`` ``cfg``; returns the summary."""
     from omegaconf import OmegaConf
 
-    from seglearn.options import TOFSIMS, check_options
     from seglearn.tofsims.pipeline import run
 
     setup_logging()

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from seglearn.config import to_plain
 from seglearn.errors import InputError
 
 _MISSING = object()
@@ -301,7 +302,7 @@ CHARACTERISE = {
     "progress": BOOL, "probabilities": NULL | TEXT, "intervals.n_samples": integer(0),
     "intervals.n_samples_slow": integer(0), "intervals.correlation_length": one_of("auto") | NONNEG | numbers(3, 0),
     "intervals.correlation_scale": NONNEG, "intervals.level": number(0, 1, lo_open=True, hi_open=True),
-    "intervals.seed": SEED,
+    "intervals.seed": SEED, "intervals.span_point": BOOL,
 }
 #: preprocess.py (configs/preprocess.yaml)
 PREPROCESS = {"overwrite": BOOL, "chunk": integer(1), "labels_frame": one_of("auto", "raw", "registered"),
@@ -355,8 +356,6 @@ def check_options(cfg: Any, rules: Mapping[str, Rule], where: str, *, prefix: st
     prefix : str
         Written before each option name in the message (``"finetune."`` for a section).
     """
-    from seglearn.config import to_plain
-
     params = to_plain(cfg)
     for key, rule in rules.items():
         value = _lookup(params, key)

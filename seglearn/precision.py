@@ -21,6 +21,8 @@ import functools
 import logging
 from typing import Mapping
 
+from seglearn.errors import InputError
+
 log = logging.getLogger("seglearn")
 
 
@@ -104,8 +106,6 @@ def resolve_bf16(setting, device) -> bool:
     InputError
         For anything else.
     """
-    from seglearn.errors import InputError
-
     if setting is None or (isinstance(setting, str) and setting.lower() == "auto"):
         return bf16_supported(device)
     if isinstance(setting, bool):

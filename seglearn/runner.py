@@ -12,6 +12,8 @@ import importlib
 from typing import Any, Callable
 
 from seglearn import options
+from seglearn.ckpt import load_checkpoint
+from seglearn.config import check_targets
 from seglearn.errors import InputError
 from seglearn.options import check_options
 
@@ -46,8 +48,6 @@ def _check_train_options(cfg, kind: str) -> None:
 
 def train(cfg) -> dict:
     """Train the model kind named by ``cfg.model.kind``; returns its metrics."""
-    from seglearn.config import check_targets
-
     check_targets(cfg)
     kind = str(cfg.model.kind)
     _check_train_options(cfg, kind)
@@ -65,9 +65,6 @@ def train(cfg) -> dict:
 
 def predict(cfg) -> dict:
     """Predict with the checkpoint ``cfg.ckpt`` using the predictor of its kind."""
-    from seglearn.ckpt import load_checkpoint
-    from seglearn.config import check_targets
-
     check_targets(cfg)
     check_options(cfg, options.PREDICT, "predict")
     ckpt = load_checkpoint(cfg.ckpt)

@@ -34,6 +34,7 @@ from seglearn.io import atomic_path
 from seglearn.log import command, setup_logging
 from seglearn import paths
 from seglearn.paths import compose
+from seglearn.segment.api import segmenter_from_checkpoint
 
 log = logging.getLogger("seglearn")
 COLUMNS = ("rank", "z", "y0", "y1", "x0", "x1", "score", "uncertainty", "disagreement", "distance_factor")
@@ -219,8 +220,6 @@ def write_suggestions(out: Path, ranked: list[dict], info: Mapping, *, overwrite
 def run(cfg) -> dict:
     """``python -m seglearn.suggest``: predict, fit the forest, rank, write (``configs/suggest.yaml``)."""
     from omegaconf import OmegaConf
-
-    from seglearn.segment.api import segmenter_from_checkpoint
 
     setup_logging()
     c = OmegaConf.to_container(cfg, resolve=True)

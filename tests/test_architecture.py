@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ast
 import functools
+import subprocess
+import sys
 from pathlib import Path
 
 import seglearn
@@ -188,6 +190,73 @@ def test_package_code_does_not_import_the_command_layer():
     graph = import_graph()
     bad = sorted(f"{a}:{graph[a]['seglearn.cli']}" for a in graph if "seglearn.cli" in graph[a] and layer(a) != 5)
     assert not bad, f"import seglearn.log instead of seglearn.cli in: {bad}"
+
+
+_TORCH = "keeps the module importable without torch / Lightning: the network loads when it is built or fitted"
+
+#: the modules that may still import ``seglearn`` inside a function, each with its reason (docs/architecture.md:
+#: imports at module level; an import inside a function only defers torch / Lightning, or a stage of a lazy table)
+DEFERRED: dict[str, str] = {
+    "seglearn.commands": "lazy stage table: each command imports only its own stage, so every command starts fast",
+    "seglearn.runner": "lazy stage table: a stage (preprocess.stage, pretrain.adapt) loads only when its kind runs",
+    "seglearn.ckpt": "imported by runner at start-up: segment.net / instances.model (torch) and segment.blend "
+                     "(scipy) load only when a checkpoint is validated",
+    "seglearn.segment.api": _TORCH,
+    "seglearn.segment.adapt": _TORCH,
+    "seglearn.instances.pipeline": _TORCH,
+    "seglearn.instances.keras_import": _TORCH,
+    "seglearn.instances.train": _TORCH,
+    "seglearn.pretrain.ft_setup": _TORCH,
+    "seglearn.pretrain.finetune": "Lightning (ft_lit, lit) loads only when a run is fitted",
+    "seglearn.pretrain.train": "Lightning (pretrain.lit) loads only when pretraining runs",
+    "seglearn.benchmark.unet_method": "the U-Net method loads segment / pretrain.finetune (torch) only when it runs",
+    "seglearn.ct.study": "the U-Net subset of the study loads segment (torch, Lightning) only when it runs",
+    "seglearn.napari.layers": "the manifest-loaded napari reader stays light: suggest imports the inference stack",
+    "seglearn.napari.session": "the widget opens without torch: training / fine-tuning load when the user trains",
+    "seglearn.pretrain.autocontext": _TORCH,
+}
+
+HEAVY = ("torch", "lightning", "napari", "qtpy", "tensorflow", "stardist", "taufactor", "pyamg")
+#: modules -> what importing them must not import: the command layer and the napari reader (manifest-loaded)
+#: start without torch or scipy; the modules that defer torch above really import without it
+LIGHT: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("seglearn.__main__", "seglearn.cli", "seglearn.commands", "seglearn.runner", "seglearn.options", "seglearn.io",
+     "seglearn.ckpt", "seglearn.napari._io", "seglearn.napari.layers"): (*HEAVY, "scipy"),
+    tuple(m for m, why in DEFERRED.items() if why == _TORCH or m.startswith("seglearn.napari.")): HEAVY,
+}
+
+
+def function_level_imports() -> dict[str, list[str]]:
+    """``{module: ["line: statement", ...]}`` of the ``seglearn`` imports inside functions."""
+    out: dict[str, list[str]] = {}
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for n in ast.walk(node):
+                    if (isinstance(n, ast.ImportFrom) and (n.module or "").startswith("seglearn")) or (
+                            isinstance(n, ast.Import) and any(a.name.startswith("seglearn") for a in n.names)):
+                        out.setdefault(name, []).append(f"{n.lineno}: {ast.unparse(n)}")
+    return out
+
+
+def test_function_level_imports_have_a_reason():
+    """A ``seglearn`` import inside a function only in a module of :data:`DEFERRED`; no stale entries."""
+    found = function_level_imports()
+    new = {m: lines for m, lines in found.items() if m not in DEFERRED}
+    assert not new, ("import at module level (or add the module to DEFERRED with its reason): "
+                     + "; ".join(f"{m}: {lines}" for m, lines in sorted(new.items())))
+    stale = sorted(set(DEFERRED) - set(found))
+    assert not stale, f"no function-level seglearn import left in {stale}: remove them from DEFERRED"
+
+
+def test_entry_modules_start_without_torch():
+    """The command entry points and the napari reader import neither torch, Lightning, napari / Qt nor scipy."""
+    for mods, banned in LIGHT.items():
+        code = ("import importlib, sys\n"
+                f"for m in {list(mods)!r}: importlib.import_module(m)\n"
+                f"print(sorted(h for h in {list(banned)!r} if h in sys.modules))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert out.strip() == "[]", f"importing {list(mods)} imports {out.strip()}"
 
 
 #: size limits of the house rules (docs/architecture.md): lines of a module, lines of a function

@@ -65,3 +65,24 @@ def test_torch_net_fn_applies_the_temperature():
     for t in (1.0, 2.5):
         p = torch_net_fn(net, torch.device("cpu"), temperature=t)(x)
         np.testing.assert_allclose(p, softmax(logits / t, 1), atol=1e-6)
+
+
+def test_scribbles_can_soften_but_never_sharpen():
+    """Scribbles lie inside the phases: T fitted on them is kept >= 1 (a dense test set may give T < 1)."""
+    from seglearn.pretrain.ft_final import blend_temperature
+
+    logits, labels = _draw(0.5)  # the raw logits are under-confident: the best T is 0.5
+    assert calibration_record(logits, labels, source="test")["temperature"] == pytest.approx(0.5, rel=0.06)
+    for source in ("held-out scribbles", "held-out scribbles of run 1 of 3 (runs 2..3 trained on part of them)"):
+        rec = calibration_record(logits, labels, source=source)
+        assert rec["temperature"] == pytest.approx(1.0, abs=1e-6)
+        assert rec["ece_after"] == pytest.approx(rec["ece_before"], abs=1e-6)  # T = 1: nothing changed
+    over_logits, over_labels = _draw(2.5)  # over-confident: scribbles still soften
+    assert calibration_record(over_logits, over_labels, source="held-out scribbles")["temperature"] == \
+        pytest.approx(2.5, rel=0.06)
+    # the blend's temperature follows the same bounds: (N, K, Y, X) logits, a forest of uniform probabilities
+    z = logits.T.reshape(40, 1000, 3).transpose(0, 2, 1)[..., None]
+    y = labels.reshape(40, 1000)[..., None]
+    pf = np.full_like(z, 1 / 3)
+    assert blend_temperature(z, y, weight=0.75, p_forest=pf) < 0.9
+    assert blend_temperature(z, y, weight=0.75, p_forest=pf, bounds=(1.0, 20.0)) == pytest.approx(1.0, abs=1e-3)

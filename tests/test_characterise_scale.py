@@ -48,6 +48,11 @@ def test_parallel_workers_give_the_serial_report():
     # every step timed, its CPU counted in the worker that ran it, and the total includes the workers
     assert set(steps) <= set(par["timings_cpu_s"]) and par["timings_cpu_s"]["tortuosity"] > 0
     assert par["timings_cpu_s"]["total"] >= 0.9 * sum(par["timings_cpu_s"][s] for s in steps)
+    # and each task's own time, for the schedule's critical path (bench.json at 512^3)
+    tasks = {t["task"]: t for t in par["parallel"]["tasks"]}
+    assert {f"tortuosity {c} z" for c in CLASSES} <= set(tasks) and all(t["cpu_s"] >= 0 for t in tasks.values())
+    assert abs(sum(t["cpu_s"] for t in tasks.values() if t["task"].startswith("tortuosity"))
+               - par["timings_cpu_s"]["tortuosity"]) < 0.05
 
 
 def _stamp(sleep_s: float):

@@ -36,7 +36,8 @@ CHECKED_ELSEWHERE = {
                  "model.sources", "model.init",       # paths
                  "model.ranges"},                     # seglearn.pretrain.randomise (merge_settings)
     "finetune": {"ranges",                            # seglearn.pretrain.randomise
-                 "blend", "blend_forest"},            # seglearn.pretrain.blend (mode, method registry)
+                 "blend", "blend_forest",             # seglearn.pretrain.blend (mode, method registry)
+                 "autocontext", "autocontext_folds", "autocontext_dropout", "autocontext_lr"},  # seglearn.pretrain.autocontext.check_settings
     "benchmark": {"data.", "out", "preprocess.", "study", "experiment",
                   *(f"{m}." for m in METHODS)},       # each method's own settings (seglearn.baselines)
     "characterise": {"instances", "output",           # paths

@@ -142,6 +142,7 @@ def test_isotropic_resampling_round_trip():
 
 
 def test_isotropic_checkpoint_sees_resampled_volume(monkeypatch):
+    import seglearn.instances.pipeline as pipeline
     import seglearn.instances.volume as volume
     from seglearn.instances.model import build_model
     from seglearn.instances.pipeline import segment_particles
@@ -154,7 +155,7 @@ def test_isotropic_checkpoint_sees_resampled_volume(monkeypatch):
         seen.append((view, images.shape))
         return real(net, images, view, **kw)
 
-    monkeypatch.setattr(volume, "predict_view", spy)
+    monkeypatch.setattr(pipeline, "predict_view", spy)  # where view_outputs looks it up
     x = np.random.default_rng(0).random((1, 6, 16, 16)).astype(np.float32)
     params = {"tile": [64, 64], "context": 8, "bf16": False,
               "fusion": {"foreground": "probability", "fg_prob": 0.0, "min_size": 1}}
@@ -186,7 +187,7 @@ def test_fusion_candidates_without_repeats():
 def test_tune_fusion_picks_the_best_candidate(tmp_path, monkeypatch):
     from stardist import edt_prob
 
-    import seglearn.instances.pipeline as pipeline
+    import seglearn.instances.tune as tune
     from seglearn.instances.targets import relabel_slice, unview_stack, view_stack
     from seglearn.instances.tune import tune_fusion
     from seglearn.synth.particles import write_particles
@@ -199,7 +200,7 @@ def test_tune_fusion_picks_the_best_candidate(tmp_path, monkeypatch):
         assert x.shape == (1, *ph.instances.shape) and 0 <= x.min() and x.max() <= 1.0
         return probs, [(p > 0).astype(np.int32) for p in probs]
 
-    monkeypatch.setattr(pipeline, "view_outputs", oracle)
+    monkeypatch.setattr(tune, "view_outputs", oracle)  # where tune_fusion looks it up
     meta = {"net": {"in_channels": 1}, "channels": ["CT"], "thresholds": {"prob": 0.5, "nms": 0.4},
             "normalisation": {"kind": "percentile", "lo": [0.0], "hi": [65535.0]}, "predict": {"isotropic": False}}
     # h = 5: no maximum stands out that much, so touching particles merge

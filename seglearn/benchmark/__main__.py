@@ -1,12 +1,11 @@
 """``python -m seglearn.benchmark data.root=DATASET methods=[...]`` (same as ``benchmark.py``)."""
 
+from seglearn.benchmark.cli import run
 from seglearn.cli import command
 
 
 @command("benchmark")
 def main(cfg) -> None:
-    from seglearn.benchmark.cli import run
-
     run(cfg)
 
 

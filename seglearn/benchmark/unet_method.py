@@ -11,7 +11,11 @@ import tempfile
 
 import numpy as np
 
+from seglearn.ckpt import load_checkpoint
 from seglearn.errors import InputError
+from seglearn.io.intensity import fit_to_model
+from seglearn.pretrain.adapt import adapt_to_volume, parse_predict_adapt, resolve_predict_alpha
+from seglearn.segment.tta import check_mode
 
 
 def _api():
@@ -31,10 +35,6 @@ def fit(channels, detectors, train_labels=None, *, ckpt: str | None = None, init
     ``tta`` (none, flips, dihedral) is the test-time augmentation of the predictions; ``adapt`` as
     ``predict.py adapt=`` (``auto``: a base model is adapted to the predicted volume without labels,
     :func:`seglearn.pretrain.adapt.adapt_to_volume`)."""
-    from seglearn.ckpt import load_checkpoint
-    from seglearn.pretrain.adapt import parse_predict_adapt, resolve_predict_alpha
-    from seglearn.segment.tta import check_mode
-
     mode = check_mode(tta)  # before any training
     wanted = parse_predict_adapt(adapt)  # a bad setting fails before any training too
     path = str(ckpt) if ckpt else _train(channels, detectors, train_labels, init=init, out_dir=out_dir,
@@ -70,8 +70,6 @@ def predict(model, channels, detectors) -> np.ndarray:
     api = _api()
     channels = np.asarray(channels)
     if model.get("adapt", 0.0) > 0 or channels.dtype != np.uint8:  # adapted to these channels first, no labels
-        from seglearn.ckpt import load_checkpoint
-        from seglearn.pretrain.adapt import adapt_to_volume
 
         # adapt_to_volume first puts the channels on the model's grey scale (seglearn.io.intensity)
         ck = load_checkpoint(model["ckpt"], kind="unet")
@@ -83,7 +81,6 @@ def predict(model, channels, detectors) -> np.ndarray:
         seg = api.load_segmenter(model["ckpt"])
         meta = getattr(seg, "meta", None)
         if meta is not None:  # uint8 channels too: a model trained on 16-bit or 0..1 data reads another scale
-            from seglearn.io.intensity import fit_to_model
 
             sel = channels[seg.channel_order(list(detectors), "channels")]
             ck, _ = fit_to_model({"meta": meta}, lambda a, b: sel[:, a:b], sel.shape[1:], seg.detectors,

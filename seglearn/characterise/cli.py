@@ -7,7 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
+from seglearn.characterise.labels import resolve_voxel_size
+from seglearn.characterise.pipeline import characterise
 from seglearn.errors import InputError
+from seglearn.io import read_stack
+from seglearn.io.outset import OutputSet
+from seglearn.io.tiff import read_voxel_size_nm
+from seglearn.log import setup_logging
+from seglearn.options import CHARACTERISE, check_options
 
 log = logging.getLogger("seglearn")
 
@@ -25,8 +32,6 @@ def read_probabilities(params: dict) -> tuple:
     import json
 
     import tifffile
-
-    from seglearn.io.tiff import read_voxel_size_nm
 
     src = params.get("probabilities")
     inp = params.get("input")
@@ -60,14 +65,8 @@ def run(cfg) -> dict:
     """
     from omegaconf import OmegaConf
 
-    from seglearn.characterise.pipeline import characterise
-    from seglearn.characterise.labels import resolve_voxel_size
-    from seglearn.log import setup_logging
-    from seglearn.io import read_stack
-
     setup_logging()
     params = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
-    from seglearn.options import CHARACTERISE, check_options
 
     if params.get("probabilities") and params.get("input") in (None, "???"):
         params.pop("input", None)  # probabilities= alone: no label input needed
@@ -100,7 +99,6 @@ def run(cfg) -> dict:
                              f"{src} shape {raw.shape}")
     out = params.get("output") or str(Path("outputs") / f"{src.stem}_characterise")
     options = {k: params[k] for k in _PASSED if k in params}
-    from seglearn.io.outset import OutputSet
 
     # the folder is claimed (lock) and the report set appears complete, replacing an earlier one whole
     with OutputSet(out, replace=bool(params.get("overwrite")), inputs=[src, params.get("instances")]) as tmp:

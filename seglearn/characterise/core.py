@@ -133,6 +133,8 @@ def _run_steps(ctx, steps: list) -> dict:
     workers = int(par["workers"]) if ctx.lab.size >= int(par["min_voxels"]) else 1
     log.info("characterise: %d tasks of %d steps on up to %d processes", len(tasks), len(steps), workers)
     info = run_tasks(tasks, workers=workers, memory_gb=par["memory_gb"])
+    info["tasks"] = [{"task": t.name or t.step, "wall_s": round(t.wall_s, 2), "cpu_s": round(t.cpu_s, 2)}
+                     for t in tasks if t.refused is None and t.cost > 0]  # the schedule's critical path
     for s in steps:
         mine = plans[s][0]
         refused = [t.refused for t in mine if t.refused and not t.optional]

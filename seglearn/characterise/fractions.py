@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from seglearn.errors import InputError
+
 AXES = {"z": 0, "y": 1, "x": 2}
 
 
@@ -35,8 +37,6 @@ def volume_fractions(labels: np.ndarray, n_classes: int) -> np.ndarray:
 def _axis(axis) -> int:
     if isinstance(axis, str):
         if axis.lower() not in AXES:
-            from seglearn.errors import InputError
-
             raise InputError(f"axis must be one of z, y, x, got {axis!r}")
         return AXES[axis.lower()]
     return int(axis)

@@ -15,6 +15,8 @@ import logging
 
 import numpy as np
 
+from seglearn.characterise.sizes import sample_box
+
 log = logging.getLogger("seglearn")
 
 
@@ -108,8 +110,6 @@ def sampled_geodesic(mask: np.ndarray, face: str, d_nm: float, spacing_nm, *, ma
     the window, not of the volume). Returns the dict of :func:`geodesic_tortuosity` with ``box``
     (``[start, stop]`` per axis of the window).
     """
-    from seglearn.characterise.sizes import sample_box
-
     ax = "zyx".index(face[0])
     n_ax = mask.shape[ax]
     depth = min(n_ax, int(np.ceil(d_nm / float(spacing_nm[ax]))) + 2)

@@ -80,27 +80,36 @@ def _assign(labels, k, verts, faces, normals, spacing, shape, probe):
     Returns the areas and neighbour ids of the assigned triangles, and the area of triangles that
     still saw their own phase (thin features), left unassigned.
     """
-    tri = verts[faces]  # (F, 3, 3) in nm
-    cen = tri.mean(axis=1) / spacing  # voxel coordinates
+    # corners taken one at a time (a (F, 3, 3) gather and its mean over the short axis cost twice as much)
+    v0, v1, v2 = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
+    sp32 = spacing.astype(np.float32)
+    cen = (v0 + v1 + v2) / (3.0 * sp32)  # voxel coordinates
     inside = np.all((cen >= -0.5) & (cen <= shape - 0.5), axis=1)
-    tri, faces, cen = tri[inside], faces[inside], cen[inside]
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    del tri
-    nrm = normals[faces].mean(axis=1)  # points from high (inside) to low (outside) values
+    if not inside.all():
+        v0, v1, v2, faces, cen = v0[inside], v1[inside], v2[inside], faces[inside], cen[inside]
+    v1 -= v0
+    v2 -= v0
+    area = 0.5 * np.linalg.norm(np.cross(v1, v2), axis=1)
+    del v0, v1, v2
+    nrm = normals[faces[:, 0]] + normals[faces[:, 1]] + normals[faces[:, 2]]  # from high (inside) to low (outside)
     nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
     # normals are in nm space: a step of ``probe`` voxels of the finest axis, in voxel units
-    step = nrm * (probe * spacing.min()) / spacing
+    step = nrm * np.float32(probe * spacing.min()) / sp32
     nb = np.zeros(len(area), np.int64)
     todo = np.ones(len(area), bool)
+    flat = labels.reshape(-1)
+    stride = np.array([shape[1] * shape[2], shape[2], 1], np.intp)
+    idx = np.arange(len(area))
     for scale in (1.0, 1.5, 2.0):
-        idx = np.nonzero(todo)[0]
-        p = np.rint(cen[idx] + scale * step[idx]).astype(np.int64)
+        c, st = (cen, step) if len(idx) == len(area) else (cen[idx], step[idx])
+        p = np.rint(c + np.float32(scale) * st).astype(np.intp)
         np.clip(p, 0, shape - 1, out=p)
-        v = labels[p[:, 0], p[:, 1], p[:, 2]].astype(np.int64)
+        v = flat[p @ stride].astype(np.int64)
         good = v != k
         nb[idx[good]] = v[good]
         todo[idx[good]] = False
-        if not todo.any():
+        idx = idx[~good]
+        if not len(idx):
             break
     keep = ~todo
     return area[keep], nb[keep], float(area[todo].sum())

@@ -12,7 +12,8 @@ each axis (smoothed white noise of ``sigma`` has correlation ``exp(-r² / 4 sigm
 
 Each sample is characterised; the interval of a number is the normal-theory *prediction*
 interval of one more draw, ``mean ± t_{n-1} · std · sqrt(1 + 1/n)`` (the truth is treated as one
-more plausible segmentation), clipped to the number's range (:func:`clip_to_range`). Cheap
+more plausible segmentation), stretched to span the argmax's value ± the same half width
+(``intervals.span_point``), clipped to the number's range (:func:`clip_to_range`). Cheap
 numbers (fractions, face-counted interfaces, CBD coverage, sections, RVE) use
 ``intervals.n_samples`` draws, the costly ones (meshes, size distributions, tortuosity, geodesic
 tortuosity, inner pores, particles) the first ``intervals.n_samples_slow``. Which numbers get
@@ -28,7 +29,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from seglearn.characterise.core import measure as characterise  # the numbers alone (no intervals, files)
 from seglearn.characterise.intervals_numbers import annotate, flatten, is_fraction
+from seglearn.errors import InputError
 
 log = logging.getLogger("seglearn")
 
@@ -133,8 +136,13 @@ def sample_labels(log_probs: np.ndarray, sigma, rng: np.random.Generator) -> np.
 
 # ------------------------------------------------------------------------------------------ numbers
 
-def interval(values, level: float = 0.95) -> dict:
+def interval(values, level: float = 0.95, point: float | None = None) -> dict:
     """Prediction interval of one more draw from ``values`` (None entries: not finite, counted apart).
+
+    With ``point`` (the argmax segmentation's value) the interval spans both centres:
+    ``[min(mean, point) - half, max(mean, point) + half]``. The draws differ from the argmax
+    systematically (a draw's boundaries are rougher, so its face-counted areas are larger; its
+    fractions are the mean of ``p``, not the mode's), and the truth is closer to neither by rule.
 
     Returns
     -------
@@ -150,8 +158,20 @@ def interval(values, level: float = 0.95) -> dict:
            "n_missing": int(len(values) - v.size)}
     if v.size > 1:
         half = float(student.ppf(0.5 + level / 2, v.size - 1)) * out["std"] * math.sqrt(1 + 1 / v.size)
-        out["low"], out["high"] = out["mean"] - half, out["mean"] + half
+        lo, hi = out["mean"], out["mean"]
+        if point is not None and math.isfinite(point):
+            lo, hi = min(lo, float(point)), max(hi, float(point))
+        out["low"], out["high"] = lo - half, hi + half
     return out
+
+
+def _finite(x) -> float | None:
+    """``x`` as a float when it is a finite number, else None."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
 
 
 def clip_to_range(path: str, iv: dict, values) -> dict:
@@ -221,12 +241,14 @@ def add_intervals(rep: dict, tables: dict, probs: np.ndarray, measure: Callable[
             if k in f and (i < n_slow or f[k] is not None):
                 draws[k].append(f[k])
         log.info("intervals: sample %d of %d measured (%s)", i + 1, n, "all steps" if i < n_slow else "fast steps")
-    ivs = {k: {"value": point[k], **clip_to_range(k, interval(v, float(o["level"])), v)}
+    span = bool(o["span_point"])
+    ivs = {k: {"value": point[k], **clip_to_range(k, interval(v, float(o["level"]), _finite(point[k]) if span
+                                                             else None), v)}
            for k, v in draws.items() if v}
     annotate(rep, tables, ivs)  # the CSV / HTML tables carry the bounds next to each number
     tables["intervals"] = [{"number": k, **v} for k, v in ivs.items()]
     rep["intervals"] = {"method": "correlated Gumbel-max sampling of the probabilities",
-                        "level": float(o["level"]), "n_samples": n, "n_samples_slow": n_slow,
+                        "level": float(o["level"]), "span_point": span, "n_samples": n, "n_samples_slow": n_slow,
                         "steps_every_draw": fast, "steps_slow_draws": slow,
                         "correlation_length_voxels": [round(v, 3) for v in length],
                         "sigma_voxels": [round(v, 3) for v in sigma], "seed": int(o["seed"]), "values": ivs}
@@ -278,9 +300,6 @@ def characterise_intervals(rep: dict, tables: dict, lab: np.ndarray, probabiliti
     roles : dict, optional
         ``{"active": id, ...}`` (:func:`seglearn.characterise.labels.find_roles`).
     """
-    from seglearn.characterise.core import measure as characterise  # the numbers alone (no intervals, files)
-    from seglearn.errors import InputError
-
     probabilities = np.asarray(probabilities)
     if probabilities.shape != (len(classes),) + lab.shape:
         raise InputError(f"{opts['source'] or 'probabilities'}: probabilities of shape {probabilities.shape}, expected "

@@ -14,6 +14,7 @@ import re
 import numpy as np
 
 from seglearn.characterise.intervals_numbers import report_paths
+from seglearn.characterise.render import fig_png as _fig_png, table as _table
 
 #: the results outside the tables drawn in the fourth panel of intervals.png, relative to their value
 OTHER = re.compile(r"^(cbd_coverage_of_am/.*|size_distribution/[^/]+/(constrictivity|r50_opening_um|r50_intrusion_um)"
@@ -58,8 +59,6 @@ def interval_plot(rep: dict) -> bytes:
     """``intervals.png``: fractions, SSA and τ per phase, and the other results relative to their value."""
     import matplotlib.pyplot as plt
 
-    from seglearn.characterise.render import fig_png as _fig_png
-
     vals = rep["intervals"]["values"]
     classes = rep["input"]["classes"]
     dirs = sorted({k.split("/")[2] for k in vals if k.startswith("tortuosity/") and k.endswith("/tau")})
@@ -80,8 +79,6 @@ def interval_plot(rep: dict) -> bytes:
 
 def interval_html(rep: dict, tables: dict, img) -> str:
     """The HTML section of the intervals: method, ``intervals.png`` and every number outside the tables."""
-    from seglearn.characterise.render import table as _table
-
     iv = rep["intervals"]
     mine = report_paths(rep)
     rows = [r for r in tables.get("intervals") or [] if r["number"] in mine]

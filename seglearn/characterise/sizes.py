@@ -22,7 +22,7 @@ import logging
 
 import numpy as np
 
-from seglearn.characterise.morph import connected_to, dilate, erode, radii_grid
+from seglearn.characterise.morph import connected_to, dilate, erode, face_mask, radii_grid
 
 log = logging.getLogger("seglearn")
 
@@ -156,8 +156,6 @@ def sampled_size_distribution(labels: np.ndarray, phase: int, spacing_nm, *, n_l
     docs/characterise.md. Returns the dict of :func:`size_distribution` without the local thickness,
     with ``box`` (the column's ``[start, stop]`` per axis).
     """
-    from seglearn.characterise.morph import face_mask
-
     axis = "zyx".index(inlet[0]) if inlet and inlet != "all" else 0
     box = sample_box(labels.shape, axis, max_voxels)
     mask = np.ascontiguousarray(labels[box] == phase)

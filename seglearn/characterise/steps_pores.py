@@ -37,7 +37,7 @@ def _sizes(ctx: Ctx) -> Plan:
                                          inlet=o["inlet"], max_voxels=o["max_voxels"],
                                          progress=bool(ctx.opts["progress"]) and serial)
 
-    tasks = [Task("sizes", (lambda p=p: one(p)), cost=6.0 * n, mem=16.0 * n, name=f"sizes {ctx.classes[p - 1]}")
+    tasks = [Task("sizes", (lambda p=p: one(p)), cost=9.0 * n, mem=16.0 * n, name=f"sizes {ctx.classes[p - 1]}")
              for p in pids]
 
     def combine(res):
@@ -145,7 +145,8 @@ def _geodesic(ctx: Ctx) -> Plan:
         return sampled_geodesic(ctx.lab, face, d, ctx.spacing, max_starts=o["max_values"], max_voxels=o["max_voxels"],
                                 phase=pid)
 
-    tasks = [Task("geodesic", (lambda d=d: one(d)), cost=2.0 * n * d / extent, mem=40.0 * n * d / extent)
+    tasks = [Task("geodesic", (lambda d=d: one(d)), cost=2.0 * n * d / extent, mem=40.0 * n * d / extent,
+                  name=f"geodesic d={d / 1e3:.4g} um")
              for d in ds]
 
     def combine(res):
@@ -198,7 +199,7 @@ def _inner(ctx: Ctx) -> Plan:
         ctx.rep["inner_pores"] = res[0]["rep"]
         ctx.tables["local_fraction"] = res[0]["rows"]
 
-    return [Task("inner_pores", lambda: _inner_result(ctx, solid_ids), cost=2.0 * ctx.lab.size,
+    return [Task("inner_pores", lambda: _inner_result(ctx, solid_ids), cost=5.0 * ctx.lab.size,
                  mem=24.0 * ctx.lab.size)], combine
 
 

@@ -26,6 +26,10 @@ import warnings
 
 import numpy as np
 
+from seglearn.characterise.diffusion import keep_heap as _keep_heap
+from seglearn.characterise.diffusion import solve_diffusion
+from seglearn.errors import InputError
+
 log = logging.getLogger("seglearn")
 
 _ORDER = {"z": (0, 1, 2), "y": (1, 0, 2), "x": (2, 1, 0)}
@@ -35,36 +39,8 @@ SOLVERS = ("auto", "fv", "taufactor")
 BYTES_PER_UNKNOWN = 180.0
 
 
-@contextlib.contextmanager
-def _keep_heap():
-    """Keep freed memory in the glibc heap while taufactor runs.
-
-    taufactor allocates whole-volume temporaries every iteration; above glibc's mmap threshold each
-    one is a fresh zero-filled mapping, which doubled the CPU time of a 256^3 solve (sys time).
-    Restored to glibc's defaults afterwards; a no-op off glibc.
-    """
-    libc = None
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        libc = None
-    try:
-        yield
-    finally:
-        if libc is not None:
-            libc.mallopt(-3, 128 * 1024)
-            libc.mallopt(-1, 128 * 1024)
-            libc.malloc_trim(0)
-
-
 def choose_solver(solver: str, device: str) -> str:
     """``fv`` or ``taufactor`` for the option ``solver`` (``auto``: taufactor on an available GPU)."""
-    from seglearn.errors import InputError
-
     if solver not in SOLVERS:
         raise InputError(f"tortuosity.solver must be one of {list(SOLVERS)}, got {solver!r}")
     if solver != "auto":
@@ -118,8 +94,6 @@ def tortuosity_factor(mask: np.ndarray, direction: str, spacing_nm, *, solver: s
         ``d_eff`` (``mean(D) / tau``, for a mask ``eps / tau``; ``None`` when not converged),
         ``iterations``, ``flux_spread``, ``solver``, ``seconds``.
     """
-    from seglearn.errors import InputError
-
     if direction not in _ORDER:
         raise InputError(f"tortuosity direction must be z, y or x, got {direction!r}")
     t0 = time.perf_counter()
@@ -140,8 +114,6 @@ def tortuosity_factor(mask: np.ndarray, direction: str, spacing_nm, *, solver: s
                 "seconds": time.perf_counter() - t0}
     r = None
     if kind == "fv" and d_mean > 0:
-        from seglearn.characterise.diffusion import solve_diffusion
-
         r = solve_diffusion(field, sp, rtol=rtol, conv_crit=conv_crit, iter_limit=iter_limit,
                             time_limit_s=time_limit_s)
         r = r if r["unknowns"] else None

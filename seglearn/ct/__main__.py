@@ -9,22 +9,20 @@ from __future__ import annotations
 import sys
 
 from seglearn.cli import report_errors, setup_logging
+from seglearn.ct.study import run
+from seglearn.errors import InputError
+from seglearn.paths import compose
 
 
 @report_errors
 def main(argv: list[str] | None = None) -> dict:
     """Compose the experiment config with the command-line overrides and run the study."""
-    from seglearn.ct.study import run
-    from seglearn.paths import compose
-
     setup_logging()
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
         print(__doc__)
         return {}
     from hydra.errors import HydraException
-
-    from seglearn.errors import InputError
 
     try:
         cfg = compose("experiment/ct_user_study", args)

@@ -9,6 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
+from seglearn.io.atomic import atomic_path
+
 log = logging.getLogger("seglearn")
 
 COLUMNS_DOC = {
@@ -141,7 +143,5 @@ def particle_features(labels: np.ndarray, images: np.ndarray | None = None, *,
 
 def write_features(path: str | os.PathLike, table, *, overwrite: bool = False) -> None:
     """Write the feature table as CSV, atomically."""
-    from seglearn.io.atomic import atomic_path
-
     with atomic_path(path, overwrite=overwrite) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")

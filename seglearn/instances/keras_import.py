@@ -27,7 +27,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from seglearn.errors import InputError
+from seglearn.ckpt import save_checkpoint
+from seglearn.errors import InputError, OutputExistsError
+from seglearn.paths import load_config
 
 log = logging.getLogger("seglearn")
 
@@ -37,8 +39,6 @@ DEFAULT_THRESHOLDS = {"prob": 0.5, "nms": 0.4}
 
 def _predict_defaults() -> dict:
     """Prediction settings written into an imported checkpoint: those of ``configs/model/stardist.yaml``."""
-    from seglearn.paths import load_config
-
     cfg = load_config("model/stardist.yaml")
     return {**cfg["predict"], "threads": cfg["threads"]}
 
@@ -304,9 +304,6 @@ def _parse(argv: Sequence[str]) -> tuple[str, dict]:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Command line: import ``MODEL_DIR`` and write the checkpoint ``out``; returns its ``meta``."""
-    from seglearn.ckpt import save_checkpoint
-    from seglearn.errors import OutputExistsError
-
     model_dir, o = _parse(sys.argv[1:] if argv is None else argv)
     out = Path(o["out"])
     if out.exists() and str(o.get("overwrite", "false")).lower() not in ("1", "true", "yes"):

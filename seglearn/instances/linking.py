@@ -14,6 +14,8 @@ import logging
 
 import numpy as np
 
+from seglearn.instances.fusion import relabel_sequential
+
 log = logging.getLogger("seglearn")
 
 
@@ -152,6 +154,5 @@ def link_slices(labels: np.ndarray, *, max_distance: float = 10.0, min_slices: i
         out[short[out]] = 0
     n = int(out.max()) if out.size else 0
     log.info("linking: %d particles", n)
-    from seglearn.instances.fusion import relabel_sequential
 
     return relabel_sequential(out)

@@ -14,6 +14,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from seglearn.paths import load_config
+
 
 def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, (int, float)) else tuple(int(x) for x in v)
@@ -162,8 +164,6 @@ NET_KEYS = ("n_rays", "grid", "depth", "base_filters", "head_filters", "n_conv_p
 def build_model(params: dict, in_channels: int) -> StarDistNet:
     """A :class:`StarDistNet` from the ``model`` config / checkpoint ``meta['net']`` keys (:data:`NET_KEYS`);
     a missing (or null) key takes its value in ``configs/model/stardist.yaml``."""
-    from seglearn.paths import load_config
-
     defaults = load_config("model/stardist.yaml")
     p = {k: defaults[k] if params.get(k) is None else params[k] for k in NET_KEYS}
     return StarDistNet(in_channels, n_rays=int(p["n_rays"]), grid=tuple(p["grid"]), depth=int(p["depth"]),

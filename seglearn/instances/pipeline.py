@@ -9,7 +9,13 @@ from typing import Mapping
 import numpy as np
 
 from seglearn.errors import InputError
-from seglearn.instances.targets import normalise
+from seglearn.instances.anisotropy import from_isotropic, iso_factors, to_isotropic
+from seglearn.instances.fusion import fuse_views
+from seglearn.instances.linking import link_slices
+from seglearn.instances.targets import fit_normalisation, normalise
+from seglearn.instances.volume import predict_view
+from seglearn.paths import load_config
+from seglearn.precision import resolve_bf16
 
 log = logging.getLogger("seglearn")
 
@@ -23,8 +29,6 @@ def predict_settings(stored: Mapping | None = None, options: Mapping | None = No
     merged key by key.
     """
     import copy
-
-    from seglearn.paths import load_config
 
     out = copy.deepcopy(load_config("model/stardist.yaml")["predict"])
     for layer, keep_none in ((stored, True), (options, False)):
@@ -64,7 +68,6 @@ def prepare_images(images: np.ndarray, meta: Mapping, where: str = "input") -> n
                          f"{images.shape} (C, Z, Y, X)")
     norm = meta["normalisation"]
     if norm.get("kind") == "per_image":  # imported StarDist models: each input by its own percentiles (csbdeep)
-        from seglearn.instances.targets import fit_normalisation
 
         lo, hi = fit_normalisation(images, norm.get("percentiles", (1.0, 99.8)))
         return normalise(images, lo, hi)
@@ -75,8 +78,6 @@ def model_grid(images: np.ndarray, params: Mapping, voxel_size_nm=None) -> np.nd
     """``images`` ``(C, Z, Y, X)`` on the grid the network sees: resampled to the x voxel size when
     ``params["isotropic"]`` (a checkpoint trained so, issue 29) and the voxel size is known, else as they are
     (checkpoints from before issue 29 have no ``isotropic``: they were trained on the voxels as they are)."""
-    from seglearn.instances.anisotropy import iso_factors, to_isotropic
-
     factors = iso_factors(voxel_size_nm) if params.get("isotropic") and images.shape[1] > 1 else (1.0, 1.0, 1.0)
     return to_isotropic(images, factors)
 
@@ -106,10 +107,6 @@ def view_outputs(net, images: np.ndarray, *, prob_thresh: float, nms_thresh: flo
     labels : list of (Z, Y, X) int32
         2D ids per slice of the view.
     """
-    from seglearn.instances.anisotropy import from_isotropic
-    from seglearn.instances.volume import predict_view
-    from seglearn.precision import resolve_bf16
-
     params = dict(params or {})
     kw = dict(prob_thresh=prob_thresh, nms_thresh=nms_thresh, tile=tuple(params.get("tile", (256, 256))),
               context=int(params.get("context", 64)), batch_size=int(params.get("batch_size", 8)), progress=progress,
@@ -136,8 +133,6 @@ def fuse_settings(probs, labels, fu: Mapping, prob_thresh: float, scale: float =
     scale : float
         Voxels of this grid per input voxel (``min_size`` is scaled by it).
     """
-    from seglearn.instances.fusion import fuse_views
-
     seed = fu.get("seed_thresh")
     poly = fu.get("foreground", "polygons") == "polygons"
     if not poly and fu.get("foreground") != "probability":
@@ -175,8 +170,6 @@ def segment_particles(net, images: np.ndarray, *, method: str = "auto", prob_thr
     info : dict
         ``method``, ``seconds``.
     """
-    from seglearn.instances.linking import link_slices
-
     params = predict_settings(params)
     if method not in METHODS:
         raise InputError(f"method={method!r}: expected one of {list(METHODS)}")
@@ -195,8 +188,6 @@ def segment_particles(net, images: np.ndarray, *, method: str = "auto", prob_thr
             labels = link_slices(labels, max_distance=float(lk["max_distance"]), min_slices=int(lk["min_slices"]),
                                  progress=progress)
     else:
-        from seglearn.instances.anisotropy import from_isotropic
-
         # fused on the grid the network saw (isotropic voxels for an isotropic checkpoint), then brought back
         probs, labels = view_outputs(net, images, back=False, **kw)
         scale = labels[0].size / images[0].size

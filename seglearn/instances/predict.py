@@ -16,8 +16,20 @@ from pathlib import Path
 
 import numpy as np
 
+from seglearn.characterise.labels import as_voxel_size
 from seglearn.config import to_plain as _plain
+from seglearn.data import load_dataset
+from seglearn.data.layout import declared_voxel_size
 from seglearn.errors import InputError
+from seglearn.instances.features import contact_pairs, particle_features, write_features
+from seglearn.instances.metrics import instance_scores, instance_scores_2d
+from seglearn.instances.pipeline import load_model, predict_settings, prepare_images, segment_particles
+from seglearn.io import check_writable, read_image, read_stack, write_volume
+from seglearn.io.atomic import atomic_path
+from seglearn.io.intensity import apply_map, fit_array
+from seglearn.io.outset import OutputSet
+from seglearn.io.preview import _grey
+from seglearn.io.tiff_write import choose_voxel_size
 
 log = logging.getLogger("seglearn")
 
@@ -29,11 +41,7 @@ def _get(cfg, key, default=None):
 
 def _read_input(inp, meta: dict):
     """images (C, Z, Y, X), voxel sizes found [(source, (z, y, x) or None)], detector names, true instances or None."""
-    from seglearn.io import read_image
-
     if isinstance(inp, (list, tuple)) or (hasattr(inp, "__len__") and not isinstance(inp, str)):
-        from seglearn.io import read_stack
-
         files = [Path(str(f)) for f in inp]
         stacks = [read_stack(f) for f in files]
         shapes = {s.shape for s, _ in stacks}
@@ -43,9 +51,6 @@ def _read_input(inp, meta: dict):
         return np.stack([s for s, _ in stacks]), vs, [f.stem for f in files], None
     path = Path(str(inp))
     if path.is_dir() and (path / "dataset.yaml").exists():
-        from seglearn.data import load_dataset
-        from seglearn.data.layout import declared_voxel_size
-
         ds = load_dataset(path, labels=("instances",))
         want = meta.get("channels")
         if want and list(ds.detectors) != list(want):
@@ -68,7 +73,6 @@ def _on_model_scale(images: np.ndarray, meta: dict, where: str) -> tuple[np.ndar
     norm = meta["normalisation"]
     if norm.get("kind") == "per_image":
         return images, None
-    from seglearn.io.intensity import apply_map, fit_array
 
     names = [f"ch{i}" for i in range(images.shape[0])]
     ref = {"detectors": names, "normalisation": {"method": "percentile", "percentiles": norm.get("percentiles"),
@@ -85,9 +89,6 @@ def write_instance_preview(path: Path, images: np.ndarray, labels: np.ndarray, *
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from skimage.color import label2rgb
-
-    from seglearn.io.atomic import atomic_path
-    from seglearn.io.preview import _grey
 
     grey = images[0].astype(np.float32)
     z, y = labels.shape[0] // 2, labels.shape[1] // 2
@@ -117,8 +118,6 @@ NAMES = ("instances.tif", "particles.csv", "contacts.csv", "preview.png")
 def _output_folder(cfg, inp) -> tuple[Path, bool]:
     """The output folder and whether it may be replaced (default ``outputs/<input name>_particles``,
     replaced by a later run); every output file checked writable."""
-    from seglearn.io import check_writable
-
     output = _get(cfg, "output")
     overwrite = bool(_get(cfg, "overwrite", False))
     if output is None:
@@ -133,8 +132,6 @@ def _output_folder(cfg, inp) -> tuple[Path, bool]:
 def _settings(cfg, meta: dict) -> tuple[dict, float, float]:
     """Prediction settings: ``configs/model/stardist.yaml`` ``predict`` <- the checkpoint's <- the command's
     ``instances.*``, ``tile``, ``batch_size``, ``bf16``; and the probability / NMS thresholds."""
-    from seglearn.instances.pipeline import predict_settings
-
     over = _get(cfg, "instances", {})
     opts = {k: _plain(_get(over, k)) for k in ("method", "fusion", "linking")}
     params = predict_settings(meta.get("predict"), opts)
@@ -160,10 +157,6 @@ def _stack_ids(labels: np.ndarray) -> np.ndarray:
 def _write_outputs(dst: Path, labels: np.ndarray, images: np.ndarray, *, voxel, detectors, overwrite: bool,
                    cfg, method: str) -> int:
     """``instances.tif``, ``particles.csv``, ``contacts.csv`` and ``preview.png`` into ``dst``; the particle count."""
-    from seglearn.instances.features import contact_pairs, particle_features, write_features
-    from seglearn.io import write_volume
-    from seglearn.io.atomic import atomic_path
-
     write_volume(dst / "instances.tif", labels, voxel_size_nm=voxel, overwrite=overwrite, compression="zlib")
     table = particle_features(labels, images, voxel_size_nm=voxel or (1.0, 1.0, 1.0), detectors=detectors,
                               progress=bool(_get(cfg, "progress", True)))
@@ -179,9 +172,6 @@ def _write_outputs(dst: Path, labels: np.ndarray, images: np.ndarray, *, voxel, 
 
 def _write_scores(dst: Path, truth: np.ndarray, labels: np.ndarray, method: str) -> dict:
     """Instance matching against the dataset's true instances (2D per slice for ``2d``), into ``scores.json``."""
-    from seglearn.instances.metrics import instance_scores, instance_scores_2d
-    from seglearn.io.atomic import atomic_path
-
     if method == "2d":
         from skimage.measure import label as cc
 
@@ -215,11 +205,6 @@ def predict(cfg, ckpt: dict) -> dict:
         ``n_particles``, ``method``, ``seconds``, ``outputs`` and ``scores`` (when the input has
         true instances).
     """
-    from seglearn.characterise.labels import as_voxel_size
-    from seglearn.instances.pipeline import load_model, prepare_images, segment_particles
-    from seglearn.io.outset import OutputSet
-    from seglearn.io.tiff_write import choose_voxel_size
-
     t0 = time.perf_counter()
     meta = ckpt["meta"]
     inp = _get(cfg, "input")

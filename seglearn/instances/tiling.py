@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from seglearn.precision import autocast, to_channels_last
 from seglearn.tiling import sliding_window
 
 
@@ -24,8 +25,6 @@ def _net_fn(net, device, batch_size: int, bf16: bool) -> Callable[[np.ndarray], 
     images -> ``(1, 1 + R, N, h / gy, w / gx)`` (sigmoid probability, then the ``R`` distances), run
     ``batch_size`` images at a time."""
     import torch
-
-    from seglearn.precision import autocast, to_channels_last
 
     def fn(tiles: np.ndarray) -> np.ndarray:
         images = tiles[0].transpose(1, 0, 2, 3)  # (N, C, h, w)
@@ -69,8 +68,6 @@ def predict_tiles(net, images: np.ndarray, *, tile: Sequence[int] = (256, 256), 
         Object probability (sigmoid applied).
     dist : (N, R, ceil(H/gy), ceil(W/gx)) float32
     """
-    from seglearn.precision import to_channels_last
-
     images = np.asarray(images, dtype=np.float32)
     n, c, h, w = images.shape
     gy, gx = net.grid

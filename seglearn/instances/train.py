@@ -18,8 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
+from seglearn.ckpt import save_checkpoint
+from seglearn.data import load_dataset
 from seglearn.errors import InputError, OutputExistsError, SeglearnError
+from seglearn.instances.anisotropy import iso_factors, to_isotropic
+from seglearn.instances.metrics import instance_scores_2d
+from seglearn.instances.postprocess import instances_2d, optimize_thresholds
 from seglearn.instances.targets import VIEWS, fit_normalisation, normalise, relabel_slice, slice_targets, view_stack
+from seglearn.instances.tiling import predict_tiles
+from seglearn.instances.tune import tune_fusion
+from seglearn.io.atomic import atomic_path
+from seglearn.paths import load_config
+from seglearn.precision import resolve_bf16
 
 log = logging.getLogger("seglearn")
 
@@ -27,8 +37,6 @@ log = logging.getLogger("seglearn")
 def _params(cfg) -> dict:
     """The ``model`` settings: ``configs/model/stardist.yaml`` (their one home) updated by ``cfg.model``."""
     from omegaconf import DictConfig, OmegaConf
-
-    from seglearn.paths import load_config
 
     model = cfg.get("model", {}) if hasattr(cfg, "get") else {}
     if isinstance(model, DictConfig):
@@ -203,7 +211,6 @@ def _load(cfg, p: dict):
     if tune and not (Path(str(tune)) / "dataset.yaml").is_file():
         raise InputError(f"model.tune_data={tune}: not a dataset folder (no dataset.yaml); expected a labelled volume "
                          "with labels/instances.tif, not the training one")
-    from seglearn.data import load_dataset
 
     ds = load_dataset(root, labels=("instances",), require=("instances",))
     if not np.any(ds.instances):
@@ -218,7 +225,6 @@ def _training_volume(ds, p: dict, seed: int):
     images, instances = normalise(ds.images, lo, hi), ds.instances
     iso = bool(p["isotropic"]) and ds.shape[0] > 1
     if iso:  # anisotropic voxels: train on the volume resampled to the x voxel size (issue 29)
-        from seglearn.instances.anisotropy import iso_factors, to_isotropic
 
         factors = iso_factors(ds.voxel_size_nm)
         images, instances = to_isotropic(images, factors), to_isotropic(instances, factors, labels=True)
@@ -275,11 +281,6 @@ def _fit(net, sampler, va_data, p: dict, cfg, out_dir: Path):
 def _thresholds(net, va_x: np.ndarray, va_lbl2, p: dict):
     """Probability / NMS thresholds chosen on the validation slices, predicted as predict.py will (bf16 or
     not), and the 2D scores there."""
-    from seglearn.instances.metrics import instance_scores_2d
-    from seglearn.instances.postprocess import instances_2d, optimize_thresholds
-    from seglearn.instances.tiling import predict_tiles
-    from seglearn.precision import resolve_bf16
-
     h, w = va_lbl2[0].shape
     hp, wp = va_x.shape[2:]
     predict_bf16 = resolve_bf16(dict(p.get("predict") or {}).get("bf16", "auto"), "cpu")
@@ -296,7 +297,6 @@ def _tune(net, meta: dict, p: dict) -> dict | None:
     ``meta["predict"]["fusion"]`` (and ``meta["tuned"]``); the tuning result, or None."""
     if not p.get("tune_data"):
         return None
-    from seglearn.instances.tune import tune_fusion
 
     res = tune_fusion(net, meta, p["tune_data"], p["fusion_grid"])
     meta["predict"]["fusion"] = dict(res["fusion"])
@@ -322,9 +322,7 @@ def train(cfg) -> dict:
     import lightning as L
     import torch
 
-    from seglearn.ckpt import save_checkpoint
     from seglearn.instances.model import NET_KEYS, build_model
-    from seglearn.io.atomic import atomic_path
 
     t0 = time.perf_counter()
     p = _params(cfg)

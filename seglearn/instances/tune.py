@@ -16,7 +16,11 @@ from typing import Mapping
 
 import numpy as np
 
+from seglearn.data import load_dataset
 from seglearn.errors import InputError
+from seglearn.instances.anisotropy import from_isotropic
+from seglearn.instances.metrics import instance_scores
+from seglearn.instances.pipeline import fuse_settings, predict_settings, prepare_images, view_outputs
 
 log = logging.getLogger("seglearn")
 
@@ -60,8 +64,6 @@ def fusion_candidates(grid: Mapping[str, list], base: Mapping) -> list[dict]:
 
 def _score(true: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
     """(F1 at IoU 0.75, F1 at IoU 0.5, mean matched IoU at 0.5)."""
-    from seglearn.instances.metrics import instance_scores
-
     s = instance_scores(true, pred, thresholds=(0.5, 0.75))
     return s["0.75"]["f1"], s["0.5"]["f1"], s["0.5"]["mean_matched_score"]
 
@@ -86,10 +88,6 @@ def tune_fusion(net, meta: Mapping, root, grid: Mapping[str, list], *, progress:
         ``fusion`` (the best settings), ``f1_0.75``, ``f1_0.5``, ``mean_iou`` there, ``dataset`` and
         ``table`` (every candidate with its three figures).
     """
-    from seglearn.data import load_dataset
-    from seglearn.instances.anisotropy import from_isotropic
-    from seglearn.instances.pipeline import fuse_settings, predict_settings, prepare_images, view_outputs
-
     ds = load_dataset(root, labels=("instances",), require=("instances",))
     if ds.shape[0] < 2:
         raise InputError(f"model.tune_data={root}: fusion needs a 3D volume, got a single slice")

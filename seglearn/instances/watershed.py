@@ -8,6 +8,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from seglearn.instances.fusion import relabel_sequential
+
 log = logging.getLogger("seglearn")
 
 
@@ -65,8 +67,6 @@ def distance_watershed(mask: np.ndarray, *, spacing: Sequence[float] | None = No
     """
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
-
-    from seglearn.instances.fusion import relabel_sequential
 
     mask = np.asarray(mask, bool)
     if spacing is not None:

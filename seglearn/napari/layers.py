@@ -15,7 +15,12 @@ from typing import Sequence
 
 import numpy as np
 
+from seglearn.data import load_dataset
+from seglearn.data.layout import _find_image, read_meta
 from seglearn.errors import InputError
+from seglearn.io import open_stack, read_stack, write_volume
+from seglearn.io.omezarr import _attrs
+from seglearn.io.preview import label_colours
 
 LayerTuple = tuple  # (data, kwargs, layer_type)
 
@@ -35,8 +40,6 @@ def is_prediction(path: str | os.PathLike) -> bool:
 def _levels(path: Path) -> list:
     """The resolution levels of an OME-Zarr image, finest first, as lazy zarr arrays (napari multiscale)."""
     import zarr
-
-    from seglearn.io.omezarr import _attrs
 
     attrs = _attrs(path)
     if attrs is None:
@@ -60,8 +63,6 @@ def class_colours(classes: Sequence[str], meta: dict | None = None) -> dict:
     colour (``"#rrggbb"`` or ``[r, g, b]`` in 0..255); missing ones come from seglearn's palette
     (the colours of ``preview.png``).
     """
-    from seglearn.io.preview import label_colours
-
     pal = label_colours(len(classes)).astype(float) / 255.0
     given = (meta or {}).get("colours") or {}
     if isinstance(given, list):
@@ -108,8 +109,6 @@ def dataset_layer_data(root: str | os.PathLike) -> list[LayerTuple]:
         editable Labels layer ("train labels", zeros when the file is missing) and
         ``labels/test.tif`` when present, coloured by class.
     """
-    from seglearn.data import load_dataset
-
     ds = load_dataset(root, labels=("train", "test"))
     root = Path(root)
     scale = tuple(float(v) for v in ds.voxel_size_nm)
@@ -140,8 +139,7 @@ def prediction_layer_data(folder: str | os.PathLike) -> list[LayerTuple]:
     ``probabilities.tif`` (:func:`seglearn.suggest.normalised_entropy`); without probabilities
     only the labels are shown.
     """
-    from seglearn.io import read_stack
-    from seglearn.suggest import normalised_entropy
+    from seglearn.suggest import normalised_entropy  # the inference stack (scipy): not when the reader loads
 
     folder = Path(folder)
     try:
@@ -256,9 +254,6 @@ def save_labels(path: str | os.PathLike, data) -> Path:
     Path
         The file written.
     """
-    from seglearn.data.layout import read_meta
-    from seglearn.io import write_volume
-
     target = label_target(path)
     root = target.parent.parent
     meta = read_meta(root)
@@ -270,9 +265,6 @@ def save_labels(path: str | os.PathLike, data) -> Path:
 
 def image_shape(root: Path, detector: str) -> tuple[int, int, int]:
     """``(Z, Y, X)`` of a detector's stack, read from the file header only."""
-    from seglearn.data.layout import _find_image
-    from seglearn.io import open_stack
-
     p = _find_image(Path(root) / "images", detector)
     if p is None:
         raise InputError(f"{Path(root) / 'images' / (detector + '.tif')}: detector {detector!r} has no image")

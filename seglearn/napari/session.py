@@ -15,7 +15,13 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from seglearn.ckpt import load_checkpoint
+from seglearn.data import load_dataset
 from seglearn.errors import InputError
+from seglearn.io import atomic_path
+from seglearn.metrics import score
+from seglearn.napari.layers import check_labels
+from seglearn.segment.api import load_segmenter
 
 StepHook = Callable[[dict], "bool | None"]
 
@@ -77,9 +83,6 @@ def train_model(root: str | os.PathLike, labels: np.ndarray, out_dir: str | os.P
     dict
         The training function's result; ``best_ckpt`` is the model.
     """
-    from seglearn.data import load_dataset
-    from seglearn.napari.layers import check_labels
-
     ds = load_dataset(root, labels=("test",))
     train = check_labels(labels, ds.shape, ds.n_classes, "train labels layer")
     if not np.any(train):
@@ -108,8 +111,6 @@ def predict_slices(ckpt: str | os.PathLike, images: np.ndarray, detectors: Seque
     probs : (K, len(zs), Y, X) float32
     zs : list of int
     """
-    from seglearn.segment.api import load_segmenter
-
     seg = load_segmenter(ckpt)
     sel = images[seg.channel_order(detectors, "dataset")]
     shape = sel.shape[1:]
@@ -122,9 +123,6 @@ def predict_slices(ckpt: str | os.PathLike, images: np.ndarray, detectors: Seque
 
 def score_test(ckpt: str | os.PathLike, root: str | os.PathLike) -> dict:
     """Per-class IoU and awe of a model on the dataset's ``labels/test.tif`` slices (:func:`seglearn.metrics.score`)."""
-    from seglearn.data import load_dataset
-    from seglearn.metrics import score
-
     ds = load_dataset(root, labels=("test",))
     if ds.test is None or not np.any(ds.test):
         raise InputError(f"{Path(root) / 'labels' / 'test.tif'}: missing or empty; Score needs test labels")
@@ -147,9 +145,6 @@ def export_checkpoint(ckpt: str | os.PathLike, dest: str | os.PathLike, *, overw
 
     The copy is a ``kind: unet`` checkpoint: ``python predict.py ckpt=DEST input=...`` runs it.
     """
-    from seglearn.ckpt import load_checkpoint
-    from seglearn.io import atomic_path
-
     load_checkpoint(ckpt, kind="unet")  # a readable U-Net checkpoint, or a one-line error
     with atomic_path(dest, overwrite=overwrite) as tmp:
         shutil.copyfile(ckpt, tmp)

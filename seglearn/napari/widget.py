@@ -28,6 +28,19 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from seglearn.data import load_dataset
+from seglearn.napari.layers import class_colours, save_labels, uncertainty_kwargs
+from seglearn.napari.session import (
+    export_checkpoint,
+    finetune_settings,
+    format_scores,
+    predict_slices,
+    progress_fraction,
+    score_test,
+    train_model,
+)
+from seglearn.suggest import forest_labels, load_config, normalised_entropy, suggest
+
 SCRATCH = "(train from scratch)"
 CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
 
@@ -62,8 +75,6 @@ class SeglearnWidget(QWidget):
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
-        from seglearn.napari.session import finetune_settings
-
         self.labels_box = QComboBox()
         self.base_box = QComboBox()
         self.base_box.setEditable(True)
@@ -176,8 +187,6 @@ class SeglearnWidget(QWidget):
         self._try(self._train)
 
     def _train(self, settings: dict | None = None) -> None:
-        from seglearn.napari.session import progress_fraction, train_model
-
         layer, root = self.labels_layer(), self.dataset_root()
         base = self.base_box.currentText().strip()
         base = None if base in ("", SCRATCH) else base
@@ -219,9 +228,6 @@ class SeglearnWidget(QWidget):
         self._try(self._predict)
 
     def _predict(self) -> None:
-        from seglearn.data import load_dataset
-        from seglearn.napari.session import predict_slices
-
         if self.ckpt is None:
             raise RuntimeError("train a model first (or Train from a base model)")
         root = self.dataset_root()
@@ -236,9 +242,6 @@ class SeglearnWidget(QWidget):
         self._run(work, self._predicted)
 
     def _predicted(self, res) -> None:
-        from seglearn.napari.layers import class_colours, uncertainty_kwargs
-        from seglearn.suggest import normalised_entropy
-
         probs, zs, shape = res
         tag = self._tag()
         scale = self.labels_layer().scale
@@ -267,10 +270,6 @@ class SeglearnWidget(QWidget):
         self._try(self._suggest)
 
     def _suggest(self) -> None:
-        from seglearn.data import load_dataset
-        from seglearn.napari.session import predict_slices
-        from seglearn.suggest import forest_labels, load_config, suggest
-
         if self.ckpt is None:
             raise RuntimeError("train a model first: Suggest ranks where the model is unsure")
         root, labels, ckpt, probs = self.dataset_root(), np.array(self.labels_layer().data), self.ckpt, self.probs
@@ -320,16 +319,12 @@ class SeglearnWidget(QWidget):
         self._try(self._score)
 
     def _score(self) -> None:
-        from seglearn.napari.session import score_test
-
         if self.ckpt is None:
             raise RuntimeError("train a model first")
         self.status.setText("scoring on the test labels …")
         self._run(score_test, self._scored, self.ckpt, self.dataset_root())
 
     def _scored(self, s: dict) -> None:
-        from seglearn.napari.session import format_scores
-
         self.scores = s
         self.status.setText(format_scores(s))
 
@@ -346,8 +341,6 @@ class SeglearnWidget(QWidget):
 
     def export(self, path, *, overwrite: bool = False) -> Path:
         """Write the trained model to ``path`` (usable with ``predict.py ckpt=PATH``)."""
-        from seglearn.napari.session import export_checkpoint
-
         out = export_checkpoint(self.ckpt, path, overwrite=overwrite)
         self.status.setText(f"exported {out}; python predict.py ckpt={out} input=DATASET")
         return out
@@ -357,8 +350,6 @@ class SeglearnWidget(QWidget):
 
     def save_labels(self) -> Path:
         """Write the labels layer back to ``DATASET/labels/train.tif``."""
-        from seglearn.napari.layers import save_labels
-
         out = save_labels(self.dataset_root(), self.labels_layer().data)
         self.status.setText(f"saved {out}")
         return out

@@ -26,6 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
+from seglearn.ckpt import load_checkpoint, save_checkpoint
 from seglearn.errors import InputError
 from seglearn.pretrain.noise import choose_smoothing, describe, reference_noise, relative_noise_unlabelled
 from seglearn.segment import adapt as segment_adapt
@@ -83,8 +84,6 @@ def adapt_bn(ckpt: str | Path, images: np.ndarray, detectors: Sequence[str], *, 
         ``alpha``, ``patches``, ``patch``, ``seconds`` and ``shift`` (mean over the BatchNorm
         layers of ``|dataset mean - stored mean| / sqrt(stored var)``, before the update).
     """
-    from seglearn.ckpt import load_checkpoint, save_checkpoint
-
     ck = load_checkpoint(ckpt, kind="unet")
     if ck["meta"]["net"].get("mode") == "3d":
         raise InputError(f"{ckpt}: adapt_bn supports 2d / 2.5d models, this one is 3d")

@@ -198,13 +198,14 @@ def choose_weight(p_net: np.ndarray, p_forest: np.ndarray, labels: np.ndarray, w
 
 
 # ----------------------------------------------------------------------------------- fine-tuning
-def _net_proba(ckpt, raw: np.ndarray, detectors: Sequence[str], zs: Sequence[int]) -> np.ndarray:
-    """The network's probabilities ``(K, len(zs), Y, X)`` on whole slices (one forward pass per slice)."""
+def _net_proba(ckpt, raw: np.ndarray, detectors: Sequence[str], zs: Sequence[int], x: np.ndarray | None = None) -> np.ndarray:
+    """The network's probabilities ``(K, len(zs), Y, X)`` on whole slices (one forward pass per slice);
+    ``x``: its prepared inputs (auto-context: with the out-of-fold forest channels), else from ``raw``."""
     import torch
 
     seg = segmenter_from_checkpoint(load_checkpoint(ckpt, kind="unet"), device="cpu")
     halo = int(seg.meta["net"].get("context", 0)) if seg.mode == "2.5d" else 0
-    logits = predict_slices(seg.net, seg.prepare(raw), zs, halo, bf16=seg.bf16)
+    logits = predict_slices(seg.net, seg.prepare(raw) if x is None else x, zs, halo, bf16=seg.bf16)
     return torch.softmax(torch.from_numpy(logits), dim=1).numpy().transpose(1, 0, 2, 3)
 
 
@@ -240,7 +241,7 @@ def _stored_blend(final, w: float, cfg: Mapping, detectors: Sequence[str], k: in
 
 def attach(ckpt: str | Path, raw: np.ndarray, detectors: Sequence[str], train: np.ndarray, *, fit_labels: np.ndarray,
            val_labels: np.ndarray, judge_ckpt: str | Path, settings: Mapping, voxel_size_nm=None,
-           keep: dict | None = None) -> dict | None:
+           keep: dict | None = None, x: np.ndarray | None = None) -> dict | None:
     """Fit the forest, choose ``w`` on labels neither model saw and store the blend in ``ckpt`` (rewritten).
 
     Parameters
@@ -256,6 +257,8 @@ def attach(ckpt: str | Path, raw: np.ndarray, detectors: Sequence[str], train: n
         or ``labels/test.tif``); the judging forest is fitted on ``fit_labels``.
     settings : mapping
         Fine-tuning settings (``blend*``, ``seed``, ``threads``).
+    x : (C, Z, Y, X) ndarray, optional
+        The networks' prepared inputs (auto-context: with the out-of-fold forest channels).
     keep : dict, optional
         Gets ``p_forest`` ``(K, len(val_z), Y, X)``: the judging forest's probabilities on the validation
         slices ``val_z`` (for the temperature fitted on the blend, :mod:`seglearn.pretrain.ft_final`).
@@ -279,7 +282,7 @@ def attach(ckpt: str | Path, raw: np.ndarray, detectors: Sequence[str], train: n
     in_fit = fit_labels[train > 0] > 0
     judge = _fit(x_all[in_fit], y_all[in_fit], cfg, seed=seed, threads=threads)
     p_forest = _judge_proba(pack(judge, k), k, stack, x_all, train, val_labels, val_z, threads=threads)
-    p_net = _net_proba(judge_ckpt, raw, detectors, val_z)
+    p_net = _net_proba(judge_ckpt, raw, detectors, val_z, x=x)
     choice = choose_weight(p_net, p_forest, val_labels[val_z], s["blend_weights"], tol=float(s["blend_tol"]))
     w = choice["weight"]
     if keep is not None:
@@ -288,7 +291,7 @@ def attach(ckpt: str | Path, raw: np.ndarray, detectors: Sequence[str], train: n
               f"slices {val_z} that neither the network ({Path(judge_ckpt).parent.name}) nor the judging forest saw",
               "scores": choice["scores"]}
     meta = copy.deepcopy(ck["meta"])
-    tensors = None
+    tensors = ck.get("blend") if ck["meta"].get("autocontext") else None  # auto-context: the same forest, kept
     if w < 1.0:
         final = judge if in_fit.all() else _fit(x_all, y_all, cfg, seed=seed, threads=threads)
         tensors, meta["blend"] = _stored_blend(final, w, cfg, detectors, k, voxel_size_nm, record)

@@ -51,6 +51,9 @@ Rules (documented in ``docs/pretrain.md``; the numeric ones in :mod:`seglearn.pr
   ``selftrain_distill`` towards the first round's model), in what is left of ``max_minutes``; its last
   weights (``selftrain_keep: last``) are finished (BatchNorm, blend judged again, temperature).
   With ``selftrain_keep: best`` the held-out scribbles pick its best step, and step 0 keeps the first round.
+- **Auto-context** (``autocontext: on``; off by default): the forest's class probabilities (out-of-fold on the
+  scribbled slices) are extra input channels, their first-layer weights starting at zero
+  (:mod:`seglearn.pretrain.autocontext`); the checkpoint carries the forest.
 """
 
 from __future__ import annotations
@@ -67,9 +70,14 @@ import numpy as np
 
 from seglearn.ckpt import load_checkpoint, save_checkpoint
 from seglearn.config import merge_settings, resolve_seed, to_plain
+from seglearn.data import load_dataset
 from seglearn.errors import InputError, OutputExistsError, SeglearnError
+from seglearn.log import setup_logging
 from seglearn.paths import config_file, load_config
 from seglearn.precision import precision_record
+from seglearn.preprocess.stage import preprocess_loaded, stage_config
+from seglearn.pretrain.autocontext import check_settings as check_autocontext
+from seglearn.pretrain.autocontext import store as store_context
 from seglearn.pretrain.blend import check_mode
 from seglearn.pretrain.ft_final import finish
 from seglearn.pretrain.ft_selftrain import check_mode as check_selftrain
@@ -140,6 +148,7 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
     s = settings_from(settings)
     check_mode(s["blend"])  # a bad setting fails before the training
     selftrain = check_selftrain(s["selftrain"])
+    autocontext = check_autocontext(s)
     out_dir = Path(out_dir)
     if (out_dir / "best.ckpt").exists() and not overwrite:
         raise OutputExistsError(f"{out_dir}: already holds best.ckpt; pass overwrite=true to replace it")
@@ -149,19 +158,13 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
     n = s["runs"] = resolve_runs(s["runs"], same_head)
     t0 = time.perf_counter()
     kw = dict(classes=classes, test=test, voxel_size_nm=voxel_size_nm, name=name, preprocess=preprocess,
-              trainer_cfg=trainer_cfg)
+              trainer_cfg=trainer_cfg, context={} if autocontext == "on" else None)
     results, setup = _fit_runs(ck, init, images, detectors, train, out_dir, s, selftrain, on_step=on_step, kw=kw)
     if "rank" in results[0]:
         return results[0]
-    ckpt = soup_of_runs([r["best_ckpt"] for r in results], out_dir / "best.ckpt", n)
-    stopped = bool(results[-1].get("stopped"))
-    source = setup.val_source if n == 1 or setup.val_source == "test" else \
-        f"{setup.val_source} of run 1 of {n} (runs 2..{n} trained on part of them)"
-    done = finish(ckpt, setup.raw, setup.names, s, train=setup.extra["train"], fit_labels=setup.fit_labels,
-                  val_labels=setup.val_labels, val_source=source, judge_ckpt=Path(results[0]["best_ckpt"]),
-                  frozen=setup.freeze_bn, stopped=stopped, voxel_size_nm=voxel_size_nm)
-    result = results[0] if n == 1 else _soup_result(results, ckpt, stopped)
-    result.update(done)
+    ckpt = out_dir / "best.ckpt"
+    result, source = _soup_and_finish(results, setup, ckpt, s, n, voxel_size_nm)
+    stopped = bool(result.get("stopped"))
     if selftrain == "auto" and not stopped and int(result["precision"].get("processes", 1)) == 1:
         result.update(second_round(fit_run, ck, init, images, detectors, train, out_dir, s, setup, t0, source,
                                    {**kw, "on_step": on_step}))
@@ -171,6 +174,29 @@ def finetune(init: str | Path, images: np.ndarray, detectors: Sequence[str], tra
     result["seconds"] = round(time.perf_counter() - t0, 1)
     _write_summary(out_dir, result, ckpt)
     return result
+
+
+def _soup_and_finish(results: list, setup, ckpt: Path, s: Mapping, n: int, voxel_size_nm) -> tuple[dict, str]:
+    """Average the runs into ``ckpt``, then BatchNorm / blend / temperature (:func:`finish`); the result and
+    the validation source's description."""
+    soup_of_runs([r["best_ckpt"] for r in results], ckpt, n)
+    ctx = setup.extra.get("context")
+    if ctx is not None:  # the soup keeps no forest tensors
+        store_context(ckpt, ctx)
+    stopped = bool(results[-1].get("stopped"))
+    source = setup.val_source if n == 1 or setup.val_source == "test" else \
+        f"{setup.val_source} of run 1 of {n} (runs 2..{n} trained on part of them)"
+    done = finish(ckpt, setup.raw, setup.names, s, train=setup.extra["train"], fit_labels=setup.fit_labels,
+                  val_labels=setup.val_labels, val_source=source, judge_ckpt=Path(results[0]["best_ckpt"]),
+                  frozen=setup.freeze_bn, stopped=stopped, voxel_size_nm=voxel_size_nm,
+                  context=None if ctx is None else (setup.x, sorted(z for f in ctx.meta["folds"] for z in f)))
+    result = results[0] if n == 1 else _soup_result(results, ckpt, stopped)
+    result.update(done)
+    result["stopped"] = stopped
+    if ctx is not None:
+        store_context(ckpt, ctx)  # refuses a blend forest that is not the same fit
+        result["autocontext"] = {k: ctx.meta[k] for k in ("forest", "trees", "folds", "channels")}
+    return result, source
 
 
 def _write_summary(out_dir: Path, result: Mapping, ckpt: Path) -> None:
@@ -219,12 +245,13 @@ def _soup_result(results: list, ckpt: Path, stopped: bool) -> dict:
 
 def fit_run(ck: dict, init, images, detectors, train, out_dir: Path, s: Mapping, *, classes, test, voxel_size_nm,
             name: str, preprocess, on_step, trainer_cfg, start: Mapping | None = None,
-            pseudo: tuple | None = None) -> tuple[dict, Setup | None]:
+            pseudo: tuple | None = None, context: dict | None = None) -> tuple[dict, Setup | None]:
     """One fine-tuning run on the Lightning Trainer; writes ``out_dir/best.ckpt`` (the kept weights, not yet
     adapted, blended nor calibrated). Returns ``(result, setup)``; ``({"rank": r}, None)`` on other processes.
 
     ``start``: a state dict the network starts from (and, with the base head, the teacher of ``distill``);
-    ``pseudo``: ``(labels, weights, share)`` pseudo-labels for the user's batches (self-training's second round)."""
+    ``pseudo``: ``(labels, weights, share)`` pseudo-labels for the user's batches (self-training's second round);
+    ``context``: auto-context's dict shared by the runs (:func:`seglearn.pretrain.ft_setup.prepare`)."""
     import lightning as L
     import torch
     from lightning.pytorch.loggers import CSVLogger
@@ -237,7 +264,8 @@ def fit_run(ck: dict, init, images, detectors, train, out_dir: Path, s: Mapping,
         torch.set_num_threads(int(s["threads"]))
     torch.manual_seed(int(s["seed"]))
     st = prepare(ck, images, detectors, train, s, classes=classes, test=test, voxel_size_nm=voxel_size_nm, name=name,
-                 init=init)
+                 init=init, context=context)
+    t0 += st.extra.get("context_seconds", 0.0)  # auto-context's forests are fitted outside the budget
     if start is not None:
         state = {k[4:] if k.startswith("net.") else k: v for k, v in start.items()}
         st.net.load_state_dict(state)
@@ -283,7 +311,9 @@ def fit_run(ck: dict, init, images, detectors, train, out_dir: Path, s: Mapping,
                             "processes": int(trainer.world_size)},
               "stopped": keeper.stopped, "intensity": st.intensity}
     meta = run_meta(st, s, init, name=name, voxel_size_nm=voxel_size_nm, preprocess=preprocess, result=result)
-    save_checkpoint(out_dir / "best.ckpt", kind="unet", state_dict=st.net.cpu().state_dict(), meta=meta, overwrite=True)
+    ctx = st.extra.get("context")
+    save_checkpoint(out_dir / "best.ckpt", kind="unet", state_dict=st.net.cpu().state_dict(), meta=meta, overwrite=True,
+                    blend=None if ctx is None else ctx.tensors())
     if out_dir.name.startswith("run") and out_dir.parent.name == "runs":  # one of several runs: its own summary
         (out_dir / "finetune_summary.json").write_text(json.dumps(result, indent=2))
     return result, st
@@ -309,6 +339,12 @@ def run_meta(st: Setup, s: Mapping, init, *, name: str, voxel_size_nm, preproces
                              "percentiles": base["normalisation"].get("percentiles"), "ranges": st.ranges}
     if any(v > 0 for v in st.smooth):
         meta["normalisation"]["smooth"] = [float(v) for v in st.smooth]
+    ctx = st.extra.get("context")
+    if ctx is not None:  # auto-context: the forest's probabilities follow the image channels
+        meta["channels"] += ctx.channels
+        meta["normalisation"]["ranges"] = [*st.ranges, *[[0.0, 1.0]] * ctx.k]  # probabilities: read as they are
+        meta["autocontext"] = dict(ctx.meta)
+        meta["blend"] = {"weight": 1.0}  # the forest tensors are stored; blended only when fine-tuning says so
     meta["classes"] = list(st.classes)
     if voxel_size_nm is not None:
         meta["voxel_size_nm"] = [float(v) for v in voxel_size_nm]
@@ -323,10 +359,6 @@ def run_meta(st: Setup, s: Mapping, init, *, name: str, voxel_size_nm, preproces
 def train(cfg) -> dict:
     """Entry point of ``train.py data.root=DATASET init=BASE.ckpt`` (settings: the ``finetune`` group,
     ``finetune.KEY=VALUE``; processes and devices: the ``trainer`` group)."""
-    from seglearn.log import setup_logging
-    from seglearn.data import load_dataset
-    from seglearn.preprocess.stage import preprocess_loaded, stage_config
-
     setup_logging()
     root = cfg.data.get("root")
     if not root:

@@ -21,9 +21,11 @@ from scipy.optimize import minimize_scalar
 
 from seglearn.ckpt import load_checkpoint, save_checkpoint
 from seglearn.pretrain.adapt import adapt_bn, resolve_alpha
+from seglearn.pretrain.autocontext import adapt_bn_inputs
 from seglearn.pretrain.blend import attach as attach_blend
 from seglearn.pretrain.rules import predict_slices
-from seglearn.segment.calibrate import T_BOUNDS, expected_calibration_error, fit_temperature, softmax
+from seglearn.segment.api import segmenter_from_checkpoint
+from seglearn.segment.calibrate import T_BOUNDS, expected_calibration_error, fit_temperature, softmax, temperature_bounds
 
 log = logging.getLogger("seglearn")
 
@@ -42,7 +44,8 @@ def _blend_nll(z: np.ndarray, y: np.ndarray, t: float, w: float, pf: np.ndarray)
 
 
 def blend_temperature(logits: np.ndarray, labels: np.ndarray, *, weight: float = 1.0,
-                      p_forest: np.ndarray | None = None, max_voxels: int = 200_000, seed: int = 0) -> float:
+                      p_forest: np.ndarray | None = None, bounds=T_BOUNDS, max_voxels: int = 200_000,
+                      seed: int = 0) -> float:
     """``T`` minimising the NLL of ``weight * softmax(logits / T) + (1 - weight) * p_forest`` on the labelled voxels.
 
     Parameters
@@ -55,9 +58,11 @@ def blend_temperature(logits: np.ndarray, labels: np.ndarray, *, weight: float =
         The blend's network weight ``w`` (1 = the network alone: :func:`seglearn.segment.calibrate.fit_temperature`).
     p_forest : (N, K, Y, X) ndarray, optional
         The forest's probabilities (needed when ``weight < 1``).
+    bounds : (float, float)
+        The search interval of ``T`` (:func:`seglearn.segment.calibrate.temperature_bounds`).
     """
     if weight >= 1.0 or p_forest is None:
-        return fit_temperature(logits, labels, axis=1, probs=False, max_voxels=max_voxels, seed=seed)
+        return fit_temperature(logits, labels, axis=1, probs=False, bounds=bounds, max_voxels=max_voxels, seed=seed)
     m = np.asarray(labels) > 0
     if m.sum() < 10:
         return 1.0
@@ -67,33 +72,32 @@ def blend_temperature(logits: np.ndarray, labels: np.ndarray, *, weight: float =
     if len(y) > max_voxels:
         pick = np.random.default_rng(seed).choice(len(y), max_voxels, replace=False)
         z, pf, y = z[pick], pf[pick], y[pick]
-    lo, hi = np.log(T_BOUNDS[0]), np.log(T_BOUNDS[1])
+    lo, hi = np.log(bounds[0]), np.log(bounds[1])
     res = minimize_scalar(lambda a: _blend_nll(z, y, float(np.exp(a)), float(weight), pf), bounds=(lo, hi),
                           method="bounded", options={"xatol": 1e-4})
-    return float(np.exp(res.x))
+    return float(np.clip(np.exp(res.x), *bounds))
 
 
 def calibrate(ckpt: Path, raw: np.ndarray, val_labels: np.ndarray, source: str, *, p_forest: np.ndarray | None = None,
-              seed: int = 0) -> dict:
+              seed: int = 0, x: np.ndarray | None = None) -> dict:
     """Fit ``T`` on the final checkpoint ``ckpt`` (network as the Segmenter prepares it, blend as stored) and
     write it to ``meta["calibration"]`` (rewritten atomically); returns that record.
 
     ``p_forest``: the judging forest's ``(K, len(val_z), Y, X)`` probabilities on the validation slices
     (:func:`seglearn.pretrain.blend.attach`'s ``keep``), needed when the checkpoint blends a forest.
+    ``x``: the network's prepared inputs (auto-context), else prepared from ``raw``.
     """
-    from seglearn.segment.api import segmenter_from_checkpoint  # deferred: torch
-
     ck = load_checkpoint(ckpt, kind="unet")
     seg = segmenter_from_checkpoint(ck, device="cpu")
     halo = int(seg.meta["net"].get("context", 0)) if seg.mode == "2.5d" else 0
     val_z = [int(z) for z in np.unique(np.nonzero(val_labels)[0])]
-    logits = predict_slices(seg.net, seg.prepare(raw), val_z, halo, bf16=seg.bf16)  # (n, K, Y, X)
+    logits = predict_slices(seg.net, seg.prepare(raw) if x is None else x, val_z, halo, bf16=seg.bf16)  # (n, K, Y, X)
     lab = val_labels[val_z]
     w = float((ck["meta"].get("blend") or {}).get("weight", 1.0)) if ck.get("blend") is not None else 1.0
     pf = None if w >= 1.0 or p_forest is None else np.asarray(p_forest).transpose(1, 0, 2, 3)
     if w < 1.0 and pf is None:
         w = 1.0  # no judging forest at hand: the network's own temperature
-    t = blend_temperature(logits, lab, weight=w, p_forest=pf, seed=seed)
+    t = blend_temperature(logits, lab, weight=w, p_forest=pf, bounds=temperature_bounds(source), seed=seed)
 
     def final(temp: float) -> np.ndarray:
         p = softmax(logits.astype(np.float64) / temp, axis=1)
@@ -113,19 +117,28 @@ def calibrate(ckpt: Path, raw: np.ndarray, val_labels: np.ndarray, source: str, 
 
 def finish(ckpt: Path, raw: np.ndarray, names: Sequence[str], s: Mapping, *, train: np.ndarray, fit_labels: np.ndarray,
            val_labels: np.ndarray, val_source: str, judge_ckpt: Path, frozen: bool, stopped: bool,
-           voxel_size_nm=None) -> dict:
+           voxel_size_nm=None, context=None) -> dict:
     """``adapt_bn``, then the blend (judged by ``judge_ckpt`` on ``val_labels``; not after a stop by the
     caller), then the temperature, all applied to the final checkpoint ``ckpt``.
+
+    ``context``: ``(x, centres)`` with auto-context (:mod:`seglearn.pretrain.autocontext`): the networks'
+    prepared inputs (out-of-fold forest channels on the scribbled slices) and the slices ``adapt_bn`` samples.
 
     Returns
     -------
     dict
         ``adapt_bn``, ``blend`` (records or None) and ``calibration``.
     """
-    adapted = adapt(ckpt, raw, names, s, frozen=frozen)
+    x = None if context is None else context[0]
+    if context is None:
+        adapted = adapt(ckpt, raw, names, s, frozen=frozen)
+    else:
+        alpha = resolve_alpha(s["adapt_bn"], frozen)
+        adapted = None if alpha <= 0 else adapt_bn_inputs(ckpt, x, context[1], alpha=alpha, patch=int(s["patch"]),
+                                                          seed=int(s["seed"]))
     keep: dict = {}
     blended = None if stopped else attach_blend(ckpt, raw, names, train, fit_labels=fit_labels, val_labels=val_labels,
                                                 judge_ckpt=judge_ckpt, settings=s, voxel_size_nm=voxel_size_nm,
-                                                keep=keep)
-    cal = calibrate(ckpt, raw, val_labels, val_source, p_forest=keep.get("p_forest"), seed=int(s["seed"]))
+                                                keep=keep, x=x)
+    cal = calibrate(ckpt, raw, val_labels, val_source, p_forest=keep.get("p_forest"), seed=int(s["seed"]), x=x)
     return {"adapt_bn": adapted, "blend": blended, "calibration": cal}

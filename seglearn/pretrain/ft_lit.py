@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from seglearn.metrics import score
+from seglearn.pretrain.autocontext import uninformative
 from seglearn.pretrain.rules import _user_patch, predict_slices
 from seglearn.pretrain.selftrain import decode, encode
 
@@ -44,6 +45,9 @@ class MixedBatches(torch.utils.data.IterableDataset):
     :mod:`seglearn.pretrain.selftrain`) a share ``share`` of the user's patches is centred on pseudo-labelled
     voxels, ``y_user`` holds scribbles and pseudo-labels (scribbles win) and a fourth item
     ``w_user (n_user, 1, P, P) float32`` their weights (scribbles 1, 0 where unlabelled).
+
+    With auto-context (``setup.extra["context"]``, :mod:`seglearn.pretrain.autocontext`) the synthetic patches get
+    uninformative forest channels (``1 / K``), and so does a share ``setup.extra["context_dropout"]`` of the user's.
     """
 
     def __init__(self, setup, seed: int):
@@ -55,6 +59,7 @@ class MixedBatches(torch.utils.data.IterableDataset):
         rng = np.random.default_rng(self.seed)
         stream = iter(st.make_stream(self.seed + 1)) if st.make_stream is not None and st.n_syn > 0 else None
         coords = np.argwhere(st.fit_labels > 0)
+        ctx, drop = st.extra.get("context"), float(st.extra.get("context_dropout", 0.0))
         pseudo = st.extra.get("pseudo")
         if pseudo is not None:
             labels, share = encode(st.fit_labels, pseudo[0], pseudo[1]), pseudo[2]
@@ -69,6 +74,10 @@ class MixedBatches(torch.utils.data.IterableDataset):
                       for _ in range(st.n_user)]
                 ub = [(b[0], *decode(b[1], top)) for b in ub]
             sb = [next(stream) for _ in range(st.n_syn)] if stream is not None else []
+            if ctx is not None:  # auto-context: the phantoms (and a share of the user's patches) without a forest
+                sb = [(uninformative(b[0], ctx.k), *b[1:]) for b in sb]
+                ub = [(uninformative(b[0][:-ctx.k], ctx.k), *b[1:]) if drop > 0 and rng.random() < drop else b
+                      for b in ub]
             xb = torch.from_numpy(np.stack([b[0] for b in ub + sb]))
             yu = torch.from_numpy(np.stack([b[1] for b in ub]).astype(np.int64)) - 1
             ys = torch.from_numpy(np.stack([b[1] for b in sb])) - 1 if sb else torch.zeros(0, dtype=torch.int64)
@@ -114,6 +123,11 @@ class FinetuneModule(L.LightningModule):
         self.distill, self.synth_weight = float(distill), float(synth_weight)
         # not submodules: DDP must not see the teacher, the hook's output nor the frozen list
         self._aux: dict = {"teacher": setup.base_net, "feats": {}, "frozen": []}
+        ctx = setup.extra.get("context")
+        if ctx is not None:  # auto-context: (first convolution, first forest column, lr multiplier)
+            conv = self.net.unet.down[0].body[0] if self.net.unet.depth else self.net.unet.bottom.body[0]
+            w = 2 * self.net.k + 1 if self.net.mode != "3d" else 1
+            self._aux["ctx"] = (conv, conv.weight.shape[1] - ctx.k * w, float(setup.extra.get("context_lr", 1.0)))
         self.net.unet.head.register_forward_hook(lambda m, inp, out: self._aux["feats"].__setitem__("x", inp[0]))
         if freeze_encoder:
             self._aux["frozen"] = [*self.net.unet.down, self.net.unet.bottom]
@@ -130,6 +144,17 @@ class FinetuneModule(L.LightningModule):
             for m in self.net.modules():
                 if isinstance(m, BN_TYPES):
                     m.eval()
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        """The optimizer's step; with auto-context its change of the forest channels' first-layer weights is
+        multiplied by ``setup.extra["context_lr"]`` (they start at 0 and AdamW moves each weight by about ``lr``
+        per step: at the fine-tuning rate they stay about 30x smaller than the image channels' after 300 steps)."""
+        ctx = self._aux.get("ctx")
+        before = None if ctx is None else ctx[0].weight.data[:, ctx[1]:].clone()
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if ctx is not None and ctx[2] != 1.0:
+            w = ctx[0].weight.data[:, ctx[1]:]
+            w.add_((ctx[2] - 1.0) * (w - before))
 
     def configure_optimizers(self):
         params = [p for p in self.net.parameters() if p.requires_grad]

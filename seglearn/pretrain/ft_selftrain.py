@@ -20,6 +20,7 @@ import numpy as np
 
 from seglearn.ckpt import load_checkpoint
 from seglearn.errors import InputError
+from seglearn.features.stack import FeatureStack
 from seglearn.pretrain.ft_final import finish
 from seglearn.pretrain.blend import _cpus, _net_proba, fit_forest, forest_config
 from seglearn.pretrain.selftrain import choose_pseudo_labels, pseudo_slices
@@ -37,8 +38,6 @@ def check_mode(mode) -> str:
 
 def forest_proba(raw: np.ndarray, names, fit_labels: np.ndarray, zs, s: Mapping, *, voxel_size_nm=None) -> np.ndarray:
     """Class probabilities ``(K, len(zs), Y, X)`` of the blend's forest fitted on ``fit_labels`` (``1..K``)."""
-    from seglearn.features.stack import FeatureStack
-
     threads, seed = int(s["threads"] or 0) or _cpus(), int(s["seed"])
     cfg = forest_config(str(s["blend_forest"]), names, s.get("blend_trees"))
     clf = fit_forest(raw, names, fit_labels, cfg, voxel_size_nm=voxel_size_nm, seed=seed, threads=threads)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -17,6 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from seglearn.errors import InputError
+from seglearn.pretrain.autocontext import fit_context, widen
 from seglearn.pretrain.noise import resolve_smoothing
 from seglearn.pretrain.randomise import make_randomiser
 from seglearn.pretrain.rules import class_map, class_medians, probe_head, resolve_classes, scaled_inputs, split_scribbles
@@ -146,8 +148,13 @@ def stream_factory(meta: Mapping, s: Mapping, x: np.ndarray, fit_labels: np.ndar
 
 
 def prepare(ck: dict, images: np.ndarray, detectors: Sequence[str], train: np.ndarray, s: Mapping, *,
-            classes: Sequence[str] | None, test: np.ndarray | None, voxel_size_nm, name: str, init: str | Path) -> Setup:
-    """Inputs, validation split, networks and synthetic stream of one fine-tuning run (see :class:`Setup`)."""
+            classes: Sequence[str] | None, test: np.ndarray | None, voxel_size_nm, name: str, init: str | Path,
+            context: dict | None = None) -> Setup:
+    """Inputs, validation split, networks and synthetic stream of one fine-tuning run (see :class:`Setup`).
+
+    ``context``: auto-context (:mod:`seglearn.pretrain.autocontext`); a dict shared by the runs, whose
+    ``"ctx"`` (the forest channels, fitted by the first run) is appended to ``x`` and whose networks get
+    that many more input channels (zero weights). ``extra["context"]`` holds it then."""
     meta = ck["meta"]
     images, train = check_inputs(images, detectors, train, name)
     base_classes = list(meta["classes"])
@@ -167,6 +174,19 @@ def prepare(ck: dict, images: np.ndarray, detectors: Sequence[str], train: np.nd
     halo = int(net_cfg.get("context", 0)) if net_cfg.get("mode") == "2.5d" else 0
     fit_labels, val_labels, val_source = validation_split(train, test, s)
     base_net, net, aux, cmap = build_nets(ck, x, fit_labels, len(classes), same_head, halo, int(s["seed"]))
+    extra = {"train": train}
+    if context is not None:
+        if "ctx" not in context:  # the first run fits it (outside max_minutes, as the blend)
+            t_ctx = time.perf_counter()
+            context["ctx"] = fit_context(raw, names, train, len(classes), s, halo=halo, voxel_size_nm=voxel_size_nm)
+            extra["context_seconds"] = time.perf_counter() - t_ctx
+        ctx = extra["context"] = context["ctx"]
+        extra["context_dropout"] = float(s["autocontext_dropout"])
+        extra["context_lr"] = float(s["autocontext_lr"])
+        x = np.concatenate([x, ctx.probs])
+        for m in (base_net, net):  # the teacher too: it sees the same batches
+            widen(m, ctx.k)
+        net_cfg = {**net_cfg, "in_channels": int(net_cfg["in_channels"]) + ctx.k}
     n_syn = int(round(float(s["synth_fraction"]) * int(s["batch_size"])))
     make_stream, patch = (None, int(s["patch"])) if n_syn <= 0 else \
         stream_factory(meta, s, x, fit_labels, same_head, halo, voxel_size_nm)
@@ -177,4 +197,4 @@ def prepare(ck: dict, images: np.ndarray, detectors: Sequence[str], train: np.nd
                  smooth=list(smooth), noise_info=noise_info, ranges=ranges, x=x, halo=halo, net_cfg=net_cfg,
                  fit_labels=fit_labels, val_labels=val_labels, val_source=val_source, base_net=base_net, net=net,
                  aux=aux, cmap=cmap, freeze_bn=freeze_bn, make_stream=make_stream, patch=patch,
-                 n_user=max(1, int(s["batch_size"]) - n_syn), n_syn=n_syn, extra={"train": train})
+                 n_user=max(1, int(s["batch_size"]) - n_syn), n_syn=n_syn, extra=extra)

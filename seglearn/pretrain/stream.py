@@ -15,6 +15,7 @@ import numpy as np
 
 from seglearn.io.intensity import DETECTOR_RANGE  # the base models' 8-bit detector range (defined in the io layer)
 from seglearn.pretrain.randomise import Randomiser
+from seglearn.segment.channels import apply_normalisation, compute_channels
 
 log = logging.getLogger("seglearn")
 
@@ -29,8 +30,6 @@ def base_ranges(detectors: Sequence[str], derived: Sequence[str]) -> list[list[f
 
 def to_channels(images: np.ndarray, detectors: Sequence[str], derived: Sequence[str]) -> np.ndarray:
     """Raw ``(C, Z, Y, X)`` detector images -> normalised ``(C + D, Z, Y, X)`` float32 channels."""
-    from seglearn.segment.channels import apply_normalisation, compute_channels
-
     return apply_normalisation(compute_channels(images, list(detectors), list(derived)),
                                base_ranges(detectors, derived))
 

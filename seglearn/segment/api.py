@@ -19,7 +19,7 @@ from seglearn.ckpt import load_checkpoint
 from seglearn.errors import InputError
 from seglearn.io.intensity import apply_map
 from seglearn.precision import resolve_bf16
-from seglearn.segment.blend import from_checkpoint
+from seglearn.segment.blend import context_from_checkpoint, from_checkpoint
 from seglearn.segment.calibrate import temperature_of
 from seglearn.segment.channels import apply_normalisation, compute_channels
 from seglearn.segment.infer import KIND, inference_kwargs, resolve_device, torch_net_fn
@@ -45,7 +45,8 @@ class Segmenter:
         The checkpoint's metadata.
     """
 
-    def __init__(self, net, meta: Mapping, *, device: str = "auto", bf16: bool | str | None = None, blend=None):
+    def __init__(self, net, meta: Mapping, *, device: str = "auto", bf16: bool | str | None = None, blend=None,
+                 context=None):
         import torch
 
         from seglearn.segment.net import inference_copy  # torch: deferred
@@ -64,7 +65,10 @@ class Segmenter:
         self.classes = list(meta["classes"])
         self.mode = net.mode
         self.voxel_size_nm = meta.get("voxel_size_nm")
+        #: the image channels' (auto-context's forest channels, last, are probabilities read as they are)
         self.ranges = [list(r) for r in meta["normalisation"]["ranges"]]
+        if context is not None:
+            self.ranges = self.ranges[:len(self.ranges) - int(context.meta["n_classes"])]
         #: in-plane Gaussian sigma per detector applied before the network (set by noise-matched fine-tuning)
         self.smooth = meta["normalisation"].get("smooth")
         #: per-detector ``gain`` / ``offset`` putting this volume's raw values on the model's scale
@@ -72,6 +76,8 @@ class Segmenter:
         self.input_map = meta["normalisation"].get("input_map")
         #: a forest whose probabilities are blended with the network's (:class:`seglearn.segment.blend.Blend`), or None
         self.blend = blend
+        #: auto-context: a forest whose probabilities are extra input channels (:mod:`seglearn.pretrain.autocontext`), or None
+        self.context = context
         #: softmax temperature fitted on held-out labels (``meta["calibration"]``); 1.0 for older checkpoints
         self.temperature = temperature_of(self.meta)
 
@@ -99,9 +105,30 @@ class Segmenter:
         return [detectors.index(d) for d in self.detectors]
 
     def prepare(self, raw: np.ndarray) -> np.ndarray:
-        """Raw detector images ``(C, z, Y, X)`` in :attr:`detectors` order -> normalised channels."""
+        """Raw detector images ``(C, z, Y, X)`` in :attr:`detectors` order -> normalised channels (with
+        :attr:`context`, the forest's probabilities of ``raw`` seen as a whole volume appended)."""
         raw = apply_map(raw, self.input_map)
-        return apply_normalisation(compute_channels(raw, self.detectors, self.derived, self.smooth), self.ranges)
+        x = apply_normalisation(compute_channels(raw, self.detectors, self.derived, self.smooth), self.ranges)
+        if self.context is None:
+            return x
+        return np.concatenate([x, self.context.forest_proba(lambda a, b: raw[:, a:b], raw.shape[1], 0, raw.shape[1])])
+
+    def _inputs(self, read_raw: Callable[[int, int], np.ndarray], n: int, a: int, b: int, memo: dict,
+                rows: tuple[int, int] | None = None) -> np.ndarray:
+        """The network's input of slices ``[a, b)`` of an ``n``-slice volume (rows ``rows`` only); with
+        :attr:`context` its forest channels are computed with the features' z-halo (kept in ``memo``)."""
+        def read(a0: int, b0: int) -> np.ndarray:
+            r = apply_map(read_raw(a0, b0), self.input_map)
+            return r if rows is None else r[..., rows[0]:rows[1], :]
+
+        x = apply_normalisation(compute_channels(read(a, b), self.detectors, self.derived, self.smooth), self.ranges)
+        if self.context is None:
+            return x
+        p = self.context.forest_proba(read, n, a, b)
+        if rows is None:
+            memo.clear()
+            memo[(a, b)] = p
+        return np.concatenate([x, p])
 
     def iter_proba(self, read_raw: Callable[[int, int], np.ndarray], shape: Sequence[int], *,
                    block_slices: int | None = None, tile=None, overlap=None, border=None, batch_size=None,
@@ -147,16 +174,23 @@ class Segmenter:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=sum(min(n, z0 + block) - z0 for z0 in starts), desc="predict", unit="slice")
+        memo: dict = {}  # auto-context: the forest channels of the last block, reused by the blend
+        reuse = self.context is not None and self.blend is not None and _same_forest(self.context, self.blend)
         try:
             for z0 in starts:
                 z1 = min(n, z0 + block)
-                probs = predict_banded(fn, lambda a, b: self.prepare(read_raw(a, b)), n, z0, z1, halo_z=self.net.halo,
-                                       context_z=context, progress=progress and not many, band_rows=band_rows,
-                                       height=int(shape[1]),
-                                       prepare_band=lambda a, b, y0, y1: self.prepare(read_raw(a, b)[..., y0:y1, :]),
+                probs = predict_banded(fn, lambda a, b: self._inputs(read_raw, n, a, b, memo), n, z0, z1,
+                                       halo_z=self.net.halo, context_z=context, progress=progress and not many,
+                                       band_rows=band_rows, height=int(shape[1]),
+                                       prepare_band=lambda a, b, y0, y1: self._inputs(read_raw, n, a, b, memo, (y0, y1)),
                                        **kw)
                 if self.blend is not None:  # the forest reads the detectors on the network's grey scale
-                    forest = self.blend.forest_proba(lambda a, b: apply_map(read_raw(a, b), self.input_map), n, z0, z1)
+                    hit = [(a, p) for (a, b), p in memo.items() if a <= z0 and z1 <= b]
+                    if reuse and hit:
+                        forest = hit[0][1][:, z0 - hit[0][0]:z1 - hit[0][0]]
+                    else:
+                        forest = self.blend.forest_proba(lambda a, b: apply_map(read_raw(a, b), self.input_map), n,
+                                                         z0, z1)
                     probs = self.blend.apply(probs, forest)
                 yield z0, probs
                 if bar is not None:
@@ -208,7 +242,15 @@ def segmenter_from_checkpoint(ckpt: Mapping, *, device: str = "auto", bf16: bool
     if missing or unexpected:
         raise InputError(f"checkpoint weights do not fit its network config (missing {list(missing)[:3]}, "
                          f"unexpected {list(unexpected)[:3]})")
-    return Segmenter(net, meta, device=device, bf16=bf16, blend=from_checkpoint(ckpt))
+    return Segmenter(net, meta, device=device, bf16=bf16, blend=from_checkpoint(ckpt),
+                     context=context_from_checkpoint(ckpt))
+
+
+def _same_forest(a, b) -> bool:
+    """Two :class:`~seglearn.segment.blend.Blend` forests with the same trees and features (the auto-context
+    forest and the blend's are the same fit)."""
+    return a.spec == b.spec and a.detectors == b.detectors and all(np.array_equal(a.arrays[k], b.arrays[k])
+                                                                   for k in a.arrays)
 
 
 def load_segmenter(ckpt_path: str | os.PathLike, *, device: str = "auto", bf16: bool | None = None) -> Segmenter:

@@ -119,3 +119,27 @@ def from_checkpoint(ck: Mapping, *, where: str = "checkpoint") -> Blend | None:
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InputError(f"{where}: checkpoint meta blend is malformed ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:80] if str(exc) else ''})") from exc
+
+
+def context_from_checkpoint(ck: Mapping, *, where: str = "checkpoint") -> Blend | None:
+    """The auto-context forest of a loaded checkpoint (``meta["autocontext"]``, its tensors the top-level
+    ``blend`` entry; :mod:`seglearn.pretrain.autocontext`), or None: its probabilities are extra network inputs.
+
+    Raises
+    ------
+    InputError
+        ``meta["autocontext"]`` without forest tensors, or malformed.
+    """
+    meta = (ck.get("meta") or {}).get("autocontext")
+    if meta is None:
+        return None
+    tensors = ck.get("blend")
+    if not isinstance(meta, dict) or not isinstance(tensors, dict) or not all(hasattr(v, "numpy")
+                                                                             for v in tensors.values()):
+        raise InputError(f"{where}: meta autocontext is set but the checkpoint holds no forest tensors")
+    try:
+        return Blend({k: v.numpy() for k, v in tensors.items()}, {**meta, "weight": 0.0}, where=where)
+    except InputError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"{where}: checkpoint meta autocontext is malformed ({type(exc).__name__})") from exc

@@ -21,6 +21,18 @@ from seglearn.errors import InputError
 
 #: the bounded search interval of the temperature (log-spaced golden-section search)
 T_BOUNDS = (0.05, 20.0)
+#: the interval when the calibration voxels are scribbles: they lie inside the phases, where the network is
+#: right and less sure than it could be, never on the boundaries where its errors are, so they can show
+#: over-confidence (T > 1) but not a network too unsure to trust (T < 1 sharpened the test slices of
+#: family a and of the demo: docs/characterise.md, "Voxel calibration")
+SCRIBBLE_T_BOUNDS = (1.0, T_BOUNDS[1])
+
+
+def temperature_bounds(source: str) -> tuple[float, float]:
+    """The search interval of ``T`` for calibration voxels of ``source``: :data:`SCRIBBLE_T_BOUNDS` when the
+    source names scribbles (``"held-out scribbles"``, ``"held-out scribbles of run 1 of 3 ..."``), else
+    :data:`T_BOUNDS` (a dense test slice or volume sees the boundaries)."""
+    return SCRIBBLE_T_BOUNDS if "scribble" in str(source) else T_BOUNDS
 
 
 def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -103,7 +115,7 @@ def fit_temperature(logits_or_probs: np.ndarray, labels: np.ndarray, *, axis: in
             a, c, fc = c, d, fd
             d = a + g * (b - a)
             fd = nll(z, y, math.exp(d))
-    return float(math.exp((a + b) / 2))
+    return float(min(max(math.exp((a + b) / 2), bounds[0]), bounds[1]))
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15, *, axis: int = 0) -> float:
@@ -139,7 +151,7 @@ def calibration_record(logits: np.ndarray, labels: np.ndarray, *, axis: int = 0,
 
     ``logits`` with class axis ``axis``; ``labels`` ids 1..K, 0 = unlabelled.
     """
-    t = fit_temperature(logits, labels, axis=axis, probs=False)
+    t = fit_temperature(logits, labels, axis=axis, probs=False, bounds=temperature_bounds(source))
     lg = np.asarray(logits, dtype=np.float64)
     before = expected_calibration_error(softmax(lg, axis), labels, bins, axis=axis)
     after = expected_calibration_error(softmax(lg / t, axis), labels, bins, axis=axis)

@@ -5,6 +5,9 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from seglearn.cli import command, report_errors, setup_logging
+from seglearn.io.outset import OutputSet
+from seglearn.options import SYNTH, check_options
+from seglearn.synth.phantom import write_phantom
 
 
 @report_errors
@@ -12,19 +15,14 @@ def run(cfg: DictConfig) -> None:
     """Write the phantom described by ``cfg`` (see ``configs/synth.yaml``)."""
     import logging
 
-    from seglearn.synth.phantom import write_phantom
-
     setup_logging()
     params = OmegaConf.to_container(cfg, resolve=True)
-    from seglearn.options import SYNTH, check_options
 
     check_options(params, SYNTH, "synth")
     out = params.pop("out")
     overwrite = bool(params.pop("overwrite"))
     name = params.pop("name")
     from pathlib import Path
-
-    from seglearn.io.outset import OutputSet
 
     # claimed (a second run is refused), written into a temporary sibling, published by rename
     with OutputSet(out, replace=overwrite) as tmp:

@@ -24,6 +24,7 @@ from seglearn.synth import fields_b as fb_fields
 from seglearn.synth.config import PhantomConfig
 from seglearn.synth.config_b import DetectorB, FamilyB
 from seglearn.synth.fiducial import fiducial_band
+from seglearn.synth.forward import apply_drift
 from seglearn.synth.microstructure import AM, CBD
 
 #: independent random streams of the effects (so one can be switched off without moving the others)
@@ -186,8 +187,6 @@ def render_b(labels: np.ndarray, instances: np.ndarray, cfg: PhantomConfig,
     images : dict of str to (Z, Y, X) uint8/uint16
     shifts : (Z, 2) float ndarray or None
     """
-    from seglearn.synth.forward import apply_drift
-
     fam: FamilyB = cfg.b
     vs = cfg.voxel_size_nm
     base = int(rng.integers(2**31))

@@ -24,8 +24,26 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import ndimage as ndi
 
+from seglearn.data.layout import write_dataset
 from seglearn.errors import InputError
-from seglearn.options import BOOL, NONNEG, POS, PROB, SEED, TEXT, integer, integers, number, numbers, one_of
+from seglearn.instances.fusion import relabel_sequential
+from seglearn.io.outset import OutputSet
+from seglearn.log import command, setup_logging
+from seglearn.options import (
+    BOOL,
+    NONNEG,
+    POS,
+    PROB,
+    SEED,
+    TEXT,
+    check_options,
+    integer,
+    integers,
+    number,
+    numbers,
+    one_of,
+)
+from seglearn.paths import load_config
 
 log = logging.getLogger("seglearn")
 
@@ -81,9 +99,6 @@ def particle_params(overrides: Mapping[str, Any] | None = None) -> dict:
     InputError
         An unknown key or a value out of range (one line naming the option).
     """
-    from seglearn.options import check_options
-    from seglearn.paths import load_config
-
     p = load_config(CONFIG)
     p.pop("hydra", None)
     unknown = sorted(set(overrides or {}) - set(p))
@@ -231,8 +246,6 @@ def contact_voxels(inst: np.ndarray) -> np.ndarray:
 
 
 def _drop_small(inst: np.ndarray, min_voxels: int) -> np.ndarray:
-    from seglearn.instances.fusion import relabel_sequential
-
     sizes = np.bincount(inst.ravel())
     small = sizes < min_voxels
     small[0] = False
@@ -295,8 +308,6 @@ def write_particles(out: str | Path, overrides: Mapping[str, Any] | None = None,
                     name: str | None = None) -> Particles:
     """Draw a particle phantom and write it in the dataset layout (``images/CT.tif``, ``labels/instances.tif``,
     ``labels/truth.tif``, ``dataset.yaml`` with the parameters under ``phantom``)."""
-    from seglearn.data.layout import write_dataset
-
     ph = make_particles(overrides)
     p = {k: v for k, v in ph.params.items() if k not in ("out", "overwrite", "name")}
     truth = np.where(ph.solid, 2, 1).astype(np.uint8)
@@ -311,9 +322,6 @@ def run(cfg) -> None:
     """The command: write the phantom described by ``cfg`` (``configs/particles.yaml``)."""
     from omegaconf import OmegaConf
 
-    from seglearn.log import setup_logging
-    from seglearn.io.outset import OutputSet
-
     setup_logging()
     params = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
     params.pop("hydra", None)
@@ -326,8 +334,6 @@ def run(cfg) -> None:
 
 def main() -> None:
     """``python -m seglearn.synth.particles out=DIR ...`` (Hydra overrides)."""
-    from seglearn.log import command
-
     command("particles")(run)()
 
 
