@@ -7,12 +7,15 @@ far (:func:`seglearn.pretrain.finetune.finetune`, the widget's Train) and scored
 truth of the whole volume (awe). Placement: ``suggest`` = the top region of
 :func:`seglearn.suggest.suggest` (uncertainty, forest disagreement, distance from the labels);
 ``random`` = a random slice and region of the same size. The random forest (``rf_tailored``) is
-fitted on the same labels as the ``suggest`` curve, and on the phantom's own scribbles (its "full
-label budget": ``n_train_slices`` scribbled slices). Start: the phantom's scribbles on one slice.
+fitted on the labels of both curves, and on the phantom's own scribbles (its "full label budget":
+``n_train_slices`` scribbled slices). Start: the phantom's scribbles on one slice. Each seed is
+another phantom (synth seed ``21 + seed``), annotator and fine-tuning seed.
 
-    .venv/bin/python benchmarks/label_efficiency.py [--family a] [--rounds 5] [--pixels 400] [--steps 60]
+    .venv/bin/python benchmarks/label_efficiency.py --family a --seeds 0 1 2 [--rounds 4] [--pixels 400] [--steps 30]
+    .venv/bin/python benchmarks/label_efficiency.py --report      # the page from the JSON of both families
 
-Writes docs/bench_label_efficiency.md (appends a section per family) and docs/label_efficiency_<family>.png.
+A run writes ``docs/label_efficiency_<family>.json``; ``--report`` (also done after every run) writes
+docs/bench_label_efficiency.md and docs/label_efficiency_<family>.png from the JSON files present.
 """
 
 from __future__ import annotations
@@ -70,19 +73,19 @@ def forest_awe(images, dets, labels, truth, voxel, params):
     return float(score(pred, truth, 3)["awe"]), pred
 
 
-def curve(strategy, ph, images, dets, start, args, cfg, work):
+def curve(strategy, ph, images, dets, start, args, cfg, work, seed):
     from seglearn.metrics import score
     from seglearn.pretrain.finetune import finetune
     from seglearn.segment.api import load_segmenter
     from seglearn.suggest import suggest
 
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(seed)
     labels, rows, states = start.copy(), [], []
     truth, voxel = ph.truth, ph.config.voxel_size_nm
     # the network alone (blend off: no forest mixed into its probabilities), one run, no synthetic
     # batches (seconds per round instead of minutes on a 2-core CPU)
     settings = {"max_steps": args.steps, "runs": 1, "val_every": max(args.steps // 3, 1), "patience": 0,
-                "batch_size": 4, "patch": 64, "adapt_bn": "off", "seed": args.seed, "blend": "off",
+                "batch_size": 4, "patch": 64, "adapt_bn": "off", "seed": seed, "blend": "off",
                 "synth_fraction": args.synth_fraction}
     for r in range(args.rounds):
         t0 = time.perf_counter()
@@ -109,85 +112,138 @@ def curve(strategy, ph, images, dets, start, args, cfg, work):
     return rows, states
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--family", default="a")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--pixels", type=int, default=400)
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--shape", type=int, nargs=3, default=[32, 128, 128])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--synth_fraction", type=float, default=0.0)
-    ap.add_argument("--out", default=str(ROOT / "docs" / "bench_label_efficiency.md"))
-    args = ap.parse_args()
-    from seglearn.cli import setup_logging
-    from seglearn.suggest import load_config
+DOCS = ROOT / "docs"
+
+
+def run_seed(args, seed: int, cfg) -> dict:
+    """Both placements, the forest on each one's labels and at its full budget, for one phantom."""
     from seglearn.synth import make_phantom
 
-    setup_logging()
-
-    t_all = time.perf_counter()
-    ph = make_phantom({"shape": args.shape, "seed": 21, "family": args.family})
+    ph = make_phantom({"shape": args.shape, "seed": 21 + seed, "family": args.family})
     dets = list(ph.images)
     images = np.stack([ph.images[d] for d in dets])
-    cfg = load_config(["region=[32,32]", "forest.n_jobs=2"])
     train_z = np.unique(np.nonzero(ph.train)[0])
     start = np.zeros_like(ph.train)
     start[train_z[0]] = ph.train[train_z[0]]
     work = Path(tempfile.mkdtemp(prefix="label_eff_"))
-    curves = {s: curve(s, ph, images, dets, start, args, cfg, work) for s in ("suggest", "random")}
-    forest_rows = []
-    for st in curves["suggest"][1]:
-        forest_rows.append({"labelled": int(np.count_nonzero(st)),
-                            "awe": round(forest_awe(images, dets, st, ph.truth, ph.config.voxel_size_nm,
-                                                    cfg["forest"])[0], 2)})
-    full_awe = round(forest_awe(images, dets, ph.train, ph.truth, ph.config.voxel_size_nm, cfg["forest"])[0], 2)
-    full_n = int(np.count_nonzero(ph.train))
-    report(args, curves, forest_rows, full_awe, full_n, time.perf_counter() - t_all)
+    curves = {s: curve(s, ph, images, dets, start, args, cfg, work, seed) for s in ("suggest", "random")}
+    voxel = ph.config.voxel_size_nm
+    forest = {s: [{"labelled": int(np.count_nonzero(st)),
+                   "awe": round(forest_awe(images, dets, st, ph.truth, voxel, cfg["forest"])[0], 2)}
+                  for st in states] for s, (_, states) in curves.items()}
+    full = [int(np.count_nonzero(ph.train)), round(forest_awe(images, dets, ph.train, ph.truth, voxel, cfg["forest"])[0], 2)]
+    return {"seed": seed, "phantom_seed": 21 + seed, "curves": {s: rows for s, (rows, _) in curves.items()},
+            "forest": forest, "forest_full": full}
 
 
-def report(args, curves, forest_rows, full_awe, full_n, seconds) -> None:
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--family", default="a")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--pixels", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--shape", type=int, nargs=3, default=[24, 128, 128])
+    ap.add_argument("--synth_fraction", type=float, default=0.0)
+    ap.add_argument("--report", action="store_true", help="only write the page from the JSON files")
+    args = ap.parse_args()
+    if args.report:
+        return write_page()
+    from seglearn.cli import setup_logging
+    from seglearn.suggest import load_config
+
+    setup_logging()
+    t_all = time.perf_counter()
+    cfg = load_config(["region=[32,32]", "forest.n_jobs=1"])
+    runs = [run_seed(args, s, cfg) for s in args.seeds]
+    cmd = (f".venv/bin/python benchmarks/label_efficiency.py --family {args.family} --seeds {' '.join(map(str, args.seeds))} "
+           f"--rounds {args.rounds} --pixels {args.pixels} --steps {args.steps} --shape {' '.join(map(str, args.shape))} "
+           f"--synth_fraction {args.synth_fraction}")
+    rec = {"family": args.family, "command": cmd, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "machine": platform.node(), "seconds": round(time.perf_counter() - t_all), "runs": runs}
+    (DOCS / f"label_efficiency_{args.family}.json").write_text(json.dumps(rec, indent=1))
+    write_page()
+
+
+def _ms(values, digits: int = 2) -> str:
+    v = np.asarray(values, float)
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}" if len(v) > 1 else f"{v.mean():.{digits}f}"
+
+
+def reach(run: dict) -> float | None:
+    """Share of the forest's full budget at which the U-Net with suggestions first reaches its awe (None: never)."""
+    n, awe = run["forest_full"]
+    hit = next((r["labelled"] for r in run["curves"]["suggest"] if r["awe"] <= awe), None)
+    return None if hit is None else hit / n
+
+
+def family_section(rec: dict) -> list[str]:
+    runs, fam = rec["runs"], rec["family"]
+    lines = [f"## Phantom family {fam} ({rec['date']}, {len(runs)} seeds, {rec['seconds']} s)", "",
+             f"`{rec['command']}`", "", f"![curve](label_efficiency_{fam}.png)", "",
+             "Mean ± sd over the seeds (each seed another phantom); awe % on the dense truth of the whole volume.", "",
+             "| round | labelled voxels | U-Net, suggested | U-Net, random | forest, suggested labels | forest, random labels |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for i in range(len(runs[0]["curves"]["suggest"])):
+        col = lambda src, s: _ms([r[src][s][i]["awe"] for r in runs])  # noqa: E731
+        lines.append(f"| {i} | {_ms([r['curves']['suggest'][i]['labelled'] for r in runs], 0)} | {col('curves', 'suggest')} | "
+                     f"{col('curves', 'random')} | {col('forest', 'suggest')} | {col('forest', 'random')} |")
+    full = [r["forest_full"] for r in runs]
+    d_net = [r["curves"]["suggest"][-1]["awe"] - r["curves"]["random"][-1]["awe"] for r in runs]
+    d_for = [r["forest"]["suggest"][-1]["awe"] - r["forest"]["random"][-1]["awe"] for r in runs]
+    reaches = [reach(r) for r in runs]
+    lines += ["", f"- Forest at its full label budget (the phantom's scribbles, {_ms([f[0] for f in full], 0)} voxels): "
+              f"awe {_ms([f[1] for f in full])} %.",
+              "- U-Net with suggestions first at or below that awe, as a share of the forest's voxels (per seed; "
+              "target <= 1/3): " + ", ".join("not reached" if x is None else f"{x:.2f}" for x in reaches) + ".",
+              f"- Suggested minus random placement after the last round (negative = suggestions better): U-Net "
+              f"{_ms(d_net)} points (better on {sum(d < 0 for d in d_net)} of {len(runs)} seeds), forest {_ms(d_for)} "
+              f"(better on {sum(d < 0 for d in d_for)} of {len(runs)}).", ""]
+    return lines
+
+
+def plot(rec: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    png = ROOT / "docs" / f"label_efficiency_{args.family}.png"
+    runs = rec["runs"]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, (rows, _) in curves.items():
-        ax.plot([r["labelled"] for r in rows], [r["awe"] for r in rows], "o-",
-                label="U-Net, suggested placement" if name == "suggest" else "U-Net, random placement")
-    ax.plot([r["labelled"] for r in forest_rows], [r["awe"] for r in forest_rows], "s--",
-            label="forest, suggested labels")
-    ax.axhline(full_awe, color="grey", ls=":", label=f"forest, full budget ({full_n} voxels)")
+    for src, s, style, label in [("curves", "suggest", "o-", "U-Net, suggested placement"),
+                                 ("curves", "random", "o--", "U-Net, random placement"),
+                                 ("forest", "suggest", "s-", "forest, suggested labels"),
+                                 ("forest", "random", "s--", "forest, random labels")]:
+        x = np.mean([[p["labelled"] for p in r[src][s]] for r in runs], 0)
+        y = np.asarray([[p["awe"] for p in r[src][s]] for r in runs], float)
+        line, = ax.plot(x, y.mean(0), style, label=label)
+        if len(runs) > 1:
+            ax.fill_between(x, y.min(0), y.max(0), color=line.get_color(), alpha=0.12)
+    ax.axhline(np.mean([r["forest_full"][1] for r in runs]), color="grey", ls=":",
+               label=f"forest, full budget (~{np.mean([r['forest_full'][0] for r in runs]):.0f} voxels)")
     ax.set_xlabel("labelled voxels")
     ax.set_ylabel("awe (%) on the whole volume")
-    ax.set_title(f"label efficiency, phantom family {args.family}")
-    ax.legend(fontsize=8)
+    ax.set_title(f"label efficiency, phantom family {rec['family']} (mean, band = min..max of {len(runs)} seeds)")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    sug = curves["suggest"][0]
-    reach = next((r["labelled"] for r in sug if r["awe"] <= full_awe), None)
-    cmd = (f".venv/bin/python benchmarks/label_efficiency.py --family {args.family} --rounds {args.rounds} "
-           f"--pixels {args.pixels} --steps {args.steps} --shape {' '.join(map(str, args.shape))} --seed {args.seed} "
-           f"--synth_fraction {args.synth_fraction}")
-    lines = [f"\n## Phantom family {args.family} ({date.today()}, {platform.node()}, {seconds:.0f} s)\n",
-             f"`{cmd}`\n", f"![curve]({png.name})\n",
-             "| round | suggest: labelled | suggest: U-Net awe % | random: labelled | random: U-Net awe % | "
-             "forest on the suggest labels awe % |", "|---|---|---|---|---|---|"]
-    for a, b, f in zip(curves["suggest"][0], curves["random"][0], forest_rows):
-        lines.append(f"| {a['round']} | {a['labelled']} | {a['awe']} | {b['labelled']} | {b['awe']} | {f['awe']} |")
-    verdict = ("not reached in these rounds" if reach is None else
-               f"reached with {reach} labelled voxels = {reach / full_n:.2f} of the forest's {full_n}")
-    lines += ["", f"Forest at its full label budget ({full_n} voxels, the phantom's scribbles): awe {full_awe} %. "
-              f"U-Net with suggestions at or below it: {verdict} (target: <= 1/3).", ""]
-    out = Path(args.out)
-    head = "" if out.exists() else ("# Label efficiency with a simulated annotator (issue 24)\n\n"
-                                    "Made by `benchmarks/label_efficiency.py` (see its docstring for the protocol).\n")
-    out.write_text((out.read_text() if out.exists() else head) + "\n".join(lines) + "\n")
-    (ROOT / "docs" / f"label_efficiency_{args.family}.json").write_text(json.dumps(
-        {"curves": {k: v[0] for k, v in curves.items()}, "forest": forest_rows, "forest_full": [full_n, full_awe]},
-        indent=1))
+    fig.savefig(DOCS / f"label_efficiency_{rec['family']}.png", dpi=110)
+    plt.close(fig)
+
+
+def write_page() -> None:
+    """docs/bench_label_efficiency.md (and the curves) from the JSON files of the families run."""
+    recs = [json.loads(p.read_text()) for p in sorted(DOCS.glob("label_efficiency_*.json"))]
+    recs = [r for r in recs if "runs" in r]
+    lines = ["# Label efficiency with a simulated annotator (issue 24)", "",
+             "Made by `benchmarks/label_efficiency.py` (its docstring gives the protocol; `--report` rewrites this page "
+             "from `docs/label_efficiency_<family>.json`). Fine-tuning per round: `fibsem_base.ckpt`, the network alone "
+             "(blend off, one run, no synthetic batches, no BatchNorm adaptation), a fixed number of steps, so rounds "
+             "take seconds on a 2-core CPU; not the widget's default fine-tuning.", ""]
+    for rec in recs:
+        plot(rec)
+        lines += family_section(rec)
+    (DOCS / "bench_label_efficiency.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

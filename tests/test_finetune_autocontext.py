@@ -65,11 +65,12 @@ def test_folds_settings_and_uninformative_channels():
     train = np.zeros((10, 4, 4), np.uint8)
     train[[1, 3, 5, 7, 9], 0, 0] = 1
     assert fold_slices(train, 2) == [[1, 5, 9], [3, 7]] and fold_slices(train, 9) == [[1], [3], [5], [7], [9]]
-    s = {"autocontext": "on", "autocontext_folds": 4, "autocontext_dropout": 0.0, "autocontext_lr": 1.0, "selftrain": "off"}
+    s = {"autocontext": "on", "autocontext_folds": 4, "autocontext_dropout": 0.0, "autocontext_lr": 1.0, "selftrain": "off",
+         "freeze_encoder": False}
     assert check_settings(s) == "on" and check_settings({**s, "autocontext": False}) == "off"
     for bad, match in [({"autocontext": "yes"}, "finetune.autocontext="), ({"autocontext_folds": 1}, "folds"),
                        ({"autocontext_dropout": 1.0}, "dropout"), ({"autocontext_lr": 0}, "autocontext_lr"),
-                       ({"selftrain": "auto"}, "selftrain")]:
+                       ({"selftrain": "auto"}, "selftrain"), ({"freeze_encoder": True}, "freeze_encoder")]:
         with pytest.raises(InputError, match=match):
             check_settings({**s, **bad})
     p = uninformative(np.zeros((3, 3, 8, 8), np.float32), 3)

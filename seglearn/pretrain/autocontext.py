@@ -57,6 +57,9 @@ def check_settings(s: Mapping) -> str:
     lr = s["autocontext_lr"]
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not float(lr) > 0:
         raise InputError(f"finetune.autocontext_lr={lr!r}: expected a number > 0")
+    if mode == "on" and bool(s["freeze_encoder"]):
+        raise InputError("finetune.autocontext=on does not combine with finetune.freeze_encoder=true (the forest "
+                         "channels' first-layer weights would stay 0); set one of them off")
     if mode == "on" and str({True: "auto", False: "off"}.get(s["selftrain"], s["selftrain"])) != "off":
         raise InputError("finetune.autocontext=on does not combine with finetune.selftrain=auto; set one of them off")
     return mode
@@ -125,6 +128,10 @@ def fit_context(raw: np.ndarray, detectors: Sequence[str], train: np.ndarray, k:
     s : mapping
         Fine-tuning settings (``blend_forest``, ``blend_trees``, ``autocontext_folds``, ``seed``, ``threads``).
     """
+    n_scribbled = len(np.unique(np.nonzero(train)[0]))
+    if n_scribbled < 2:
+        raise InputError(f"finetune.autocontext=on needs scribbles on at least 2 slices (out-of-fold forests), "
+                         f"got {n_scribbled}; scribble another slice or set finetune.autocontext=off")
     t0 = time.perf_counter()
     threads, seed = int(s["threads"] or 0) or _cpus(), int(s["seed"])
     cfg = forest_config(str(s["blend_forest"]), detectors, s.get("blend_trees"))

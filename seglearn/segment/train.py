@@ -192,7 +192,7 @@ def calibrate_best(best: Path, dm, device) -> dict | None:
     it in its ``meta["calibration"]`` (rewritten atomically); returns that record (issue 27).
 
     The same fit as fine-tuning's (:func:`seglearn.segment.calibrate.calibration_record`: NLL over log T in
-    [0.05, 20]) on the logits of the network as the :class:`~seglearn.segment.api.Segmenter` runs it, tiled as
+    [0.05, 20], or [1, 20] when fitted on scribbles: :func:`~seglearn.segment.calibrate.temperature_bounds`) on the logits of the network as the :class:`~seglearn.segment.api.Segmenter` runs it, tiled as
     in prediction, over the validation voxels training held out (``labels/test.tif``, else held-out strokes).
     None (T = 1) when the run validated on its own training labels: a T fitted there would be over-confident.
     """
