@@ -20,6 +20,7 @@ learn ``autocontext_lr`` times faster than the rest (:class:`seglearn.pretrain.f
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from typing import Mapping, Sequence
@@ -31,6 +32,7 @@ from seglearn.errors import InputError
 from seglearn.features.stack import FeatureStack, training_samples
 from seglearn.pretrain.blend import _cpus, _fit, forest_config, pack
 from seglearn.segment import forest_pack
+from seglearn.segment.adapt import update_statistics
 
 log = logging.getLogger("seglearn")
 
@@ -186,16 +188,12 @@ def adapt_bn_inputs(ckpt, x: np.ndarray, centres: Sequence[int], *, alpha: float
                     batch_size: int = 8, patch: int = 80, seed: int = 0) -> dict:
     """``adapt_bn`` of an auto-context checkpoint on prepared inputs ``x (C + K, Z, Y, X)``: patches centred on
     ``centres`` (the slices whose channels are computed); rewrites ``ckpt`` keeping its forest tensors."""
-    import torch
-    from torch.optim.swa_utils import update_bn
-
     from seglearn.segment.net import build_net
 
     t0 = time.perf_counter()
     ck = load_checkpoint(ckpt, kind="unet")
     net = build_net(ck["meta"]["net"])
     net.load_state_dict({k[4:] if k.startswith("net.") else k: v for k, v in ck["state_dict"].items()})
-    stored = {k: v.clone() for k, v in net.state_dict().items() if k.endswith(("running_mean", "running_var"))}
     rng = np.random.default_rng(seed)
     _, z_n, y_n, x_n = x.shape
     py, px, h = min(patch, y_n), min(patch, x_n), int(net.halo)
@@ -206,18 +204,10 @@ def adapt_bn_inputs(ckpt, x: np.ndarray, centres: Sequence[int], *, alpha: float
         idx = np.clip(np.arange(z - h, z + h + 1), 0, z_n - 1)
         return x[:, idx, oy:oy + py, ox:ox + px]
 
-    batches = (torch.from_numpy(np.stack([one() for _ in range(batch_size)])) for _ in range(n_batches))
-    with torch.no_grad():
-        update_bn(batches, net)
-    state = net.state_dict()
-    shifts = []
-    for k, old in stored.items():
-        if k.endswith("running_mean"):
-            var = stored[k[:-len("running_mean")] + "running_var"]
-            shifts.append(float(((state[k] - old).abs() / var.clamp_min(1e-5).sqrt()).mean()))
-        state[k] = alpha * state[k] + (1.0 - alpha) * old
+    state, shift = update_statistics(net, (one() for _ in itertools.count()), alpha=alpha, n_batches=n_batches,
+                                     batch_size=batch_size)
     info = {"alpha": alpha, "patches": n_batches * batch_size, "patch": py,
-            "shift": round(float(np.mean(shifts)), 4) if shifts else 0.0, "seconds": round(time.perf_counter() - t0, 1),
+            "shift": shift, "seconds": round(time.perf_counter() - t0, 1),
             "centres": "the slices with forest channels (scribbled slices and their neighbours)"}
     meta = ck["meta"]
     meta.setdefault("finetune", {})["adapt_bn"] = info

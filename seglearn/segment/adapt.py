@@ -129,9 +129,6 @@ def adapt_statistics(ck: dict, images: np.ndarray, detectors: Sequence[str], *, 
     info : dict
         ``alpha``, ``patches``, ``patch``, ``shift``, ``seconds`` (see :func:`seglearn.pretrain.adapt.adapt_bn`).
     """
-    import torch  # deferred: predict imports this module before it needs torch
-    from torch.optim.swa_utils import update_bn
-
     from seglearn.segment.net import build_net
 
     t0 = time.perf_counter()
@@ -141,9 +138,25 @@ def adapt_statistics(ck: dict, images: np.ndarray, detectors: Sequence[str], *, 
     seg = segmenter_from_checkpoint(ck, device="cpu", bf16=False)
     net = build_net(meta["net"])
     net.load_state_dict({k[4:] if k.startswith("net.") else k: v for k, v in ck["state_dict"].items()})
-    stored = {k: v.clone() for k, v in net.state_dict().items() if k.endswith(("running_mean", "running_var"))}
     patches = sample_patches(seg, images, detectors, n=n_batches * batch_size, patch=patch, seed=seed,
                              centres=centres)
+    state, shift = update_statistics(net, patches, alpha=alpha, n_batches=n_batches, batch_size=batch_size)
+    info = {"alpha": alpha, "patches": n_batches * batch_size, "patch": min(patch, images.shape[-1]),
+            "shift": shift, "seconds": round(time.perf_counter() - t0, 1)}
+    return {**ck, "state_dict": state}, info
+
+
+def update_statistics(net, patches: Iterator[np.ndarray], *, alpha: float, n_batches: int,
+                      batch_size: int) -> tuple[dict, float]:
+    """Re-estimate ``net``'s BatchNorm statistics on ``n_batches`` batches of ``patches`` (each ``(C, D, Y, X)``)
+    and blend them with the stored ones: ``alpha * new + (1 - alpha) * old``.
+
+    Returns the blended state dict and the mean shift of the running means in stored standard deviations.
+    """
+    import torch
+    from torch.optim.swa_utils import update_bn
+
+    stored = {k: v.clone() for k, v in net.state_dict().items() if k.endswith(("running_mean", "running_var"))}
     # one batch in memory at a time (all 800 default patches of a 3-channel 2.5D model would be ~430 MB)
     batches = (torch.from_numpy(np.stack([next(patches) for _ in range(batch_size)])) for _ in range(n_batches))
     with torch.no_grad():
@@ -155,10 +168,7 @@ def adapt_statistics(ck: dict, images: np.ndarray, detectors: Sequence[str], *, 
             var = stored[k[:-len("running_mean")] + "running_var"]
             shifts.append(float(((state[k] - old).abs() / var.clamp_min(1e-5).sqrt()).mean()))
         state[k] = alpha * state[k] + (1.0 - alpha) * old
-    info = {"alpha": alpha, "patches": n_batches * batch_size, "patch": min(patch, images.shape[-1]),
-            "shift": round(float(np.mean(shifts)), 4) if shifts else 0.0,
-            "seconds": round(time.perf_counter() - t0, 1)}
-    return {**ck, "state_dict": state}, info
+    return state, round(float(np.mean(shifts)), 4) if shifts else 0.0
 
 
 def parse_predict_adapt(setting) -> str | float:
