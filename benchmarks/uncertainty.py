@@ -63,7 +63,7 @@ def one(seg, seed: int, family: str, shape, opts: dict, measured=("raw", "calibr
         classes = list(seg.classes)
     t_pred = time.perf_counter() - t0
     logp = np.log(np.clip(p, 1e-12, None))
-    temp = fit_temperature(logp, ph.train, probs=False, bounds=temperature_bounds("scribbles"))
+    temp = fit_temperature(logp, ph.train, probs=False, bounds=temperature_bounds(scribbles=True))
     variants = {"raw": p, "calibrated": softmax(logp / temp, 0).astype(np.float32)}
     vs = list(ph.config.voxel_size_nm)
     common = {"steps": ["fractions", "interfaces", "tortuosity"], "tortuosity": {"phases": ["pore"]},

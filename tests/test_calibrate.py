@@ -30,7 +30,7 @@ def test_ece_drops_after_calibration_and_unlabelled_voxels_are_ignored():
     logits, labels = _draw(2.5)  # the raw logits are overconfident
     labels = labels.copy()
     labels[:5000] = 0  # not labelled
-    rec = calibration_record(logits, labels)
+    rec = calibration_record(logits, labels, source="held-out scribbles", scribbles=True)
     assert rec["ece_before"] > 0.08
     assert rec["ece_after"] < 0.02 < rec["ece_before"] / 4
     assert rec["n_voxels"] == 35000 and rec["temperature"] == pytest.approx(2.5, rel=0.06)
@@ -72,13 +72,13 @@ def test_scribbles_can_soften_but_never_sharpen():
     from seglearn.pretrain.ft_final import blend_temperature
 
     logits, labels = _draw(0.5)  # the raw logits are under-confident: the best T is 0.5
-    assert calibration_record(logits, labels, source="test")["temperature"] == pytest.approx(0.5, rel=0.06)
+    assert calibration_record(logits, labels, source="test", scribbles=False)["temperature"] == pytest.approx(0.5, rel=0.06)
     for source in ("held-out scribbles", "held-out scribbles of run 1 of 3 (runs 2..3 trained on part of them)"):
-        rec = calibration_record(logits, labels, source=source)
+        rec = calibration_record(logits, labels, source=source, scribbles=True)
         assert rec["temperature"] == pytest.approx(1.0, abs=1e-6)
         assert rec["ece_after"] == pytest.approx(rec["ece_before"], abs=1e-6)  # T = 1: nothing changed
     over_logits, over_labels = _draw(2.5)  # over-confident: scribbles still soften
-    assert calibration_record(over_logits, over_labels, source="held-out scribbles")["temperature"] == \
+    assert calibration_record(over_logits, over_labels, source="held-out scribbles", scribbles=True)["temperature"] == \
         pytest.approx(2.5, rel=0.06)
     # the blend's temperature follows the same bounds: (N, K, Y, X) logits, a forest of uniform probabilities
     z = logits.T.reshape(40, 1000, 3).transpose(0, 2, 1)[..., None]

@@ -112,7 +112,7 @@ def finetuned(scratch, tiny_phantom, tmp_path_factory):
     ph = tiny_phantom
     ck = tmp_path_factory.mktemp("ft") / "best.ckpt"
     shutil.copyfile(scratch, ck)
-    rec = calibrate(ck, ph.channels(), ph.test, "test")
+    rec = calibrate(ck, ph.channels(), ph.test, "test", scribbles=False)
     assert load_checkpoint(ck)["meta"]["calibration"] == rec
     # the same network and labels as training's own fit (whole slices here, tiles there)
     t_train = load_checkpoint(scratch)["meta"]["calibration"]["temperature"]
@@ -145,7 +145,7 @@ def test_finish_refits_the_temperature_after_adapt_bn_and_the_blend(finetuned, t
     monkeypatch.setattr(ft_final, "adapt", adapt)
     monkeypatch.setattr(ft_final, "attach_blend", blend)
     done = ft_final.finish(ck, ph.channels(), list(ph.config.detectors), {"seed": 0}, train=ph.train,
-                           fit_labels=ph.train, val_labels=ph.test, val_source="test", judge_ckpt=src, frozen=False,
+                           fit_labels=ph.train, val_labels=ph.test, val_source="test", scribbles=False, judge_ckpt=src, frozen=False,
                            stopped=False)
     assert order == ["adapt", "blend"]
     assert done["calibration"]["temperature"] == pytest.approx(2 * t0, rel=0.05)
@@ -164,5 +164,5 @@ def test_a_soup_gets_its_own_temperature(finetuned, tiny_phantom, tmp_path):
     soup = average_checkpoints([src, _scaled(src, tmp_path / "x3.ckpt", 3.0)], tmp_path / "soup.ckpt",
                                section="finetune")
     assert load_checkpoint(soup)["meta"]["calibration"]["temperature"] == t0  # inherited from the first run ...
-    rec = calibrate(soup, ph.channels(), ph.test, "test")  # ... until ft_final refits it, as finetune() does
+    rec = calibrate(soup, ph.channels(), ph.test, "test", scribbles=False)  # ... until ft_final refits it, as finetune() does
     assert rec["temperature"] == pytest.approx(2 * t0, rel=0.05)

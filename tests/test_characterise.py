@@ -44,7 +44,10 @@ def test_seglearn_ids_with_outside_kept_and_mismatch_refused():
     with pytest.raises(InputError, match="no voxel size"):
         resolve_voxel_size(None, None, source="x.tif")
     assert resolve_voxel_size(None, 5) == (5.0, 5.0, 5.0)
-    assert resolve_voxel_size((30, 10, 10), 5) == (30.0, 10.0, 10.0)
+    assert resolve_voxel_size((30, 10, 10), None) == (30.0, 10.0, 10.0)
+    assert resolve_voxel_size((352778, 352778, 352778), 5) == (5.0, 5.0, 5.0)  # what the user typed wins
+    with pytest.raises(InputError, match="given in µm"):
+        resolve_voxel_size(None, [0.04, 0.02, 0.02])
 
 
 # --------------------------------------------------------------------------------- fractions

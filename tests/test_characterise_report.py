@@ -91,9 +91,12 @@ def test_voxel_size_read_from_file(tmp_path):
 
     src = tmp_path / "cal.tif"
     write_volume(src, _electrode_like((8, 16, 16)), voxel_size_nm=(30.0, 10.0, 10.0))
-    rep = run({"input": str(src), "voxel_size_nm": 99, "output": str(tmp_path / "o"), "steps": ["fractions"],
-               "plots": False, "html": False, "classes": None})
+    kw = {"input": str(src), "steps": ["fractions"], "plots": False, "html": False, "classes": None}
+    rep = run({**kw, "output": str(tmp_path / "o")})
     assert rep["input"]["voxel_size_nm"] == pytest.approx([30.0, 10.0, 10.0])
+    # voxel_size_nm= as given wins over the file's calibration, as in predict.py (a warning names the file's)
+    rep = run({**kw, "voxel_size_nm": 99, "output": str(tmp_path / "o2")})
+    assert rep["input"]["voxel_size_nm"] == pytest.approx([99.0, 99.0, 99.0])
 
 
 def test_real_electrode_against_taufactor():

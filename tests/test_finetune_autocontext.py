@@ -124,3 +124,74 @@ def test_autocontext_trains_saves_and_predicts_through_the_checkpoint(tmp_path, 
     predict(cfg, ck)
     out, _ = read_stack(tmp_path / "out" / "labels.tif")
     assert np.array_equal(out, seg.predict(ph.channels(), DETS))
+
+
+def test_validation_slices_get_the_forest_channels(tmp_path, phantom):
+    """With labels/test.tif the dense test slice is validated on the inputs prediction will see: the forest's
+    channels (the forest on all scribbles), not the uninformative 1 / K."""
+    from seglearn.ckpt import load_checkpoint
+    from seglearn.pretrain.finetune import settings_from
+    from seglearn.pretrain.ft_setup import prepare
+
+    ph = phantom
+    s = settings_from({**TINY, "autocontext": "on", "autocontext_folds": 3})
+    context: dict = {}
+    st = prepare(load_checkpoint(_base(tmp_path), kind="unet"), ph.channels(), DETS, ph.train, s, classes=None,
+                 test=ph.test, voxel_size_nm=ph.config.voxel_size_nm, name="tiny", init="base.ckpt", context=context)
+    assert st.val_source == "test"
+    ctx, h = context["ctx"], st.halo
+    for z in st.val_z:
+        zs = [min(max(z + d, 0), ph.train.shape[0] - 1) for d in range(-h, h + 1)]
+        assert ctx.done[zs].all() and not np.allclose(st.x[-3:, zs], 1 / 3)
+        if z not in ctx.oof:  # far from the scribbles: the forest on all of them
+            from seglearn.segment import forest_pack
+
+            p = forest_pack.proba(ctx.arrays, ctx.stack.compute_samples(z, z + 1), threads=1)
+            assert np.allclose(st.x[-3:, z], p.T.reshape(3, *ph.train.shape[1:]), atol=1e-6)
+
+
+def test_statistics_patches_read_the_forest_channels_of_the_whole_volume(tmp_path, phantom, monkeypatch):
+    """``predict adapt=on`` with an auto-context model: the patches' forest channels are those of the whole
+    volume (the forest's features on a patch-sized crop differ near its edges), for in-memory volumes and slabs."""
+    from seglearn.ckpt import load_checkpoint
+    from seglearn.pretrain.finetune import finetune
+    from seglearn.segment.adapt import sample_patches, spread, volume_context
+    from seglearn.segment.api import load_segmenter
+
+    ph = phantom
+    ckpt = tmp_path / "on" / "best.ckpt"
+    finetune(_base(tmp_path), ph.channels(), DETS, ph.train, tmp_path / "on", voxel_size_nm=ph.config.voxel_size_nm,
+             settings={**TINY, "max_steps": 1, "autocontext": "on", "autocontext_folds": 3, "blend": "off"})
+    seg = load_segmenter(ckpt, device="cpu", bf16=False)
+    img = ph.channels()
+    whole = seg.prepare(np.stack([img[i] for i in seg.channel_order(DETS)]))  # (6, Z, Y, X), the forest's last
+    h, z = seg.net.halo, 11
+    patches = sample_patches(seg, img, DETS, n=6, patch=24, seed=0, centres=[z])
+    for x in patches:
+        assert x.shape == (6, 2 * h + 1, 24, 24)
+        hits = [(y0, x0) for y0 in range(64 - 23) for x0 in range(64 - 23)
+                if np.allclose(x[:3], whole[:3, z - h:z + h + 1, y0:y0 + 24, x0:x0 + 24], atol=1e-5)]
+        assert len(hits) == 1
+        y0, x0 = hits[0]
+        assert np.allclose(x[3:], whole[3:, z - h:z + h + 1, y0:y0 + 24, x0:x0 + 24], atol=1e-5)
+    # predict.py's path reads slabs around spread slices; their forest channels come from the whole volume too,
+    # whatever the order of the detectors given
+    import seglearn.segment.adapt as adapt_mod
+
+    seen = {}
+
+    def spy(ck, images, detectors, **kw):
+        seen.update(images=images, detectors=list(detectors), **kw)
+        return ck, {"patches": 0, "patch": 0, "shift": 0.0}
+
+    monkeypatch.setattr(adapt_mod, "adapt_statistics", spy)
+    ck = load_checkpoint(ckpt, kind="unet")
+    rev = img[::-1].copy()
+    adapt_mod.adapt_to_volume(ck, lambda a, b: rev[:, a:b], img.shape[1:], DETS[::-1], "on", where="tiny",
+                              fit_scale=False)
+    zs = spread(img.shape[1], 16)
+    assert sorted(seen["context"]) == seen["centres"] and len(zs) == len(seen["centres"]) == 16
+    expect = volume_context(seg, lambda a, b: img[:, a:b], img.shape[1], zs)
+    for c, z in zip(seen["centres"], zs):
+        assert np.allclose(seen["context"][c], expect[z], atol=1e-5)
+        assert np.array_equal(seen["images"][:, c - h:c + h + 1], rev[:, np.clip(np.arange(z - h, z + h + 1), 0, 23)])

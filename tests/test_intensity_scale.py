@@ -27,7 +27,15 @@ ENCODINGS = {
     "int16_offset": lambda v: v.astype(np.int16) * 100 - 12000,
     "float32_0_1": lambda v: (v / 255.0).astype(np.float32),
     "float64_0_255": lambda v: v.astype(np.float64),
+    # a 0..1 export with one hot voxel, and one scaled to 0..1.01: still 0..1 (once read as 8-bit: 82 % awe)
+    "float32_0_1_hot_voxel": lambda v: _hot((v / 255.0).astype(np.float32)),
+    "float32_0_1p01": lambda v: (v / 255.0 * 1.01).astype(np.float32),
 }
+
+
+def _hot(a: np.ndarray) -> np.ndarray:
+    a[(0,) * a.ndim] = 1.0001
+    return a
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +87,8 @@ def test_same_labels_whatever_the_encoding(crop, reference, tmp_path, ckpt, enco
     assert agree >= 0.99, f"{ckpt} on {encoding}: {agree:.4f} of the voxels agree with the uint8 original"
     rec = summary["intensity"]
     assert rec["dtype"] == str(images.dtype) and rec["model_scale"] == "8bit"
-    assert rec["input_scale"] == {"float32_0_1": "unit", "float64_0_255": "8bit"}.get(encoding, "other")
+    assert rec["input_scale"] == ("unit" if encoding.startswith("float32_0_1") else
+                                  {"float64_0_255": "8bit"}.get(encoding, "other"))
     assert rec["slices_sampled"] == 12 and set(rec["statistics"]) == set(DETS)
     if encoding == "float64_0_255":
         assert rec["map"] == "identity"

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from seglearn.characterise import characterise
-from seglearn.characterise.intervals import correlation_length, flatten, interval, sample_labels
+from seglearn.characterise.intervals import _unit_field, correlation_length, flatten, interval, sample_labels
 
 CLASSES = ["pore", "active_material"]
 STEPS = ["fractions", "interfaces", "tortuosity"]
@@ -51,6 +51,18 @@ def test_samples_keep_the_marginals_and_are_spatially_correlated():
     rng = np.random.default_rng(2)
     lengths = [correlation_length(ndi.gaussian_filter(rng.random((1, 24, 48, 48)), (0, s, s, s)))[1] for s in (1, 4)]
     assert lengths[0] < lengths[1]
+
+
+@pytest.mark.parametrize("shape", [(1, 96, 96), (4, 64, 64), (48, 32, 32)])
+def test_noise_has_unit_variance_on_short_axes(shape):
+    """The wrapped kernel folds on axes shorter than its support; the draws still follow p there."""
+    rng = np.random.default_rng(4)
+    sigma = [13.0, 3.0, 3.0]  # sigma_z far longer than the axis, as on thin stacks and single slices
+    g = np.concatenate([_unit_field(shape, sigma, rng).ravel() for _ in range(40)])
+    assert g.std() == pytest.approx(1.0, abs=0.06)
+    p = np.stack([np.full(shape, 0.2, np.float32), np.full(shape, 0.8, np.float32)])
+    drawn = np.mean([np.mean(sample_labels(np.log(p), sigma, rng) == 1) for _ in range(40)])
+    assert drawn == pytest.approx(0.2, abs=0.03)
 
 
 def test_interval_is_a_prediction_interval():

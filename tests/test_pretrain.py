@@ -563,11 +563,14 @@ def test_eight_bit_scale_rules():
     assert not on_eight_bit_scale({**base, "normalisation": {"method": "fixed", "ranges": [[0, 4000], [0, 4000]]}})
     assert not on_eight_bit_scale({**base, "normalisation": {"method": "percentiles", "ranges": [[0, 255], [0, 255]]}})
     def scale(dtype, lo, hi):
-        return input_scale({"dtype": dtype, "channels": {"A": {"min": lo, "max": hi}}})
+        return input_scale({"dtype": dtype, "channels": {"A": {"min": lo, "max": hi, "p_lo": lo, "p_hi": hi}}})
 
     assert scale("uint8", 0, 255) == "8bit" and scale("float64", 0.5, 254.0) == "8bit"
     assert scale("uint16", 3000, 9000) == "other" and scale("float32", -1.0, 20.0) == "other"
     assert scale("float32", 0.0, 1.0) == "unit" and scale("uint16", 0, 1) == "8bit"
+    # a 0..1 float export with a few voxels beyond 1: its robust percentiles decide (once read as 8-bit)
+    hot = {"dtype": "float32", "channels": {"A": {"min": 0.0, "max": 1.0001, "p_lo": 0.01, "p_hi": 0.98}}}
+    assert input_scale(hot) == "unit"
 
 
 @pytest.mark.slow

@@ -147,5 +147,14 @@ def test_finetuning_with_selftrain_runs_and_records_it(tmp_path):
     off = finetune(base, ph.channels(), DETS, ph.train, tmp_path / "off", settings={**tiny, "selftrain": "off"},
                    voxel_size_nm=ph.config.voxel_size_nm)
     assert off["selftrain"] == {"mode": "off"} and not (tmp_path / "off" / "selftrain").exists()
+    # every unscribbled slice asked for: the dense test slice (the validation slice) and its context slices are
+    # still never pseudo-labelled
+    with_test = finetune(base, ph.channels(), DETS, ph.train, tmp_path / "test", test=ph.test,
+                         settings={**tiny, "max_steps": 2, "selftrain_slices": 100},
+                         voxel_size_nm=ph.config.voxel_size_nm)
+    tested = {z + d for z in np.unique(np.nonzero(ph.test)[0]).tolist() for d in (-1, 0, 1)}  # the 2.5D context: 1
+    picked = set(with_test["selftrain"]["pseudo"]["slices"])
+    assert tested and not picked & tested and not picked & scribbled
+    assert len(picked) == ph.train.shape[0] - len(scribbled | tested)
     with pytest.raises(InputError, match="finetune.selftrain"):
         finetune(base, ph.channels(), DETS, ph.train, tmp_path / "bad", settings={**tiny, "selftrain": "yes"})

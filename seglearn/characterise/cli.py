@@ -18,6 +18,13 @@ from seglearn.options import CHARACTERISE, check_options
 
 log = logging.getLogger("seglearn")
 
+#: voxels (drawn with a fixed seed) whose class probabilities are checked when a file is read, and the
+#: tolerance of the check: a sample keeps it cheap for large volumes (float16 files sum to 1 within ~1e-3)
+PROB_SAMPLE_VOXELS = 4096
+PROB_TOLERANCE = 1e-2
+#: what a probabilities file must hold (predict.py's probabilities.tif), said in every refusal
+PROB_LAYOUT = "probabilities of shape (Z, K, Y, X), K = 2..255 classes, values in [0, 1] summing to 1 over K"
+
 _PASSED = ("values", "pore", "active", "binder", "steps", "depth", "interfaces", "sizes", "tortuosity",
            "geodesic", "inner_pores", "rve", "particles", "plots", "html", "progress", "intervals", "parallel")
 
@@ -47,8 +54,7 @@ def read_probabilities(params: dict) -> tuple:
     with tifffile.TiffFile(path) as tif:
         arr = tif.asarray()
         vs = read_voxel_size_nm(tif)
-    if arr.ndim != 4 or arr.shape[1] < 2:
-        raise InputError(f"{path}: expected probabilities of shape (Z, K, Y, X) with K >= 2 classes, got {arr.shape}")
+    check_probabilities(arr, path)
     probs = np.moveaxis(arr, 1, 0).astype(np.float32)
     classes = None
     summary = path.parent / "summary.json"
@@ -57,11 +63,75 @@ def read_probabilities(params: dict) -> tuple:
     return probs, path, vs, classes
 
 
+def check_probabilities(arr: np.ndarray, path) -> None:
+    """Refuse, in one line naming ``path``, an array that is not :data:`PROB_LAYOUT`.
+
+    Values and sums are checked on :data:`PROB_SAMPLE_VOXELS` voxels; when the first or last axis
+    holds probabilities instead of axis 1, the message asks "class axis last?" (or first).
+
+    Parameters
+    ----------
+    arr : ndarray
+        The file's array, expected ``(Z, K, Y, X)``.
+    path : path-like
+        The file, named in the message.
+    """
+    if arr.ndim != 4:
+        raise InputError(f"{path}: expected {PROB_LAYOUT}; got shape {arr.shape}")
+    problem = _prob_problem(arr, 1)
+    if problem:
+        raise InputError(f"{path}: expected {PROB_LAYOUT}; got shape {arr.shape}: {problem}{_other_class_axis(arr)}")
+
+
+def _prob_problem(arr: np.ndarray, axis: int) -> str | None:
+    """What is wrong with ``axis`` of ``arr`` as the class axis (sampled voxels), or None."""
+    k = arr.shape[axis]
+    if not 2 <= k <= 255:
+        return f"K = {k} classes is outside 2..255"
+    view = np.moveaxis(arr, axis, -1)
+    n_vox = int(np.prod(view.shape[:-1]))
+    pick = np.random.default_rng(0).integers(0, n_vox, min(n_vox, PROB_SAMPLE_VOXELS))
+    sample = view[np.unravel_index(pick, view.shape[:-1])].astype(np.float64)  # (n, K)
+    if not np.all(np.isfinite(sample)):
+        return "NaN or infinite values"
+    if sample.min() < -PROB_TOLERANCE:
+        return f"negative values (down to {sample.min():.3g}): log-probabilities or logits?"
+    if sample.max() > 1 + PROB_TOLERANCE:
+        return f"values up to {sample.max():.3g}"
+    sums = sample.sum(axis=1)
+    if np.abs(sums - 1).max() > PROB_TOLERANCE:
+        return f"sums over K from {sums.min():.3g} to {sums.max():.3g} on {len(sums)} sampled voxels"
+    return None
+
+
+def _other_class_axis(arr: np.ndarray) -> str:
+    """``" (class axis last? ...)"`` when the last (or first) axis holds probabilities; else empty."""
+    for axis, where in ((3, "last"), (0, "first")):
+        if arr.shape[axis] <= 255 and _prob_problem(arr, axis) is None:
+            return f" (class axis {where}? write the file as (Z, K, Y, X))"
+    return ""
+
+
+def _from_probabilities(params: dict, probs: np.ndarray, p_src: Path, p_classes) -> np.ndarray:
+    """The argmax labels of ``probs`` (K, Z, Y, X); sets ``classes``, ``values`` and ``output`` of ``params``."""
+    k = len(probs)
+    params["classes"] = params.get("classes") or p_classes or [f"class_{i}" for i in range(1, k + 1)]
+    names = list(params["classes"])
+    if len(names) != k:
+        found = (probs.shape[1], k) + probs.shape[2:]
+        raise InputError(f"{p_src}: {len(names)} class names {names} for the {k} classes of probabilities of shape "
+                         f"{found}; expected (Z, K, Y, X) with K = {len(names)}")
+    params["values"] = list(range(1, k + 1))
+    if params.get("output") is None and params.get("input") not in (None, "???"):
+        params["output"] = str(Path(str(params["input"])) / "characterise_intervals")
+    return (np.argmax(probs, axis=0) + 1).astype(np.uint8)
+
+
 def run(cfg) -> dict:
     """Read ``cfg.input`` (and ``cfg.instances``), resolve the voxel size and write the report.
 
-    The voxel size comes from the file's calibration, else ``voxel_size_nm``, else the run is
-    refused. Returns the report dict.
+    The voxel size is ``voxel_size_nm`` when given (a different calibration in the file is named in a
+    warning), else the file's, else the run is refused. Returns the report dict.
     """
     from omegaconf import OmegaConf
 
@@ -74,23 +144,13 @@ def run(cfg) -> dict:
     probs, p_src, p_vs, p_classes = read_probabilities(params)
     if probs is not None:  # the labels are the argmax of the probabilities
         src = p_src
-        raw, meta = (np.argmax(probs, axis=0) + 1).astype(np.uint8), {"voxel_size_nm": p_vs}
-        params["classes"] = params.get("classes") or p_classes or [f"class_{i}" for i in range(1, len(probs) + 1)]
-        if len(params["classes"]) != len(probs):
-            raise InputError(f"classes={params['classes']}: {len(params['classes'])} names for the {len(probs)} "
-                             f"classes of {p_src}")
-        params["values"] = list(range(1, len(probs) + 1))
-        if params.get("output") is None and params.get("input") not in (None, "???"):
-            params["output"] = str(Path(str(params["input"])) / "characterise_intervals")
+        raw, meta = _from_probabilities(params, probs, p_src, p_classes), {"voxel_size_nm": p_vs}
     else:
         if params.get("input") in (None, "???"):
             raise InputError("input: missing; give input=labels.tif (or probabilities=OUT/probabilities.tif)")
         src = Path(str(params["input"]))
         raw, meta = read_stack(src)
     vs = resolve_voxel_size(meta.get("voxel_size_nm"), params.get("voxel_size_nm"), source=str(src))
-    if meta.get("voxel_size_nm") is not None and params.get("voxel_size_nm") is not None:
-        log.info("using the voxel size of %s %s nm (voxel_size_nm=%s ignored)", src.name, vs,
-                 params["voxel_size_nm"])
     instances = None
     if params.get("instances"):
         instances, _ = read_stack(params["instances"])
@@ -108,5 +168,6 @@ def run(cfg) -> dict:
             raise InputError(f"{out}: characterisation ended without writing report.json")
     fr = rep.get("fractions") or {}
     log.info("fractions: %s", ", ".join(f"{c} {v:.3f}" for c, v in fr.items()))
-    log.info("report: %s", Path(out) / "report.html")
+    main = "report.html" if "report.html" in (rep.get("outputs") or []) else "report.json"
+    log.info("report: %s", Path(out) / main)
     return rep

@@ -85,7 +85,13 @@ def correlation_length(probs: np.ndarray, *, max_lag: int = 32, max_edge: int = 
 
 
 def _unit_field(shape, sigma, rng) -> np.ndarray:
-    """Gaussian random field of unit variance, Gaussian-correlated with ``sigma`` voxels per axis (wrapped)."""
+    """Gaussian random field of unit variance, Gaussian-correlated with ``sigma`` voxels per axis (wrapped).
+
+    The variance of filtered white noise is the product over axes of the sum of squares of the
+    filter's impulse response. With ``mode="wrap"`` the kernel folds onto itself on axes shorter
+    than its support (a single slice keeps all of its weight), so the response is measured on the
+    axis's real length rather than taken from the unfolded kernel.
+    """
     from scipy import ndimage as ndi
 
     g = rng.standard_normal(shape, dtype=np.float32)
@@ -93,12 +99,12 @@ def _unit_field(shape, sigma, rng) -> np.ndarray:
         return g
     g = ndi.gaussian_filter(g, sigma, mode="wrap", truncate=3.0)
     var = 1.0
-    for s in sigma:  # exact variance of filtered white noise: the product of the 1D kernels' sums of squares
+    for n, s in zip(shape, sigma):
         if s > 0:
-            r = int(3.0 * s + 0.5)
-            w = np.exp(-0.5 * (np.arange(-r, r + 1) / s) ** 2)
-            w /= w.sum()
-            var *= float((w * w).sum())
+            impulse = np.zeros(n, np.float64)
+            impulse[0] = 1.0
+            h = ndi.gaussian_filter1d(impulse, s, mode="wrap", truncate=3.0)
+            var *= float((h * h).sum())
     return g / np.float32(math.sqrt(var))
 
 

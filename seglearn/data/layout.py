@@ -26,6 +26,7 @@ from seglearn.errors import InputError, OutputExistsError
 from seglearn.io.intensity import check_dtype
 from seglearn.io.tiff import read_stack
 from seglearn.io.tiff_write import write_volume
+from seglearn.io.voxel import check_voxel_size
 
 log = logging.getLogger("seglearn")
 
@@ -131,8 +132,9 @@ def read_meta(root: str | os.PathLike) -> dict:
     if not isinstance(vs, list) or len(vs) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                             and 0 < v < float("inf") for v in vs):
         raise InputError(f"{meta_path}: 'voxel_size_nm' must be [z, y, x] positive finite numbers, got {vs!r}")
+    vs = check_voxel_size(vs, f"{meta_path}: voxel_size_nm")
     return {"name": str(meta.get("name", root.name)), "detectors": list(detectors), "classes": list(classes),
-            "voxel_size_nm": tuple(float(v) for v in vs), **{k: v for k, v in meta.items()
+            "voxel_size_nm": vs, **{k: v for k, v in meta.items()
                                                           if k not in ("name", "detectors", "classes", "voxel_size_nm")}}
 
 
@@ -170,10 +172,27 @@ def check_label_values(vol: np.ndarray, path, n_max: int | None) -> None:
         raise InputError(f"{path}: label value {vmax} > number of classes {n_max}; expected 0 (unlabelled) or 1..{n_max}")
 
 
-def check_label_stack(reader, path, n_max: int, chunk: int = 64) -> None:
-    """:func:`check_label_values` over an open stack (:func:`seglearn.io.open_stack`), block by block."""
+def check_label_stack(reader, path, n_max: int, chunk: int = 64) -> np.ndarray:
+    """:func:`check_label_values` over an open stack (:func:`seglearn.io.open_stack`), block by block; returns
+    the voxel count of each id ``0..n_max``."""
+    counts = np.zeros(n_max + 1, np.int64)
     for _, block in reader.blocks(chunk):
         check_label_values(block, path, n_max)
+        counts += np.bincount(np.asarray(block, np.int64).ravel(), minlength=n_max + 1)[:n_max + 1]
+    return counts
+
+
+def warn_missing_classes(labels_or_counts: np.ndarray, classes: Sequence[str], where: str, consequence: str,
+                         *, counts: bool = False) -> list[str]:
+    """Log one warning naming the classes without a single labelled voxel in ``labels_or_counts`` (ids
+    ``1..K``; or, with ``counts``, the voxel count of each id ``0..K``) and ``consequence``; returns them."""
+    k = len(classes)
+    c = np.asarray(labels_or_counts) if counts else np.bincount(np.asarray(labels_or_counts).ravel(),
+                                                                   minlength=k + 1)
+    missing = [name for i, name in enumerate(classes) if i + 1 >= len(c) or c[i + 1] == 0]
+    if missing:
+        log.warning("%s: no voxel of %s (of %d classes); %s", where, ", ".join(missing), k, consequence)
+    return missing
 
 
 def _read_labels(path: Path, shape: tuple, n_max: int, *, kind: str) -> np.ndarray:

@@ -119,15 +119,27 @@ def volume_statistics(read_raw: Callable[[int, int], np.ndarray], shape: Sequenc
             "channels": channels, "percentiles": [float(p) for p in percentiles]}
 
 
+#: a float volume whose robust percentiles lie within this margin of 0..1 is on the unit scale, whatever a few
+#: outlying voxels hold (one voxel at 1.0001 of an image exported as 0..1 must not make it "8-bit")
+UNIT_MARGIN = 0.02
+
+
 def input_scale(stats: dict) -> str:
-    """``8bit``, ``unit`` or ``other`` for a volume's :func:`volume_statistics` (all channels together)."""
+    """``8bit``, ``unit`` or ``other`` for a volume's :func:`volume_statistics` (all channels together).
+
+    A float volume is ``unit`` when all its values lie in 0..1, or when its robust percentiles (``p_lo``,
+    ``p_hi``) do, within :data:`UNIT_MARGIN`: a few hot voxels or a range of 0..1.01 do not turn a 0..1 export
+    into 8-bit grey values read as they are (almost black to the model).
+    """
     dt = np.dtype(stats["dtype"])
-    lo = min(ch["min"] for ch in stats["channels"].values())
-    hi = max(ch["max"] for ch in stats["channels"].values())
+    chans = stats["channels"].values()
+    lo, hi = min(ch["min"] for ch in chans), max(ch["max"] for ch in chans)
     if dt == np.uint8:
         return "8bit"
-    if dt.kind == "f" and lo >= 0.0 and hi <= 1.0:
-        return "unit"
+    if dt.kind == "f":
+        r_lo, r_hi = min(ch["p_lo"] for ch in chans), max(ch["p_hi"] for ch in chans)
+        if (lo >= 0.0 and hi <= 1.0) or (r_lo >= -UNIT_MARGIN and r_hi <= 1.0 + UNIT_MARGIN):
+            return "unit"
     return "8bit" if lo >= 0.0 and hi <= 255.0 else "other"
 
 

@@ -10,7 +10,6 @@ import logging
 import math
 import os
 import re
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -18,12 +17,11 @@ import numpy as np
 
 from seglearn.errors import InputError
 from seglearn.io.omezarr import OmeZarrReader, is_ome_zarr
+from seglearn.io.voxel import read_voxel_size_nm
 
 log = logging.getLogger("seglearn")
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
-_UNIT_NM = {"nm": 1.0, "nanometer": 1.0, "um": 1e3, "µm": 1e3, "\\u00B5m": 1e3, "micron": 1e3,
-            "micrometer": 1e3, "mm": 1e6, "millimeter": 1e6, "cm": 1e7, "m": 1e9, "pixel": None}
 _Z_AXES = "ZTIQ"
 _C_AXES = "CS"
 
@@ -67,56 +65,6 @@ def _to_czyx(data: np.ndarray, axes: str, path: Path) -> np.ndarray:
     if not zs:
         data = data[:, None]
     return data
-
-
-def _unit_scale(unit: str | None) -> float | None:
-    if unit is None:
-        return None
-    return _UNIT_NM.get(str(unit).strip().lower().replace("\\u00b5", "µ"), None)
-
-
-def read_voxel_size_nm(tif) -> tuple[float, float, float] | None:
-    """Voxel size ``(z, y, x)`` in nm from ImageJ or OME metadata of an open ``TiffFile``."""
-    try:
-        shaped = tif.shaped_metadata[0] if tif.is_shaped and tif.shaped_metadata else None
-        if shaped and "voxel_size_nm" in shaped:
-            z, y, x = (float(v) for v in shaped["voxel_size_nm"])
-            return (z, y, x)
-        if tif.is_ome and tif.ome_metadata:
-            root = ET.fromstring(tif.ome_metadata)
-            px = next(el for el in root.iter() if el.tag.endswith("Pixels"))
-            out = []
-            for ax in "ZYX":
-                val = px.get(f"PhysicalSize{ax}")
-                scale = _unit_scale(px.get(f"PhysicalSize{ax}Unit", "µm"))
-                out.append(float(val) * scale if val is not None and scale else None)
-            if out[1] and out[2]:
-                return (out[0] or out[2], out[1], out[2])
-        page = tif.pages[0]
-        ij = tif.imagej_metadata or {}
-        scale = _unit_scale(ij.get("unit")) if ij else None
-        xres = page.tags.get("XResolution")
-        yres = page.tags.get("YResolution")
-        if xres is None or yres is None:
-            return None
-        if scale is None:
-            unit_tag = page.tags.get("ResolutionUnit")
-            unit_val = int(unit_tag.value) if unit_tag is not None else 1
-            scale = {2: 25.4e6, 3: 1e7}.get(unit_val)
-        if scale is None:
-            return None
-        xn, xd = xres.value
-        yn, yd = yres.value
-        if not xn or not yn:
-            return None
-        x = xd / xn * scale
-        y = yd / yn * scale
-        z = float(ij.get("spacing", 0.0)) * scale if ij.get("spacing") else x
-        if abs(x - y) < 1e-9 and abs(x - scale) < 1e-9 and not ij.get("spacing"):
-            return None  # resolution 1 pixel per unit: no real calibration
-        return (z, y, x)
-    except (StopIteration, ValueError, TypeError, ET.ParseError, KeyError):
-        return None
 
 
 def _check_exists(path: Path) -> None:
@@ -255,8 +203,18 @@ def read_stack(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     """Read a single-channel stack as ``(Z, Y, X)`` (see :func:`read_image`)."""
     image, meta = read_image(path)
     if image.shape[0] != 1:
-        raise InputError(f"{path}: expected one channel, got {image.shape[0]} (shape C,Z,Y,X = {image.shape})")
+        raise InputError(f"{path}: expected one grey channel, got {image.shape[0]} (shape C,Z,Y,X = {image.shape}): "
+                         f"{_channels_hint(image.shape)}")
     return image[0], meta
+
+
+def _channels_hint(shape) -> str:
+    """Why a stack meant as ``(Z, Y, X)`` may have been read with channels."""
+    if shape[0] in (3, 4):
+        return ("a colour (RGB / RGBA) image? convert it to grey; a stack only 3 or 4 pixels wide is stored as colour "
+                "samples unless written with photometric='minisblack'")
+    return ("a hyperstack whose slices are stored as channels (e.g. tifffile.imwrite(..., imagej=True) of a 3D array)? "
+            "save it with axes 'ZYX'")
 
 
 class StackReader:

@@ -30,7 +30,7 @@ import numpy as np
 from seglearn.ckpt import load_checkpoint, save_checkpoint
 from seglearn.errors import InputError
 from seglearn.features.stack import FeatureStack, training_samples
-from seglearn.pretrain.blend import _cpus, _fit, forest_config, pack
+from seglearn.pretrain.blend import _cpus, _fit, _spec, forest_config, pack
 from seglearn.segment import forest_pack
 from seglearn.segment.adapt import update_statistics
 
@@ -154,10 +154,8 @@ def fit_context(raw: np.ndarray, detectors: Sequence[str], train: np.ndarray, k:
             zs = min(near)[1]
             oof[z] = next(i for i, f in enumerate(folds) if zs in f)
     arrays = pack(full, k)
-    meta = {"features": cfg["features"], "detectors": list(detectors), "n_features": int(full.n_features_in_),
-            "n_classes": int(k), "voxel_size_nm": None if voxel_size_nm is None else [float(v) for v in voxel_size_nm],
-            "max_chunk_mb": cfg["max_chunk_mb"], "trees": len(full.estimators_), "forest": str(s["blend_forest"]),
-            "folds": folds, "channels": [f"forest_p{c + 1}" for c in range(k)]}
+    meta = {**_spec(full, cfg, detectors, int(k), voxel_size_nm), "forest": str(s["blend_forest"]), "folds": folds,
+            "channels": [f"forest_p{c + 1}" for c in range(k)]}
     ctx = Context(stack, k, arrays, meta, packs, oof, threads)
     ctx.ensure(sorted(oof))
     log.info("auto-context: forest on %d scribbled voxels, %d out-of-fold forests over slices %s, channels of %d "

@@ -227,16 +227,24 @@ def _judge_proba(packed: dict, k: int, stack, x_all: np.ndarray, train: np.ndarr
     return p_forest
 
 
-def _stored_blend(final, w: float, cfg: Mapping, detectors: Sequence[str], k: int, voxel_size_nm,
-                  record: dict) -> tuple[dict, dict]:
-    """``(tensors, meta["blend"])`` of the blend of weight ``w`` with the forest ``final``; ``record`` gets its size."""
-    arrays = pack(final, k)
-    bl = Blend(arrays, {"weight": w, "features": cfg["features"], "detectors": list(detectors),
-                        "n_features": int(final.n_features_in_), "n_classes": k,
-                        "voxel_size_nm": None if voxel_size_nm is None else [float(v) for v in voxel_size_nm],
-                        "max_chunk_mb": cfg["max_chunk_mb"], "trees": len(final.estimators_)})
-    record.update(trees=len(final.estimators_), nodes=int(len(arrays["feature"])), bytes=forest_pack.nbytes(arrays))
+def _stored_blend(arrays: dict, w: float, spec: Mapping, record: dict) -> tuple[dict, dict]:
+    """``(tensors, meta["blend"])`` of the blend of weight ``w`` with the packed forest ``arrays`` described by
+    ``spec`` (``features``, ``detectors``, ``n_features``, ``n_classes``, ``voxel_size_nm``, ``max_chunk_mb``,
+    ``trees``); ``record`` gets its size."""
+    bl = Blend(arrays, {"weight": w, **{k: spec[k] for k in SPEC_KEYS}})
+    record.update(trees=int(spec["trees"]), nodes=int(len(arrays["feature"])), bytes=forest_pack.nbytes(arrays))
     return bl.to_checkpoint()
+
+
+#: what describes a stored forest (``meta["blend"]`` and auto-context's ``meta["autocontext"]``)
+SPEC_KEYS = ("features", "detectors", "n_features", "n_classes", "voxel_size_nm", "max_chunk_mb", "trees")
+
+
+def _spec(final, cfg: Mapping, detectors: Sequence[str], k: int, voxel_size_nm) -> dict:
+    """The :data:`SPEC_KEYS` of the fitted forest ``final``."""
+    return {"features": cfg["features"], "detectors": list(detectors), "n_features": int(final.n_features_in_),
+            "n_classes": k, "voxel_size_nm": None if voxel_size_nm is None else [float(v) for v in voxel_size_nm],
+            "max_chunk_mb": cfg["max_chunk_mb"], "trees": len(final.estimators_)}
 
 
 def attach(ckpt: str | Path, raw: np.ndarray, detectors: Sequence[str], train: np.ndarray, *, fit_labels: np.ndarray,
@@ -291,10 +299,14 @@ def attach(ckpt: str | Path, raw: np.ndarray, detectors: Sequence[str], train: n
               f"slices {val_z} that neither the network ({Path(judge_ckpt).parent.name}) nor the judging forest saw",
               "scores": choice["scores"]}
     meta = copy.deepcopy(ck["meta"])
-    tensors = ck.get("blend") if ck["meta"].get("autocontext") else None  # auto-context: the same forest, kept
-    if w < 1.0:
+    context = ck["meta"].get("autocontext")
+    tensors = ck.get("blend") if context else None  # auto-context: the forest on all scribbles, the same fit
+    if w < 1.0 and tensors is not None:  # reused, not fitted again (the network reads its channels)
+        tensors, meta["blend"] = _stored_blend({n: v.numpy() for n, v in tensors.items()}, w, context, record)
+    elif w < 1.0:
         final = judge if in_fit.all() else _fit(x_all, y_all, cfg, seed=seed, threads=threads)
-        tensors, meta["blend"] = _stored_blend(final, w, cfg, detectors, k, voxel_size_nm, record)
+        tensors, meta["blend"] = _stored_blend(pack(final, k), w, _spec(final, cfg, detectors, k, voxel_size_nm),
+                                               record)
     else:
         meta["blend"] = {"weight": 1.0}
     record["seconds"] = round(time.perf_counter() - t0, 1)

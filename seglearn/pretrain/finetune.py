@@ -184,10 +184,11 @@ def _soup_and_finish(results: list, setup, ckpt: Path, s: Mapping, n: int, voxel
     if ctx is not None:  # the soup keeps no forest tensors
         store_context(ckpt, ctx)
     stopped = bool(results[-1].get("stopped"))
-    source = setup.val_source if n == 1 or setup.val_source == "test" else \
+    source = setup.val_source if n == 1 or not setup.val_scribbles else \
         f"{setup.val_source} of run 1 of {n} (runs 2..{n} trained on part of them)"
     done = finish(ckpt, setup.raw, setup.names, s, train=setup.extra["train"], fit_labels=setup.fit_labels,
-                  val_labels=setup.val_labels, val_source=source, judge_ckpt=Path(results[0]["best_ckpt"]),
+                  val_labels=setup.val_labels, val_source=source, scribbles=setup.val_scribbles,
+                  judge_ckpt=Path(results[0]["best_ckpt"]),
                   frozen=setup.freeze_bn, stopped=stopped, voxel_size_nm=voxel_size_nm,
                   context=None if ctx is None else (setup.x, sorted(z for f in ctx.meta["folds"] for z in f)))
     result = results[0] if n == 1 else _soup_result(results, ckpt, stopped)

@@ -78,14 +78,16 @@ def blend_temperature(logits: np.ndarray, labels: np.ndarray, *, weight: float =
     return float(np.clip(np.exp(res.x), *bounds))
 
 
-def calibrate(ckpt: Path, raw: np.ndarray, val_labels: np.ndarray, source: str, *, p_forest: np.ndarray | None = None,
-              seed: int = 0, x: np.ndarray | None = None) -> dict:
+def calibrate(ckpt: Path, raw: np.ndarray, val_labels: np.ndarray, source: str, *, scribbles: bool,
+              p_forest: np.ndarray | None = None, seed: int = 0, x: np.ndarray | None = None) -> dict:
     """Fit ``T`` on the final checkpoint ``ckpt`` (network as the Segmenter prepares it, blend as stored) and
     write it to ``meta["calibration"]`` (rewritten atomically); returns that record.
 
     ``p_forest``: the judging forest's ``(K, len(val_z), Y, X)`` probabilities on the validation slices
     (:func:`seglearn.pretrain.blend.attach`'s ``keep``), needed when the checkpoint blends a forest.
-    ``x``: the network's prepared inputs (auto-context), else prepared from ``raw``.
+    ``x``: the network's prepared inputs (auto-context), else prepared from ``raw``. ``scribbles``: whether
+    ``val_labels`` are held-out scribbles (``T`` then kept >= 1, :func:`seglearn.segment.calibrate.temperature_bounds`)
+    rather than the dense test labels; ``source`` describes them in the record.
     """
     ck = load_checkpoint(ckpt, kind="unet")
     seg = segmenter_from_checkpoint(ck, device="cpu")
@@ -97,7 +99,7 @@ def calibrate(ckpt: Path, raw: np.ndarray, val_labels: np.ndarray, source: str, 
     pf = None if w >= 1.0 or p_forest is None else np.asarray(p_forest).transpose(1, 0, 2, 3)
     if w < 1.0 and pf is None:
         w = 1.0  # no judging forest at hand: the network's own temperature
-    t = blend_temperature(logits, lab, weight=w, p_forest=pf, bounds=temperature_bounds(source), seed=seed)
+    t = blend_temperature(logits, lab, weight=w, p_forest=pf, bounds=temperature_bounds(scribbles), seed=seed)
 
     def final(temp: float) -> np.ndarray:
         p = softmax(logits.astype(np.float64) / temp, axis=1)
@@ -116,7 +118,7 @@ def calibrate(ckpt: Path, raw: np.ndarray, val_labels: np.ndarray, source: str, 
 
 
 def finish(ckpt: Path, raw: np.ndarray, names: Sequence[str], s: Mapping, *, train: np.ndarray, fit_labels: np.ndarray,
-           val_labels: np.ndarray, val_source: str, judge_ckpt: Path, frozen: bool, stopped: bool,
+           val_labels: np.ndarray, val_source: str, scribbles: bool, judge_ckpt: Path, frozen: bool, stopped: bool,
            voxel_size_nm=None, context=None) -> dict:
     """``adapt_bn``, then the blend (judged by ``judge_ckpt`` on ``val_labels``; not after a stop by the
     caller), then the temperature, all applied to the final checkpoint ``ckpt``.
@@ -140,5 +142,6 @@ def finish(ckpt: Path, raw: np.ndarray, names: Sequence[str], s: Mapping, *, tra
     blended = None if stopped else attach_blend(ckpt, raw, names, train, fit_labels=fit_labels, val_labels=val_labels,
                                                 judge_ckpt=judge_ckpt, settings=s, voxel_size_nm=voxel_size_nm,
                                                 keep=keep, x=x)
-    cal = calibrate(ckpt, raw, val_labels, val_source, p_forest=keep.get("p_forest"), seed=int(s["seed"]), x=x)
+    cal = calibrate(ckpt, raw, val_labels, val_source, scribbles=scribbles, p_forest=keep.get("p_forest"),
+                    seed=int(s["seed"]), x=x)
     return {"adapt_bn": adapted, "blend": blended, "calibration": cal}

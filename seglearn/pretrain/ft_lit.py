@@ -59,7 +59,8 @@ class MixedBatches(torch.utils.data.IterableDataset):
         rng = np.random.default_rng(self.seed)
         stream = iter(st.make_stream(self.seed + 1)) if st.make_stream is not None and st.n_syn > 0 else None
         coords = np.argwhere(st.fit_labels > 0)
-        ctx, drop = st.extra.get("context"), float(st.extra.get("context_dropout", 0.0))
+        ctx = st.extra.get("context")
+        drop = float(st.extra["context_dropout"]) if ctx is not None else None
         pseudo = st.extra.get("pseudo")
         if pseudo is not None:
             labels, share = encode(st.fit_labels, pseudo[0], pseudo[1]), pseudo[2]
@@ -127,7 +128,7 @@ class FinetuneModule(L.LightningModule):
         if ctx is not None:  # auto-context: (first convolution, first forest column, lr multiplier)
             conv = self.net.unet.down[0].body[0] if self.net.unet.depth else self.net.unet.bottom.body[0]
             w = 2 * self.net.k + 1 if self.net.mode != "3d" else 1
-            self._aux["ctx"] = (conv, conv.weight.shape[1] - ctx.k * w, float(setup.extra.get("context_lr", 1.0)))
+            self._aux["ctx"] = (conv, conv.weight.shape[1] - ctx.k * w, float(setup.extra["context_lr"]))
         self.net.unet.head.register_forward_hook(lambda m, inp, out: self._aux["feats"].__setitem__("x", inp[0]))
         if freeze_encoder:
             self._aux["frozen"] = [*self.net.unet.down, self.net.unet.bottom]

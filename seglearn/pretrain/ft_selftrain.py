@@ -66,7 +66,8 @@ def pseudo_labels(ckpt: str | Path, setup, s: Mapping, *, voxel_size_nm=None) ->
     Returns
     -------
     labels : (Z, Y, X) uint8
-        Pseudo-labels ``1..K`` (0 = none; never on a scribbled slice).
+        Pseudo-labels ``1..K`` (0 = none; never on a scribbled slice, nor within ``setup.halo`` slices of a
+        validation slice).
     weights : (Z, Y, X) float32
     record : dict
         Slices, per-class counts and seconds (for ``finetune_summary.json``).
@@ -75,7 +76,11 @@ def pseudo_labels(ckpt: str | Path, setup, s: Mapping, *, voxel_size_nm=None) ->
     train = np.asarray(setup.extra["train"])
     n_z = train.shape[0]
     scribbled = [int(z) for z in np.unique(np.nonzero(train)[0])]
-    zs = pseudo_slices(n_z, int(s["selftrain_slices"]), exclude=scribbled)
+    # never on a validation slice nor within the network's slice context of one: with labels/test.tif the dense
+    # test slice scores the result, so training on its image (even with pseudo-labels) would score the method
+    # on a slice it has fitted
+    near_val = [z + d for z in setup.val_z for d in range(-setup.halo, setup.halo + 1)]
+    zs = pseudo_slices(n_z, int(s["selftrain_slices"]), exclude=scribbled + near_val)
     labels = np.zeros(train.shape, np.uint8)
     weights = np.zeros(train.shape, np.float32)
     if not zs:
@@ -134,7 +139,7 @@ def second_round(fit_run: Callable, ck: dict, init, images, detectors, train, ou
         return {"selftrain": {**out, "kept": "round 1"}}
     shutil.copyfile(res["best_ckpt"], ckpt)
     done = finish(ckpt, st.raw, st.names, s, train=st.extra["train"], fit_labels=st.fit_labels,
-                  val_labels=st.val_labels, val_source=source, judge_ckpt=Path(res["best_ckpt"]),
+                  val_labels=st.val_labels, val_source=source, scribbles=st.val_scribbles, judge_ckpt=Path(res["best_ckpt"]),
                   frozen=st.freeze_bn, stopped=False, voxel_size_nm=args["voxel_size_nm"])
     return {**done, "best_val_awe": res["best_val_awe"], "steps_round2": res["steps"],
             "selftrain": {**out, "kept": "round 2"}}

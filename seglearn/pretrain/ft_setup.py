@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from seglearn.data.layout import warn_missing_classes
 from seglearn.errors import InputError
 from seglearn.pretrain.autocontext import fit_context, widen
 from seglearn.pretrain.noise import resolve_smoothing
@@ -68,6 +69,11 @@ class Setup:
         return [int(z) for z in np.unique(np.nonzero(self.val_labels)[0])]
 
     @property
+    def val_scribbles(self) -> bool:
+        """Whether the validation labels are held-out scribbles (not the dense test labels)."""
+        return self.val_source != TEST_SOURCE
+
+    @property
     def base_meta(self) -> dict:
         return self.ck["meta"]
 
@@ -86,11 +92,15 @@ def check_inputs(images: np.ndarray, detectors: Sequence[str], train: np.ndarray
     return images, train
 
 
+#: ``Setup.val_source`` when the validation labels are the dense ``labels/test.tif`` (else held-out scribbles)
+TEST_SOURCE = "test"
+
+
 def validation_split(train: np.ndarray, test: np.ndarray | None, s: Mapping) -> tuple[np.ndarray, np.ndarray, str]:
     """``(fit, val, source)``: the dense test labels when given, else held-out scribble tiles (seed ``s["seed"]``)."""
     train = np.asarray(train).astype(np.uint8)
     if test is not None and (np.asarray(test) > 0).any():
-        return train, np.asarray(test).astype(np.uint8), "test"
+        return train, np.asarray(test).astype(np.uint8), TEST_SOURCE
     fit, val = split_scribbles(train, fraction=float(s["val_fraction"]), tile=int(s["val_tile"]), seed=int(s["seed"]))
     return fit, val, "held-out scribbles"
 
@@ -173,6 +183,9 @@ def prepare(ck: dict, images: np.ndarray, detectors: Sequence[str], train: np.nd
         raise InputError(f"{init}: fine-tuning supports 2d / 2.5d base models, this one is 3d")
     halo = int(net_cfg.get("context", 0)) if net_cfg.get("mode") == "2.5d" else 0
     fit_labels, val_labels, val_source = validation_split(train, test, s)
+    warn_missing_classes(train, classes, f"{name}: the training labels", "the model cannot learn them")
+    warn_missing_classes(val_labels, classes, f"{name}: the validation labels ({val_source})",
+                         "the validation awe that picks the model does not see them")
     base_net, net, aux, cmap = build_nets(ck, x, fit_labels, len(classes), same_head, halo, int(s["seed"]))
     extra = {"train": train}
     if context is not None:
@@ -183,6 +196,10 @@ def prepare(ck: dict, images: np.ndarray, detectors: Sequence[str], train: np.nd
         ctx = extra["context"] = context["ctx"]
         extra["context_dropout"] = float(s["autocontext_dropout"])
         extra["context_lr"] = float(s["autocontext_lr"])
+        # the validation slices (the dense test slice with labels/test.tif) get the forest's channels too (the
+        # forest fitted on all scribbles, out-of-fold near scribbles): validation, blend and temperature see
+        # the inputs prediction will see, not the uninformative 1 / K
+        ctx.ensure([int(z) + d for z in np.unique(np.nonzero(val_labels)[0]) for d in range(-halo, halo + 1)])
         x = np.concatenate([x, ctx.probs])
         for m in (base_net, net):  # the teacher too: it sees the same batches
             widen(m, ctx.k)

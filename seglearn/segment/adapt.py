@@ -14,7 +14,7 @@ import copy
 import logging
 import math
 import time
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -29,7 +29,8 @@ AUTO_ALPHA = 0.5
 
 
 def sample_patches(seg, images: np.ndarray, detectors: Sequence[str], *, n: int, patch: int,
-                   seed: int = 0, centres: Sequence[int] | None = None) -> Iterator[np.ndarray]:
+                   seed: int = 0, centres: Sequence[int] | None = None,
+                   context: Mapping[int, np.ndarray] | None = None) -> Iterator[np.ndarray]:
     """``n`` prepared network inputs cut at random places of the raw volume, one at a time.
 
     Parameters
@@ -45,6 +46,11 @@ def sample_patches(seg, images: np.ndarray, detectors: Sequence[str], *, n: int,
     centres : sequence of int, optional
         The slices a patch may be centred on (default: any); used with slabs of ``2h + 1``
         slices read around each centre (:func:`read_slabs`).
+    context : mapping of int to (K, 2h + 1, Y, X) ndarray, optional
+        Auto-context models only (``seg.context``): the forest channels of the slab around each centre,
+        computed on the whole volume (:func:`volume_context`). Default: computed here with ``images``
+        taken as the whole volume, around ``centres`` or :data:`CONTEXT_SLABS` evenly spread slices
+        (a forest's features on a patch-sized crop differ from the whole volume's near the crop's edges).
 
     Yields
     ------
@@ -55,6 +61,11 @@ def sample_patches(seg, images: np.ndarray, detectors: Sequence[str], *, n: int,
     _, z_n, y_n, x_n = images.shape
     py, px = min(patch, y_n), min(patch, x_n)
     h = int(seg.net.halo)
+    if seg.context is not None and context is None:
+        zs = list(centres) if centres is not None else spread(z_n, CONTEXT_SLABS)
+        context = volume_context(seg, lambda a, b: np.stack([np.asarray(images[i])[a:b] for i in order]), z_n, zs)
+    if context is not None:
+        centres = sorted(context)
     margin = int(math.ceil(4 * max([0.0, *(seg.smooth or [])])))  # the in-plane smoothing's reach
     rng = np.random.default_rng(seed)
     for _ in range(n):
@@ -64,8 +75,44 @@ def sample_patches(seg, images: np.ndarray, detectors: Sequence[str], *, n: int,
         c, d = max(0, x0 - margin), min(x_n, x0 + px + margin)
         zi = np.clip(np.arange(z - h, z + h + 1), 0, z_n - 1)
         raw = np.stack([np.asarray(images[i])[zi, a:b, c:d] for i in order])
-        x = seg.prepare(raw)[:, :, y0 - a:y0 - a + py, x0 - c:x0 - c + px]
+        x = seg.prepare(raw, with_context=False)[:, :, y0 - a:y0 - a + py, x0 - c:x0 - c + px]
+        if context is not None:
+            x = np.concatenate([x, context[z][:, :, y0:y0 + py, x0:x0 + px]])
         yield np.ascontiguousarray(x, dtype=np.float32)
+
+
+#: slabs whose auto-context forest channels are computed for the statistics when no centres are given
+CONTEXT_SLABS = 8
+
+
+def spread(n_z: int, m: int) -> list[int]:
+    """Up to ``m`` slices spread evenly over ``0..n_z - 1`` (all of them when ``n_z <= m``)."""
+    if n_z <= m:
+        return list(range(n_z))
+    return [int(z) for z in np.unique(np.linspace(0, n_z - 1, m + 2)[1:-1].round().astype(int))]
+
+
+def volume_context(seg, read_raw: Callable[[int, int], np.ndarray], n_z: int, zs: Sequence[int],
+                   index: Sequence[int] | None = None) -> dict[int, np.ndarray]:
+    """Auto-context's forest channels ``(K, 2h + 1, Y, X)`` of the slab around each slice ``zs`` of an
+    ``n_z``-slice volume read through ``read_raw(z0, z1)`` (slices beyond the volume repeat its edge, as in
+    prediction); keyed by ``index`` (default ``zs``)."""
+    h = int(seg.net.halo)
+    out = {}
+    for key, z in zip(index if index is not None else zs, zs, strict=True):
+        zi = np.clip(np.arange(int(z) - h, int(z) + h + 1), 0, n_z - 1)
+        p = seg.context_proba(read_raw, n_z, int(zi[0]), int(zi[-1]) + 1)
+        out[int(key)] = p[:, zi - zi[0]]
+    return out
+
+
+def slab_slices(shape: Sequence[int], halo: int, *, n: int = 16, max_bytes: float = 512e6, itemsize: int = 4,
+                channels: int = 1) -> list[int]:
+    """The middle slices of :func:`read_slabs`' slabs (same arguments): up to ``n`` evenly spread slices,
+    fewer when their slabs would take more than ``max_bytes``, at least 2."""
+    z_n, y_n, x_n = (int(v) for v in shape)
+    fit = int(max_bytes // max(1, (2 * int(halo) + 1) * y_n * x_n * itemsize * channels))
+    return spread(z_n, max(1, min(n, z_n, max(2, fit))))
 
 
 def read_slabs(read_raw, shape: Sequence[int], halo: int, *, n: int = 16,
@@ -92,11 +139,9 @@ def read_slabs(read_raw, shape: Sequence[int], halo: int, *, n: int = 16,
     centres : list of int
         Index of each slab's middle slice in ``slabs``.
     """
-    z_n, y_n, x_n = (int(v) for v in shape)
+    z_n = int(shape[0])
     w = 2 * int(halo) + 1
-    fit = int(max_bytes // max(1, w * y_n * x_n * itemsize * channels))
-    m = max(1, min(n, z_n, max(2, fit)))
-    zs = np.unique(np.linspace(0, z_n - 1, m + 2)[1:-1].round().astype(int)) if z_n > m else np.arange(z_n)
+    zs = slab_slices(shape, halo, n=n, max_bytes=max_bytes, itemsize=itemsize, channels=channels)
     parts = []
     for z in zs:
         a, b = max(0, z - halo), min(z_n, z + halo + 1)
@@ -108,7 +153,8 @@ def read_slabs(read_raw, shape: Sequence[int], halo: int, *, n: int = 16,
 
 def adapt_statistics(ck: dict, images: np.ndarray, detectors: Sequence[str], *, alpha: float = AUTO_ALPHA,
                      n_batches: int = 100, batch_size: int = 8, patch: int = 80, seed: int = 0,
-                     centres: Sequence[int] | None = None) -> tuple[dict, dict]:
+                     centres: Sequence[int] | None = None,
+                     context: Mapping[int, np.ndarray] | None = None) -> tuple[dict, dict]:
     """:func:`seglearn.pretrain.adapt.adapt_bn` on a loaded checkpoint, in memory (on the CPU, whatever device predicts: about
     10 s on one core for the default 800 patches).
 
@@ -120,6 +166,8 @@ def adapt_statistics(ck: dict, images: np.ndarray, detectors: Sequence[str], *, 
         As in :func:`seglearn.pretrain.adapt.adapt_bn`.
     centres : sequence of int, optional
         Slices the patches are centred on (:func:`sample_patches`).
+    context : mapping, optional
+        Auto-context models: the forest channels around each centre (:func:`sample_patches`).
 
     Returns
     -------
@@ -139,7 +187,7 @@ def adapt_statistics(ck: dict, images: np.ndarray, detectors: Sequence[str], *, 
     net = build_net(meta["net"])
     net.load_state_dict({k[4:] if k.startswith("net.") else k: v for k, v in ck["state_dict"].items()})
     patches = sample_patches(seg, images, detectors, n=n_batches * batch_size, patch=patch, seed=seed,
-                             centres=centres)
+                             centres=centres, context=context)
     state, shift = update_statistics(net, patches, alpha=alpha, n_batches=n_batches, batch_size=batch_size)
     info = {"alpha": alpha, "patches": n_batches * batch_size, "patch": min(patch, images.shape[-1]),
             "shift": shift, "seconds": round(time.perf_counter() - t0, 1)}
@@ -260,8 +308,14 @@ def adapt_to_volume(ck: dict, read_raw, shape: Sequence[int], detectors: Sequenc
         return ck, (info or None)
     meta = ck["meta"]
     t0 = time.perf_counter()
-    halo = int(segmenter_from_checkpoint(ck, device="cpu", bf16=False).net.halo)
+    seg = segmenter_from_checkpoint(ck, device="cpu", bf16=False)
+    halo = int(seg.net.halo)
     slabs, centres = read_slabs(read_raw, shape, halo, channels=len(detectors))
+    context = None
+    if seg.context is not None:  # auto-context: the forest channels of the same slabs, from the whole volume
+        order = seg.channel_order(detectors)  # the forest reads the model's detectors in its own order
+        context = volume_context(seg, lambda a, b: np.asarray(read_raw(a, b))[order], int(shape[0]),
+                                 slab_slices(shape, halo, channels=len(detectors)), index=centres)
     meta = copy.deepcopy(meta)
     info.update(alpha=alpha, slabs=len(centres))
     own = (meta.get("normalisation") or {}).get("smooth")
@@ -270,7 +324,8 @@ def adapt_to_volume(ck: dict, read_raw, shape: Sequence[int], detectors: Sequenc
         if any(sigma):
             meta.setdefault("normalisation", {})["smooth"] = sigma
         info["smooth"] = sigma
-    new, stats = adapt_statistics({**ck, "meta": meta}, slabs, detectors, alpha=alpha, seed=seed, centres=centres)
+    new, stats = adapt_statistics({**ck, "meta": meta}, slabs, detectors, alpha=alpha, seed=seed, centres=centres,
+                                  context=context)
     info.update(patches=stats["patches"], patch=stats["patch"], shift=stats["shift"],
                 seconds=round(time.perf_counter() - t0, 1))
     meta["adapt"] = info

@@ -104,14 +104,23 @@ class Segmenter:
                              f"(missing {missing})")
         return [detectors.index(d) for d in self.detectors]
 
-    def prepare(self, raw: np.ndarray) -> np.ndarray:
+    def prepare(self, raw: np.ndarray, *, with_context: bool = True) -> np.ndarray:
         """Raw detector images ``(C, z, Y, X)`` in :attr:`detectors` order -> normalised channels (with
-        :attr:`context`, the forest's probabilities of ``raw`` seen as a whole volume appended)."""
+        :attr:`context` and ``with_context``, the forest's probabilities of ``raw`` seen as a whole volume
+        appended: right only when ``raw`` is the whole volume, see :meth:`context_proba`)."""
         raw = apply_map(raw, self.input_map)
         x = apply_normalisation(compute_channels(raw, self.detectors, self.derived, self.smooth), self.ranges)
-        if self.context is None:
+        if self.context is None or not with_context:
             return x
         return np.concatenate([x, self.context.forest_proba(lambda a, b: raw[:, a:b], raw.shape[1], 0, raw.shape[1])])
+
+    def context_proba(self, read_raw: Callable[[int, int], np.ndarray], n: int, a: int, b: int) -> np.ndarray | None:
+        """Auto-context's forest channels ``(K, b - a, Y, X)`` of slices ``[a, b)`` of an ``n``-slice volume,
+        computed with the features' z-halo read through ``read_raw`` (as :meth:`iter_proba` does); None
+        without :attr:`context`."""
+        if self.context is None:
+            return None
+        return self.context.forest_proba(lambda a0, b0: apply_map(read_raw(a0, b0), self.input_map), n, a, b)
 
     def _inputs(self, read_raw: Callable[[int, int], np.ndarray], n: int, a: int, b: int, memo: dict,
                 rows: tuple[int, int] | None = None) -> np.ndarray:

@@ -28,11 +28,10 @@ T_BOUNDS = (0.05, 20.0)
 SCRIBBLE_T_BOUNDS = (1.0, T_BOUNDS[1])
 
 
-def temperature_bounds(source: str) -> tuple[float, float]:
-    """The search interval of ``T`` for calibration voxels of ``source``: :data:`SCRIBBLE_T_BOUNDS` when the
-    source names scribbles (``"held-out scribbles"``, ``"held-out scribbles of run 1 of 3 ..."``), else
-    :data:`T_BOUNDS` (a dense test slice or volume sees the boundaries)."""
-    return SCRIBBLE_T_BOUNDS if "scribble" in str(source) else T_BOUNDS
+def temperature_bounds(scribbles: bool) -> tuple[float, float]:
+    """The search interval of ``T``: :data:`SCRIBBLE_T_BOUNDS` when the calibration voxels are scribbles,
+    else :data:`T_BOUNDS` (a dense test slice or volume sees the boundaries)."""
+    return SCRIBBLE_T_BOUNDS if scribbles else T_BOUNDS
 
 
 def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -145,13 +144,14 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float(np.abs(s_hit - s_conf).sum() / len(y))
 
 
-def calibration_record(logits: np.ndarray, labels: np.ndarray, *, axis: int = 0, source: str = "held-out scribbles",
+def calibration_record(logits: np.ndarray, labels: np.ndarray, *, scribbles: bool, source: str, axis: int = 0,
                        bins: int = 15) -> dict:
     """``meta["calibration"]`` of a checkpoint: the fitted temperature and the ECE before and after.
 
-    ``logits`` with class axis ``axis``; ``labels`` ids 1..K, 0 = unlabelled.
+    ``logits`` with class axis ``axis``; ``labels`` ids 1..K, 0 = unlabelled; ``scribbles``: whether those
+    labels are scribbles (:func:`temperature_bounds`); ``source`` describes them in the record.
     """
-    t = fit_temperature(logits, labels, axis=axis, probs=False, bounds=temperature_bounds(source))
+    t = fit_temperature(logits, labels, axis=axis, probs=False, bounds=temperature_bounds(scribbles))
     lg = np.asarray(logits, dtype=np.float64)
     before = expected_calibration_error(softmax(lg, axis), labels, bins, axis=axis)
     after = expected_calibration_error(softmax(lg / t, axis), labels, bins, axis=axis)

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset as TorchDataset
 
 from seglearn.data import Dataset
+from seglearn.data.layout import warn_missing_classes
 from seglearn.errors import InputError
 from seglearn.segment.augment import augment_patch, build_augment
 from seglearn.segment.channels import apply_normalisation, compute_channels, fit_normalisation, resolve_derived
@@ -186,6 +187,9 @@ class SegDataModule(L.LightningDataModule):
                 log.warning("too few labelled strokes to hold some out: validating on the training labels")
                 self.val_labels, self.val_source = ds.train, "train"
         k = ds.n_classes
+        warn_missing_classes(ds.train, ds.classes, f"{ds.root}: labels/train.tif", "the model cannot learn them")
+        warn_missing_classes(self.val_labels, ds.classes, f"{ds.root}: validation labels ({self.val_source})",
+                             "the validation awe does not see them")
         counts = np.bincount(self.train_labels.ravel(), minlength=k + 1)[1:k + 1].astype(np.float64)
         self.class_counts = counts
         zs = np.flatnonzero(np.any(self.val_labels, axis=(1, 2)))

@@ -261,8 +261,8 @@ def _open(opts: Options, ckpt: dict, seg, t0: float, noise_rule):
         voxel, voxel_extra = voxel_size(opts.voxel_size_nm, src, readers, seg, where)
         if src.get("classes") and list(src["classes"]) != seg.classes:
             log.warning("dataset classes %s differ from the checkpoint's %s", src["classes"], seg.classes)
-        oset = prepare_output(opts, src["name"])
-        test = open_test(src, shape, seg.n_classes)
+        oset = prepare_output(opts, src["name"], where)
+        test = open_test(src, shape, seg.n_classes, classes=seg.classes)
         pre = preprocess_inputs(ckpt.get("meta", {}).get("preprocess"), seg, src, where, oset.tmp, readers, test,
                                 labels_frame=opts.labels_frame, block_slices=opts.block_slices)
         extra, pre_tmp = {}, None

@@ -75,14 +75,14 @@ def _device(device: str, local: int) -> str:
     return device
 
 
-def _claim(dist, rank: int, opts: Options, name: str, shape, k: int, block: int, n_ranks: int, seg):
+def _claim(dist, rank: int, opts: Options, name: str, shape, k: int, block: int, n_ranks: int, seg, where: str):
     """Rank 0 claims OUT and creates the shared stores; every rank learns the temporary folder (or the error)."""
     import zarr
 
     oset = None
     if rank == 0:
         try:  # only rank 0 claims the output folder; the others learn its temporary folder or the error
-            oset = prepare_output(opts, name)
+            oset = prepare_output(opts, name, where)
         except SeglearnError as exc:
             dist.broadcast_object_list([None, str(exc)], src=0)
             raise
@@ -225,7 +225,7 @@ def predict_distributed(opts: Options, ckpt: dict, *, noise_rule: Callable | Non
             from_rank0(dist, rank, lambda: [check_label_stack(test, src["test"], k)], 1)
         if rank == 0 and src.get("classes") and list(src["classes"]) != seg.classes:
             log.warning("dataset classes %s differ from the checkpoint's %s", src["classes"], seg.classes)
-        oset, out = _claim(dist, rank, opts, src["name"], shape, k, block, n_ranks, seg)
+        oset, out = _claim(dist, rank, opts, src["name"], shape, k, block, n_ranks, seg, where)
         run = Run(seg=seg, src=src, where=where, readers=readers, shape=shape, voxel=voxel, out=out, t0=t0)
         stats = Stats(k, shape[0], test)
         labels_z, probs_z = _predict_share(dist, rank, n_ranks, opts, run, read_raw, plan, stats)

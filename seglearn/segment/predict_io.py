@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import tifffile
@@ -22,7 +22,7 @@ import tifffile
 from seglearn.characterise import characterise
 from seglearn.characterise.labels import as_voxel_size
 from seglearn.config import to_plain as _plain
-from seglearn.data.layout import _find_image, check_label_stack, declared_voxel_size, read_meta
+from seglearn.data.layout import _find_image, check_label_stack, declared_voxel_size, read_meta, warn_missing_classes
 from seglearn.errors import InputError, SeglearnError
 from seglearn.io import open_stack, read_stack, write_preview
 from seglearn.io.atomic import atomic_path
@@ -101,19 +101,42 @@ def match_names(seg, files: dict, where: str, detectors=None) -> list:
     return out
 
 
-def prepare_output(opts: Options, name: str):
-    """Claim the output folder (:class:`~seglearn.io.outset.OutputSet`): its lock is taken, files go
-    into a temporary sibling (``.tmp``) that :func:`publish` renames to the folder at the end."""
-    out = opts.output
-    default = out is None or out == ""
-    out = Path("outputs") / name if default else Path(str(out))
-    ours = False
-    summary = out / "summary.json"
-    if default and summary.is_file():  # a default output of an earlier run is replaced
+def _same_input(a, b) -> bool:
+    """Whether two ``input`` descriptions (a path, or a list's ``str``) name the same input."""
+    if str(a) == str(b):
+        return True
+    try:
+        return Path(str(a)).resolve() == Path(str(b)).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
+def default_output(name: str, where: str | None) -> tuple[Path, bool]:
+    """``(folder, replace)`` of an output not given: ``outputs/<name>``, replaced when it holds an earlier
+    prediction of the same input; when it holds anything else (another input of the same name, a user's
+    folder), the first free or same-input ``outputs/<name>-2``, ``-3``, ... instead (logged)."""
+    for i in range(1, 1000):
+        out = Path("outputs") / (name if i == 1 else f"{name}-{i}")
+        if not out.exists():
+            return out, False
         try:
-            ours = bool(json.loads(summary.read_text()).get(MARKER))
+            earlier = json.loads((out / "summary.json").read_text())
         except (ValueError, OSError):
-            ours = False
+            earlier = {}
+        if earlier.get(MARKER) and (where is None or _same_input(earlier.get("input"), where)):
+            return out, True
+        if i == 1:
+            log.info("outputs/%s holds %s: writing to a new folder beside it (output= chooses one)", name,
+                     f"the prediction of {earlier.get('input')}" if earlier.get(MARKER) else "other files")
+    raise InputError(f"outputs/{name}: 999 folders of that name exist; give output=")
+
+
+def prepare_output(opts: Options, name: str, where: str | None = None):
+    """Claim the output folder (:class:`~seglearn.io.outset.OutputSet`): its lock is taken, files go
+    into a temporary sibling (``.tmp``) that :func:`publish` renames to the folder at the end. Without
+    ``output=``: :func:`default_output` (``where``: the input, as the summary records it)."""
+    default = opts.output is None or opts.output == ""
+    out, ours = default_output(name, where) if default else (Path(str(opts.output)), False)
     inputs = [*(opts.input if isinstance(opts.input, list) else [opts.input]), opts.ckpt]
     oset = OutputSet(out, replace=opts.overwrite or (default and ours), inputs=inputs)
     oset.claim()
@@ -256,8 +279,9 @@ def writers(output_format: str, out: Path, shape, k: int, voxel, classes, plan: 
     return labels, probs, unc
 
 
-def open_test(src: dict, shape, k: int, *, check: bool = True):
-    """The input's test labels as a block reader (None without), of the input's shape; ``check``: values 0..K."""
+def open_test(src: dict, shape, k: int, *, check: bool = True, classes: Sequence[str] | None = None):
+    """The input's test labels as a block reader (None without), of the input's shape; ``check``: values 0..K
+    (and, given ``classes``, a warning naming the classes the test labels never show)."""
     if src["test"] is None:
         return None
     test = open_stack(src["test"])
@@ -266,7 +290,10 @@ def open_test(src: dict, shape, k: int, *, check: bool = True):
         raise InputError(f"{src['test']}: test labels of shape {test.shape}, expected {tuple(shape)}")
     if check:
         try:
-            check_label_stack(test, src["test"], k)  # values outside 0..K would give a bogus awe
+            counts = check_label_stack(test, src["test"], k)  # values outside 0..K would give a bogus awe
+            if classes is not None:
+                warn_missing_classes(counts, classes, str(src["test"]), "their IoU reads 0 and the awe / mIoU "
+                                     "score only the classes present", counts=True)
         except InputError:
             test.close()
             raise

@@ -202,7 +202,8 @@ def calibrate_best(best: Path, dm, device) -> dict | None:
     ck = load_checkpoint(best, kind="unet")
     seg = segmenter_from_checkpoint(ck, device=str(device))
     logits, labels = validation_logits(seg.fast_net, seg.meta, dm, seg.device)
-    rec = {**calibration_record(logits, labels, source=CAL_SOURCE[dm.val_source]),
+    rec = {**calibration_record(logits, labels, source=CAL_SOURCE[dm.val_source],
+                                  scribbles=dm.val_source == "holdout"),
            "fitted_on": f"{best.name} (network alone)"}
     ck["meta"] = {**ck["meta"], "calibration": rec}
     with atomic_path(best, overwrite=True) as tmp:

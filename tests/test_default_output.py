@@ -1,0 +1,29 @@
+"""predict.py without output=: an earlier prediction of the same input is replaced, never anything else."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from seglearn.segment.predict_io import MARKER, default_output
+
+
+def _earlier(folder: Path, inp) -> None:
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({MARKER: True, "input": str(inp)}))
+
+
+def test_default_output_replaces_only_the_same_input(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert default_output("sample", "A/sample") == (Path("outputs/sample"), False)
+    _earlier(tmp_path / "outputs" / "sample", "A/sample")
+    assert default_output("sample", "A/sample") == (Path("outputs/sample"), True)
+    assert default_output("sample", str(tmp_path / "A" / "sample")) == (Path("outputs/sample"), True)  # same, resolved
+    # another input of the same name (B/sample): beside it, and its own folder is replaced on the next run
+    assert default_output("sample", "B/sample") == (Path("outputs/sample-2"), False)
+    _earlier(tmp_path / "outputs" / "sample-2", "B/sample")
+    assert default_output("sample", "B/sample") == (Path("outputs/sample-2"), True)
+    # a folder that is not a prediction (a user's files) is never replaced
+    (tmp_path / "outputs" / "mine").mkdir()
+    (tmp_path / "outputs" / "mine" / "notes.txt").write_text("keep")
+    assert default_output("mine", "C/mine") == (Path("outputs/mine-2"), False)
