@@ -134,6 +134,8 @@ def make_corpus(out: str | Path) -> dict[str, Path]:
     tifffile.imwrite(r / "labels" / "test.tif", tst.astype(np.float32) + 0.5)
     r = variant("ds_inf_voxel")
     _edit_yaml(r, lambda m: m.__setitem__("voxel_size_nm", [float("inf"), 10.0, 10.0]))
+    r = variant("ds_um_voxel")  # micrometres typed where nanometres are meant
+    _edit_yaml(r, lambda m: m.__setitem__("voxel_size_nm", [0.02, 0.01, 0.01]))
     r = variant("ds_duplicate_classes")
     _edit_yaml(r, lambda m: m.__setitem__("classes", ["pore", "pore", "active_material"]))
     r = variant("ds_truncated_image")

@@ -158,3 +158,33 @@ def test_report_line_names_a_file_that_was_written(tmp_path, records):
     _run(input=str(src), classes=CLASSES, output=str(tmp_path / "html"), html=True)
     assert [r.getMessage() for r in records if r.getMessage().startswith("report: ")] == [
         f"report: {tmp_path / 'html' / 'report.html'}"]
+
+
+# ------------------------------------------------------------------------- predict.py's outputs
+
+def test_predict_outputs_keep_blank_slices_outside(tmp_path):
+    """predict.py leaves blank slices unsegmented: label 0 and uniform probabilities. characterise reads both
+    so: uniform probabilities are outside, and labels beside a predict.py summary are ids 1..K whatever values
+    occur ({0, 1, 2} there is not the 0-based reading that would shift every class)."""
+    import json
+
+    from seglearn.io.outset import PREDICTION_MARKER
+
+    p = _probs()
+    p[1] = 1 / 3  # a blank slice
+    rep = _run(probabilities=str(_write(tmp_path / "probabilities.tif", p)), output=str(tmp_path / "o1"),
+               classes=["pore", "carbon_binder", "active_material"])
+    lab = np.argmax(p, axis=1) + 1
+    lab[1] = 0
+    inside = lab > 0
+    assert rep["fractions"]["pore"] == pytest.approx(np.mean(lab[inside] == 1), abs=1e-6)
+    labels = np.ones((4, 12, 10), np.uint8)
+    labels[:, :, 5:] = 2
+    labels[1] = 0
+    folder = tmp_path / "pred"
+    folder.mkdir()
+    _write(folder / "labels.tif", labels)
+    (folder / "summary.json").write_text(json.dumps({PREDICTION_MARKER: True,
+                                                     "classes": ["pore", "carbon_binder", "active_material"]}))
+    rep = _run(input=str(folder / "labels.tif"), output=str(tmp_path / "o2"))
+    assert rep["fractions"]["pore"] == pytest.approx(0.5) and rep["fractions"]["active_material"] == 0.0

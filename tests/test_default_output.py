@@ -1,11 +1,12 @@
-"""predict.py without output=: an earlier prediction of the same input is replaced, never anything else."""
+"""predict.py's outputs: without output= an earlier prediction of the same input is replaced, never anything
+else; a stack that looks stored (Y, X, Z) is named in a warning."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from seglearn.segment.predict_io import MARKER, default_output
+from seglearn.segment.predict_guard import MARKER, default_output
 
 
 def _earlier(folder: Path, inp) -> None:
@@ -27,3 +28,14 @@ def test_default_output_replaces_only_the_same_input(tmp_path, monkeypatch):
     (tmp_path / "outputs" / "mine").mkdir()
     (tmp_path / "outputs" / "mine" / "notes.txt").write_text("keep")
     assert default_output("mine", "C/mine") == (Path("outputs/mine-2"), False)
+
+
+def test_a_stack_stored_z_last_is_named_in_a_warning(caplog):
+    from seglearn.segment.predict_guard import warn_axis_order
+
+    with caplog.at_level("WARNING", logger="seglearn"):
+        assert warn_axis_order((96, 96, 16), "yxz.tif")
+        assert not warn_axis_order((16, 96, 96), "zyx.tif") and not warn_axis_order((400, 256, 256), "deep.tif")
+        assert not warn_axis_order((12, 20, 20), "small.tif")  # a small crop, not a swapped one
+    assert "yxz.tif: 96 slices of 96 x 16 px; is the stack stored (Y, X, Z)?" in caplog.text
+    assert "zyx.tif" not in caplog.text

@@ -75,3 +75,13 @@ def test_classes_without_labels_are_named_in_a_warning(tmp_path, caplog):
     reader = open_stack(tmp_path / "test.tif")
     assert check_label_stack(reader, tmp_path / "test.tif", 3).tolist() == [96, 16, 0, 16]
     reader.close()
+
+
+def test_ome_zarr_scale_follows_the_same_rule():
+    from seglearn.io.omezarr import _voxel_nm
+
+    level0 = {"coordinateTransformations": [{"type": "scale", "scale": [40.0, 20.0, 20.0]}]}
+    assert _voxel_nm(level0, ["z", "y", "x"], {a: "nanometer" for a in "zyx"}) == (40.0, 20.0, 20.0)
+    assert _voxel_nm(level0, ["z", "y", "x"], {a: "angstrom" for a in "zyx"}) == (4.0, 2.0, 2.0)
+    tiny = {"coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]}
+    assert _voxel_nm(tiny, ["z", "y", "x"], {a: "angstrom" for a in "zyx"}) is None  # 0.1 nm: not a tomogram's

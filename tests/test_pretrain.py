@@ -571,6 +571,8 @@ def test_eight_bit_scale_rules():
     # a 0..1 float export with a few voxels beyond 1: its robust percentiles decide (once read as 8-bit)
     hot = {"dtype": "float32", "channels": {"A": {"min": 0.0, "max": 1.0001, "p_lo": 0.01, "p_hi": 0.98}}}
     assert input_scale(hot) == "unit"
+    ct = {"dtype": "float32", "channels": {"A": {"min": -0.008, "max": 0.026, "p_lo": -0.002, "p_hi": 0.02}}}
+    assert input_scale(ct) == "other"
 
 
 @pytest.mark.slow

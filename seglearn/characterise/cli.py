@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from seglearn.characterise.labels import resolve_voxel_size
+from seglearn.characterise.labels import labels_from_probabilities, resolve_voxel_size
 from seglearn.characterise.pipeline import characterise
 from seglearn.errors import InputError
 from seglearn.io import read_stack
-from seglearn.io.outset import OutputSet
+from seglearn.io.outset import PREDICTION_MARKER, OutputSet
 from seglearn.io.tiff import read_voxel_size_nm
 from seglearn.log import setup_logging
 from seglearn.options import CHARACTERISE, check_options
@@ -36,7 +37,6 @@ def read_probabilities(params: dict) -> tuple:
     ``(None, None, None, None)`` when neither is given. The class names come from the folder's
     ``summary.json`` (predict.py) when present.
     """
-    import json
 
     import tifffile
 
@@ -124,7 +124,25 @@ def _from_probabilities(params: dict, probs: np.ndarray, p_src: Path, p_classes)
     params["values"] = list(range(1, k + 1))
     if params.get("output") is None and params.get("input") not in (None, "???"):
         params["output"] = str(Path(str(params["input"])) / "characterise_intervals")
-    return (np.argmax(probs, axis=0) + 1).astype(np.uint8)
+    return labels_from_probabilities(probs)  # 0 (outside) where uniform: predict.py's blank slices
+
+
+def _prediction_ids(params: dict, src: Path) -> None:
+    """A predict.py output (a ``summary.json`` with its marker beside ``src``): its values are ids ``1..K`` (0 =
+    unsegmented, e.g. blank slices), whatever values occur, unless ``values=`` says otherwise."""
+    summary = src.parent / "summary.json"
+    if params.get("values") is not None or not summary.is_file():
+        return
+    try:
+        rec = json.loads(summary.read_text())
+    except (ValueError, OSError):
+        return
+    if not rec.get(PREDICTION_MARKER) or not rec.get("classes"):
+        return
+    params["classes"] = params.get("classes") or list(rec["classes"])
+    params["values"] = list(range(1, len(params["classes"]) + 1))
+    log.info("%s: a predict.py output: values read as ids 1..%d (%s), 0 outside", src, len(params["classes"]),
+             ", ".join(params["classes"]))
 
 
 def run(cfg) -> dict:
@@ -150,6 +168,7 @@ def run(cfg) -> dict:
             raise InputError("input: missing; give input=labels.tif (or probabilities=OUT/probabilities.tif)")
         src = Path(str(params["input"]))
         raw, meta = read_stack(src)
+        _prediction_ids(params, src)
     vs = resolve_voxel_size(meta.get("voxel_size_nm"), params.get("voxel_size_nm"), source=str(src))
     instances = None
     if params.get("instances"):

@@ -128,8 +128,10 @@ def input_scale(stats: dict) -> str:
     """``8bit``, ``unit`` or ``other`` for a volume's :func:`volume_statistics` (all channels together).
 
     A float volume is ``unit`` when all its values lie in 0..1, or when its robust percentiles (``p_lo``,
-    ``p_hi``) do, within :data:`UNIT_MARGIN`: a few hot voxels or a range of 0..1.01 do not turn a 0..1 export
-    into 8-bit grey values read as they are (almost black to the model).
+    ``p_hi``) do within :data:`UNIT_MARGIN`, its minimum is not below ``-UNIT_MARGIN`` and its upper
+    percentile reaches half the range: a few hot voxels or a range of 0..1.01 do not turn a 0..1 export into
+    8-bit grey values read as they are (almost black to the model), while small signed values (a CT
+    attenuation map around 0.01 / µm) stay ``other`` and are mapped by their percentiles.
     """
     dt = np.dtype(stats["dtype"])
     chans = stats["channels"].values()
@@ -138,7 +140,8 @@ def input_scale(stats: dict) -> str:
         return "8bit"
     if dt.kind == "f":
         r_lo, r_hi = min(ch["p_lo"] for ch in chans), max(ch["p_hi"] for ch in chans)
-        if (lo >= 0.0 and hi <= 1.0) or (r_lo >= -UNIT_MARGIN and r_hi <= 1.0 + UNIT_MARGIN):
+        robust = lo >= -UNIT_MARGIN and r_lo >= -UNIT_MARGIN and 0.5 <= r_hi <= 1.0 + UNIT_MARGIN
+        if (lo >= 0.0 and hi <= 1.0) or robust:
             return "unit"
     return "8bit" if lo >= 0.0 and hi <= 255.0 else "other"
 

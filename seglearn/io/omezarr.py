@@ -13,6 +13,7 @@ written by the ``ome-zarr`` package.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +21,9 @@ from typing import Sequence
 import numpy as np
 
 from seglearn.errors import InputError
+from seglearn.io.voxel import plausible
+
+log = logging.getLogger("seglearn")
 
 AXES_ZYX = [{"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"]
 AXES_CZYX = [{"name": "c", "type": "channel"}] + AXES_ZYX
@@ -143,7 +147,12 @@ def _voxel_nm(level0: dict, axes: list[str], units: dict) -> tuple[float, float,
         if f is None:
             return None  # no (or an unknown) unit: the scale is not a physical size
         out.append(float(named[a]) * f)
-    return None if None in out else tuple(out)
+    if None in out:
+        return None
+    if not plausible(out):  # the same rule as a TIFF's calibration (seglearn.io.voxel)
+        log.warning("OME-Zarr scale gives a voxel size of %s nm, not a tomogram's: ignored", out)
+        return None
+    return tuple(out)
 
 
 def pyramid_shapes(shape: Sequence[int], *, min_size: int = 256, max_levels: int = 6) -> list[tuple[int, ...]]:

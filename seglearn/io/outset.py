@@ -31,6 +31,9 @@ from pathlib import Path
 
 from seglearn.errors import OutputExistsError, SeglearnError
 
+#: the key of summary.json that marks a folder written by predict.py (its labels are ids 1..K, 0 unsegmented)
+PREDICTION_MARKER = "seglearn_predict"
+
 log = logging.getLogger("seglearn")
 
 

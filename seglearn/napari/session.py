@@ -15,13 +15,14 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from seglearn.characterise.labels import labels_from_probabilities
 from seglearn.ckpt import load_checkpoint
 from seglearn.data import load_dataset
 from seglearn.errors import InputError
 from seglearn.io import atomic_path
 from seglearn.metrics import score
 from seglearn.napari.layers import check_labels
-from seglearn.segment.api import load_segmenter
+from seglearn.segment.api import labels_from, load_segmenter
 
 StepHook = Callable[[dict], "bool | None"]
 
@@ -104,7 +105,8 @@ def train_model(root: str | os.PathLike, labels: np.ndarray, out_dir: str | os.P
 
 def predict_slices(ckpt: str | os.PathLike, images: np.ndarray, detectors: Sequence[str],
                    zs: Sequence[int] | None = None) -> tuple[np.ndarray, list[int]]:
-    """Class probabilities of some slices (default all), with the context slices a 2.5D model needs.
+    """Class probabilities of some slices (default all), with the context slices a 2.5D model needs;
+    uniform on blank slices (:func:`seglearn.segment.api.labels_from`).
 
     Returns
     -------
@@ -115,10 +117,13 @@ def predict_slices(ckpt: str | os.PathLike, images: np.ndarray, detectors: Seque
     sel = images[seg.channel_order(detectors, "dataset")]
     shape = sel.shape[1:]
     if zs is None:
-        return seg.predict_proba(sel, seg.detectors, block_slices=32), list(range(shape[0]))
-    zs = sorted(set(int(z) for z in zs))
-    parts = [p for _, p in seg.iter_proba(lambda a, b: sel[:, a:b], shape, block_slices=1, blocks=zs)]
-    return np.concatenate(parts, axis=1), zs
+        probs, zs = seg.predict_proba(sel, seg.detectors, block_slices=32), list(range(shape[0]))
+    else:
+        zs = sorted(set(int(z) for z in zs))
+        parts = [p for _, p in seg.iter_proba(lambda a, b: sel[:, a:b], shape, block_slices=1, blocks=zs)]
+        probs = np.concatenate(parts, axis=1)
+    labels_from(probs, sel[:, zs])  # blank slices: uniform probabilities, label 0 (labels_from_probabilities)
+    return probs, zs
 
 
 def score_test(ckpt: str | os.PathLike, root: str | os.PathLike) -> dict:
@@ -128,7 +133,7 @@ def score_test(ckpt: str | os.PathLike, root: str | os.PathLike) -> dict:
         raise InputError(f"{Path(root) / 'labels' / 'test.tif'}: missing or empty; Score needs test labels")
     zs = [int(z) for z in np.nonzero(ds.test.reshape(ds.shape[0], -1).max(axis=1))[0]]
     probs, zs = predict_slices(ckpt, ds.images, ds.detectors, zs)
-    pred = (np.argmax(probs, axis=0) + 1).astype(np.uint8)
+    pred = labels_from_probabilities(probs)
     out = score(pred, ds.test[zs], ds.n_classes, class_names=ds.classes)
     out["slices"] = zs
     return out

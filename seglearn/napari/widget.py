@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from seglearn.characterise.labels import labels_from_probabilities
 from seglearn.data import load_dataset
 from seglearn.napari.layers import class_colours, save_labels, uncertainty_kwargs
 from seglearn.napari.session import (
@@ -249,7 +250,7 @@ class SeglearnWidget(QWidget):
             self.probs = probs
         pred = np.zeros(shape, np.uint8)
         unc = np.zeros(shape, np.float32)
-        pred[zs] = np.argmax(probs, axis=0) + 1
+        pred[zs] = labels_from_probabilities(probs)
         unc[zs] = normalised_entropy(probs)
         meta = {"seglearn": {**tag, "role": "prediction"}}
         if "prediction" in self.viewer.layers:

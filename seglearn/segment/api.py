@@ -15,6 +15,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from seglearn.characterise.labels import labels_from_probabilities
 from seglearn.ckpt import load_checkpoint
 from seglearn.errors import InputError
 from seglearn.io.intensity import apply_map
@@ -236,8 +237,25 @@ class Segmenter:
         return np.concatenate(parts, axis=1)
 
     def predict(self, images: np.ndarray, detectors: Sequence[str], **kwargs) -> np.ndarray:
-        """Labels ``(Z, Y, X)`` uint8 with ids ``1..K`` (see :meth:`predict_proba`)."""
-        return (np.argmax(self.predict_proba(images, detectors, **kwargs), axis=0) + 1).astype(np.uint8)
+        """Labels ``(Z, Y, X)`` uint8 with ids ``1..K``, 0 on blank slices (:func:`labels_from`; see
+        :meth:`predict_proba`)."""
+        images = np.asarray(images)
+        probs = self.predict_proba(images, detectors, **kwargs)
+        raw = images[self.channel_order(detectors, "images")] if images.ndim == 4 else images[None]
+        return labels_from(probs, raw)[0]
+
+
+def labels_from(probs: np.ndarray, raw: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Labels ``(zb, Y, X)`` of probabilities ``(K, zb, Y, X)``: the argmax as ids ``1..K``, except on blank
+    slices of the raw detectors ``raw`` ``(C, zb, Y, X)`` (every detector a single grey value: before the milling reached
+    the sample, a dropped frame), which get 0 (not segmented) and uniform probabilities (``probs`` is changed
+    in place). Returns the labels and the blank slices' indices in the block."""
+    raw = np.asarray(raw)
+    flat = raw.reshape(raw.shape[0], raw.shape[1], -1)
+    blank = np.flatnonzero(np.all(flat.max(axis=2) == flat.min(axis=2), axis=0))
+    if blank.size:
+        probs[:, blank] = 1.0 / probs.shape[0]
+    return labels_from_probabilities(probs), [int(z) for z in blank]
 
 
 def segmenter_from_checkpoint(ckpt: Mapping, *, device: str = "auto", bf16: bool | None = None) -> Segmenter:

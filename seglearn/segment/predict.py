@@ -31,7 +31,7 @@ from seglearn.preprocess.registration import write_shifts_csv
 from seglearn.preprocess.run import labels_frame_for
 from seglearn.preprocess.stage import preprocess_to_disk
 from seglearn.segment.adapt import adapt_for_prediction, resolve_predict_alpha
-from seglearn.segment.api import segmenter_from_checkpoint
+from seglearn.segment.api import labels_from, segmenter_from_checkpoint
 from seglearn.segment.calibrate import uncertainty_map
 from seglearn.segment.predict_dist import predict_distributed, world
 from seglearn.segment.predict_io import (
@@ -50,6 +50,7 @@ from seglearn.segment.predict_io import (
     write_probabilities_tif,
     writers,
 )
+from seglearn.segment.predict_guard import warn_axis_order
 from seglearn.segment.predict_options import Options
 from seglearn.segment.tta import check_mode
 
@@ -181,8 +182,9 @@ def _label_blocks(seg, read_raw, shape, stats: Stats, sinks: _Sinks, iter_kwargs
     """``(z0, labels)`` block by block; probabilities and uncertainty go to ``sinks``, counts to ``stats``."""
     preview_z = shape[0] // 2
     for z0, probs in seg.iter_proba(read_raw, shape, progress=True, **iter_kwargs):
-        labels = (np.argmax(probs, axis=0) + 1).astype(np.uint8)
-        z1 = z0 + labels.shape[0]
+        z1 = z0 + probs.shape[1]
+        labels, blank = labels_from(probs, read_raw(z0, z1))
+        stats.blank += [z0 + z for z in blank]
         unc = sinks.add(z0, probs)
         stats.add(z0, labels)
         if stats.preview["z"] is None and z0 <= preview_z < z1:
@@ -258,6 +260,7 @@ def _open(opts: Options, ckpt: dict, seg, t0: float, noise_rule):
     oset = test = pre = None
     try:
         shape = readers[0].shape
+        warn_axis_order(shape, where)
         voxel, voxel_extra = voxel_size(opts.voxel_size_nm, src, readers, seg, where)
         if src.get("classes") and list(src["classes"]) != seg.classes:
             log.warning("dataset classes %s differ from the checkpoint's %s", src["classes"], seg.classes)

@@ -18,15 +18,15 @@ from typing import Callable
 
 import numpy as np
 
-from seglearn.data.layout import check_label_stack
 from seglearn.errors import SeglearnError
 from seglearn.io import write_volume_stream
 from seglearn.log import setup_logging
 from seglearn.segment.adapt import adapt_for_prediction
-from seglearn.segment.api import segmenter_from_checkpoint
+from seglearn.segment.api import labels_from, segmenter_from_checkpoint
 from seglearn.segment.predict_io import (
     Run,
     Stats,
+    check_test,
     finish,
     finish_writers,
     memory_plan,
@@ -39,6 +39,7 @@ from seglearn.segment.predict_io import (
     write_probabilities_tif,
     writers,
 )
+from seglearn.segment.predict_guard import warn_axis_order
 from seglearn.segment.predict_options import Options
 
 log = logging.getLogger("seglearn")
@@ -109,9 +110,14 @@ def _claim(dist, rank: int, opts: Options, name: str, shape, k: int, block: int,
 
 
 def _gather(dist, stats: Stats, k: int) -> int:
-    """Sum the counts and confusion over the ranks (into rank 0's ``stats``); the first test slice."""
+    """Sum the counts and confusion over the ranks (into rank 0's ``stats``, with every rank's blank slices);
+    the first test slice."""
     import torch
 
+    blank = torch.zeros(stats.n, dtype=torch.int64)
+    blank[stats.blank] = 1
+    dist.all_reduce(blank)
+    stats.blank = [int(z) for z in torch.nonzero(blank).flatten().tolist()]
     totals = torch.from_numpy(np.concatenate([stats.counts, stats.cm.ravel()]))
     dist.all_reduce(totals)  # sum; after it every block is written
     first_test = torch.tensor([stats.test_z], dtype=torch.int64)
@@ -168,8 +174,9 @@ def _predict_share(dist, rank: int, n_ranks: int, opts: Options, run: Run, read_
     mine = list(range(rank, -(-run.shape[0] // int(plan["block_slices"])), n_ranks))
     for z0, probs in run.seg.iter_proba(read_raw, run.shape, blocks=mine, progress=rank == 0,
                                         **opts.iter_kwargs(plan)):
-        labels = (np.argmax(probs, axis=0) + 1).astype(np.uint8)
-        z1 = z0 + labels.shape[0]
+        z1 = z0 + probs.shape[1]
+        labels, blank = labels_from(probs, read_raw(z0, z1))
+        stats.blank += [z0 + z for z in blank]
         labels_z[z0:z1] = labels
         if probs_z is not None:
             probs_z[z0:z1] = probs.transpose(1, 0, 2, 3).astype(np.float16)
@@ -213,6 +220,8 @@ def predict_distributed(opts: Options, ckpt: dict, *, noise_rule: Callable | Non
         seg = segmenter_from_checkpoint(ckpt, device=device, bf16=opts.bf16)
         src, where, paths, readers = open_inputs(opts.input, opts.detectors, seg)
         shape, read_raw = readers[0].shape, raw_reader(paths, readers)
+        if rank == 0:
+            warn_axis_order(shape, where)
         # rank 0 adapts (when there is anything to adapt) and sends the result: every rank predicts alike
         adapted, adapt_info, intensity, plan = from_rank0(dist, rank, lambda: _adapt_and_plan(
             opts, ckpt, seg, read_raw, readers, shape, where, device, noise_rule), 4)
@@ -222,7 +231,7 @@ def predict_distributed(opts: Options, ckpt: dict, *, noise_rule: Callable | Non
         k, block = seg.n_classes, int(plan["block_slices"])  # every rank cuts the same blocks
         test = open_test(src, shape, k, check=False)  # checked once, on rank 0 (it reads the whole stack)
         if test is not None:
-            from_rank0(dist, rank, lambda: [check_label_stack(test, src["test"], k)], 1)
+            from_rank0(dist, rank, lambda: [check_test(test, src["test"], k, seg.classes)], 1)
         if rank == 0 and src.get("classes") and list(src["classes"]) != seg.classes:
             log.warning("dataset classes %s differ from the checkpoint's %s", src["classes"], seg.classes)
         oset, out = _claim(dist, rank, opts, src["name"], shape, k, block, n_ranks, seg, where)

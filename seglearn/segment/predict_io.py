@@ -33,11 +33,10 @@ from seglearn.io.tiff_write import calibration_kwargs, choose_voxel_size
 from seglearn.metrics import awe, confusion_matrix, iou_from_confusion
 from seglearn.precision import precision_record
 from seglearn.segment.memory import plan_blocks
+from seglearn.segment.predict_guard import MARKER, default_output
 from seglearn.segment.predict_options import Options
 
 log = logging.getLogger("seglearn")
-
-MARKER = "seglearn_predict"
 
 
 def resolve_input(inp, names=None) -> dict:
@@ -101,36 +100,6 @@ def match_names(seg, files: dict, where: str, detectors=None) -> list:
     return out
 
 
-def _same_input(a, b) -> bool:
-    """Whether two ``input`` descriptions (a path, or a list's ``str``) name the same input."""
-    if str(a) == str(b):
-        return True
-    try:
-        return Path(str(a)).resolve() == Path(str(b)).resolve()
-    except (OSError, RuntimeError, ValueError):
-        return False
-
-
-def default_output(name: str, where: str | None) -> tuple[Path, bool]:
-    """``(folder, replace)`` of an output not given: ``outputs/<name>``, replaced when it holds an earlier
-    prediction of the same input; when it holds anything else (another input of the same name, a user's
-    folder), the first free or same-input ``outputs/<name>-2``, ``-3``, ... instead (logged)."""
-    for i in range(1, 1000):
-        out = Path("outputs") / (name if i == 1 else f"{name}-{i}")
-        if not out.exists():
-            return out, False
-        try:
-            earlier = json.loads((out / "summary.json").read_text())
-        except (ValueError, OSError):
-            earlier = {}
-        if earlier.get(MARKER) and (where is None or _same_input(earlier.get("input"), where)):
-            return out, True
-        if i == 1:
-            log.info("outputs/%s holds %s: writing to a new folder beside it (output= chooses one)", name,
-                     f"the prediction of {earlier.get('input')}" if earlier.get(MARKER) else "other files")
-    raise InputError(f"outputs/{name}: 999 folders of that name exist; give output=")
-
-
 def prepare_output(opts: Options, name: str, where: str | None = None):
     """Claim the output folder (:class:`~seglearn.io.outset.OutputSet`): its lock is taken, files go
     into a temporary sibling (``.tmp``) that :func:`publish` renames to the folder at the end. Without
@@ -178,6 +147,7 @@ class Stats:
 
     def __init__(self, k: int, n: int, test):
         self.k, self.n, self.test = k, n, test
+        self.blank: list[int] = []  # slices left unsegmented (label 0): every detector constant there
         self.counts = np.zeros(k + 1, dtype=np.int64)
         self.cm = np.zeros((k, k + 1), dtype=np.int64)
         self.test_z = n  # first slice holding test labels (n: none yet)
@@ -279,6 +249,16 @@ def writers(output_format: str, out: Path, shape, k: int, voxel, classes, plan: 
     return labels, probs, unc
 
 
+def check_test(test, path, k: int, classes: Sequence[str] | None) -> list[str]:
+    """Refuse test labels outside ``0..K`` (a bogus awe) and, given ``classes``, name in a warning the classes
+    they never show; returns those."""
+    counts = check_label_stack(test, path, k)
+    if classes is None:
+        return []
+    return warn_missing_classes(counts, classes, str(path), "their IoU reads 0 and the awe / mIoU score only the "
+                                "classes present", counts=True)
+
+
 def open_test(src: dict, shape, k: int, *, check: bool = True, classes: Sequence[str] | None = None):
     """The input's test labels as a block reader (None without), of the input's shape; ``check``: values 0..K
     (and, given ``classes``, a warning naming the classes the test labels never show)."""
@@ -290,10 +270,7 @@ def open_test(src: dict, shape, k: int, *, check: bool = True, classes: Sequence
         raise InputError(f"{src['test']}: test labels of shape {test.shape}, expected {tuple(shape)}")
     if check:
         try:
-            counts = check_label_stack(test, src["test"], k)  # values outside 0..K would give a bogus awe
-            if classes is not None:
-                warn_missing_classes(counts, classes, str(src["test"]), "their IoU reads 0 and the awe / mIoU "
-                                     "score only the classes present", counts=True)
+            check_test(test, src["test"], k, classes)
         except InputError:
             test.close()
             raise
@@ -340,12 +317,27 @@ def _write_preview(run: Run, preview: dict, ckpt: str) -> None:
                   title=f"{Path(ckpt).name} on {run.src['name']}")
 
 
+def _ranges(zs: list[int]) -> str:
+    """``[0, 1, 2, 7]`` -> ``"0-2, 7"``."""
+    parts, start = [], None
+    for i, z in enumerate(zs):
+        start = z if start is None else start
+        if i + 1 == len(zs) or zs[i + 1] != z + 1:
+            parts.append(str(z) if z == start else f"{start}-{z}")
+            start = None
+    return ", ".join(parts)
+
+
 def finish(opts: Options, run: Run, stats: Stats, extra: dict | None = None) -> dict:
     """Write OUT/summary.json, OUT/preview.png and the characterisation; returns the summary."""
     seg, shape = run.seg, run.shape
     seconds = time.perf_counter() - run.t0
     n_vox = int(np.prod(shape))
-    fr = stats.counts[1:] / max(n_vox, 1)
+    fr = stats.counts[1:] / max(int(stats.counts[1:].sum()), 1)  # of the segmented voxels (blank slices: 0)
+    if stats.blank:
+        log.warning("%s: slices %s are blank (every detector one grey value): left unsegmented (label 0) and "
+                    "out of the fractions", run.where, _ranges(sorted(stats.blank)))
+        extra = {**(extra or {}), "blank_slices": sorted(stats.blank)}
     summary = {
         MARKER: True, "input": run.where, "ckpt": opts.ckpt, "kind": "unet", "mode": seg.mode,
         "detectors": seg.detectors, "derived": seg.derived, "classes": seg.classes, "shape": list(shape),

@@ -1,0 +1,61 @@
+"""What predict.py decides about its input and output without the network: where a default output goes
+(never over another input's folder), whether the stack looks stored with z last."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from seglearn.errors import InputError
+from seglearn.io.outset import PREDICTION_MARKER as MARKER
+
+log = logging.getLogger("seglearn")
+
+
+def _same_input(a, b) -> bool:
+    """Whether two ``input`` descriptions (a path, or a list's ``str``) name the same input."""
+    if str(a) == str(b):
+        return True
+    try:
+        return Path(str(a)).resolve() == Path(str(b)).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
+def default_output(name: str, where: str | None) -> tuple[Path, bool]:
+    """``(folder, replace)`` of an output not given: ``outputs/<name>``, replaced when it holds an earlier
+    prediction of the same input; when it holds anything else (another input of the same name, a user's
+    folder), the first free or same-input ``outputs/<name>-2``, ``-3``, ... instead (logged)."""
+    for i in range(1, 1000):
+        out = Path("outputs") / (name if i == 1 else f"{name}-{i}")
+        if not out.exists():
+            return out, False
+        try:
+            earlier = json.loads((out / "summary.json").read_text())
+        except (ValueError, OSError):
+            earlier = {}
+        if earlier.get(MARKER) and (where is None or _same_input(earlier.get("input"), where)):
+            return out, True
+        if i == 1:
+            log.info("outputs/%s holds %s: writing to a new folder beside it (output= chooses one)", name,
+                     f"the prediction of {earlier.get('input')}" if earlier.get(MARKER) else "other files")
+    raise InputError(f"outputs/{name}: 999 folders of that name exist; give output=")
+
+
+#: a stack is taken for one stored (Y, X, Z) when an in-plane side is under THIN_PX and at most 1 / DEEP of the
+#: number of slices
+THIN_PX, DEEP = 64, 4
+
+
+def warn_axis_order(shape, where: str) -> bool:
+    """Warn (and return True) when a stack looks stored as ``(Y, X, Z)``: an in-plane side under :data:`THIN_PX`
+    and at most ``1 / DEEP`` of the number of slices (96 slices of 96 x 16 px is more likely 16 slices stored
+    z last)."""
+    z, y, x = (int(v) for v in shape)
+    thin = min(y, x)
+    if thin < THIN_PX and thin * DEEP <= z:
+        log.warning("%s: %d slices of %d x %d px; is the stack stored (Y, X, Z)? seglearn reads (Z, Y, X)",
+                    where, z, y, x)
+        return True
+    return False
