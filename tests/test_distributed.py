@@ -47,15 +47,24 @@ def test_ddp_training_on_two_cpu_processes(tiny_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_prediction_equals_single_process(tiny_dataset, tmp_path):
-    """Two ranks write their blocks into a shared zarr store; rank 0's TIFFs equal one-process prediction."""
+    """Two ranks write their blocks into a shared zarr store; rank 0's TIFFs equal one-process prediction,
+    a blank slice in rank 1's block (left unsegmented) included."""
+    import shutil
+
     import tifffile
     import zarr
 
     from seglearn.io import read_stack
-    from seglearn.segment.api import load_segmenter
+    from seglearn.segment.api import labels_from, load_segmenter
 
+    data = tmp_path / "tiny"
+    shutil.copytree(tiny_dataset, data)
+    for det, value in (("SE2", 0), ("InLens", 40)):  # slice 5: block 1 of 4 slices, predicted by rank 1
+        vol = tifffile.imread(data / "images" / f"{det}.tif")
+        vol[5] = value
+        tifffile.imwrite(data / "images" / f"{det}.tif", vol)
     res = run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "predict.py"),
-              f"input={tiny_dataset}", f"output={tmp_path / 'two'}", "block_slices=4", "probabilities=true",
+              f"input={data}", f"output={tmp_path / 'two'}", "block_slices=4", "probabilities=true",
               "device=cpu", "keep_zarr=true")
     assert res.returncode == 0, res.stderr[-3000:]
     # the same prediction in this one process (predict.py without torchrun runs exactly this), on one
@@ -63,22 +72,23 @@ def test_torchrun_prediction_equals_single_process(tiny_dataset, tmp_path):
     import torch
 
     seg = load_segmenter(ROOT / "checkpoints" / "demo.ckpt", device="cpu")
-    images = np.stack([read_stack(tiny_dataset / "images" / f"{d}.tif")[0] for d in seg.detectors])
+    images = np.stack([read_stack(data / "images" / f"{d}.tif")[0] for d in seg.detectors])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         probs = seg.predict_proba(images, seg.detectors, block_slices=4)
     finally:
         torch.set_num_threads(threads)
-    labels = (np.argmax(probs, axis=0) + 1).astype(np.uint8)
+    labels, blank = labels_from(probs, images)
+    assert blank == [5] and not labels[5].any()
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "two" / "labels.tif"), labels)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "two" / "probabilities.tif"),
                                   probs.transpose(1, 0, 2, 3).astype(np.float16))
     np.testing.assert_array_equal(np.asarray(zarr.open_array(str(tmp_path / "two" / "labels.zarr"), mode="r")), labels)
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
-    assert summary["ranks"] == 2 and summary["test"]["n_scored"] > 0
+    assert summary["ranks"] == 2 and summary["test"]["n_scored"] > 0 and summary["blank_slices"] == [5]
     for i, c in enumerate(seg.classes):
-        assert summary["fractions"][c] == pytest.approx(np.mean(labels == i + 1))
+        assert summary["fractions"][c] == pytest.approx(np.mean(labels[labels > 0] == i + 1))
     assert (tmp_path / "two" / "preview.png").exists()
 
 

@@ -256,21 +256,10 @@ def resolve_voxel_size(from_file, from_config, *, source: str = "input") -> tupl
     else:
         raise InputError(f"{source}: no voxel size in the file's metadata; give voxel_size_nm=<nm> "
                          "(one number, or [z, y, x])")
-    if len(vs) != 3 or not all(np.isfinite(v) and v > 0 for v in vs):
-        raise InputError(f"{source}: voxel size must be 3 positive numbers (z, y, x) in nm, got {vs}")
-    return vs
+    return check_voxel_size(vs, source)
 
 
 def as_voxel_size(value, *, source: str = "voxel_size_nm") -> tuple[float, float, float]:
-    """``5`` -> ``(5, 5, 5)``; ``[z, y, x]`` kept; anything else refused."""
-    try:
-        if np.ndim(value) == 0:
-            v = float(value)
-            vs = (v, v, v)
-        else:
-            vs = tuple(float(v) for v in value)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{source}: voxel size must be a number or [z, y, x] in nm, got {value!r}") from exc
-    if len(vs) != 3 or not all(np.isfinite(v) and v > 0 for v in vs):
-        raise InputError(f"{source}: voxel size must be 3 positive numbers (z, y, x) in nm, got {value!r}")
-    return check_voxel_size(vs, source)
+    """``5`` -> ``(5, 5, 5)``; ``[z, y, x]`` kept; anything else refused
+    (:func:`seglearn.io.voxel.check_voxel_size`)."""
+    return check_voxel_size((value,) * 3 if np.ndim(value) == 0 else value, source)

@@ -211,11 +211,20 @@ def voxel_size(option, src: dict, readers, seg, where: str) -> tuple[list | None
 
 
 def raw_reader(paths, readers):
+    """``read_raw(a, b)``: slices ``[a, b)`` of the detector stacks ``(C, b - a, Y, X)``, read-only, NaN / Inf
+    refused. The last block read is kept: a range inside it (the block's own slices, read again after the
+    network for :func:`seglearn.segment.api.labels_from`) is a view of it, not a second read."""
+    last: dict = {}
+
     def read_raw(a: int, b: int) -> np.ndarray:
+        if last and last["a"] <= a and b <= last["b"]:
+            return last["block"][:, a - last["a"]:b - last["a"]]
         block = np.stack([r.read(a, b) for r in readers])
         if block.dtype.kind == "f" and not np.all(np.isfinite(block)):
             bad = [str(p) for p, blk in zip(paths, block) if not np.all(np.isfinite(blk))]
             raise InputError(f"{bad[0]}: holds NaN or Inf voxels (slices {a}-{b}); replace them before predicting")
+        block.flags.writeable = False  # shared with later reads of the same slices
+        last.update(a=a, b=b, block=block)
         return block
 
     return read_raw

@@ -1,5 +1,5 @@
-"""predict.py's outputs: without output= an earlier prediction of the same input is replaced, never anything
-else; a stack that looks stored (Y, X, Z) is named in a warning."""
+"""predict.py's own rules: without output= only an earlier prediction of the same input is replaced; a stack that
+looks stored (Y, X, Z) is named in a warning; a block is read once."""
 
 from __future__ import annotations
 
@@ -39,3 +39,28 @@ def test_a_stack_stored_z_last_is_named_in_a_warning(caplog):
         assert not warn_axis_order((12, 20, 20), "small.tif")  # a small crop, not a swapped one
     assert "yxz.tif: 96 slices of 96 x 16 px; is the stack stored (Y, X, Z)?" in caplog.text
     assert "zyx.tif" not in caplog.text
+
+
+def test_raw_reader_reads_a_block_once():
+    """The block's own slices, read again after the network (blank-slice check), come from the last read."""
+    import numpy as np
+    import pytest
+
+    from seglearn.segment.predict_io import raw_reader
+
+    class Counting:
+        def __init__(self, a):
+            self.a, self.n = a, 0
+
+        def read(self, a, b):
+            self.n += 1
+            return self.a[a:b]
+
+    vols = [Counting(np.arange(10 * 4 * 4, dtype=np.uint8).reshape(10, 4, 4) + i) for i in range(2)]
+    read = raw_reader(["SE2.tif", "InLens.tif"], vols)
+    block = read(2, 9)
+    assert vols[0].n == 1 and np.array_equal(read(3, 6), block[:, 1:4]) and vols[0].n == 1
+    with pytest.raises(ValueError):
+        block[0, 0, 0, 0] = 7  # read-only: a later read of the same slices sees the file's values
+    read(0, 4)
+    assert vols[0].n == 2
