@@ -64,3 +64,29 @@ def test_raw_reader_reads_a_block_once():
         block[0, 0, 0, 0] = 7  # read-only: a later read of the same slices sees the file's values
     read(0, 4)
     assert vols[0].n == 2
+
+
+def test_a_one_class_result_is_named_in_a_warning(tmp_path, caplog):
+    """A 0/1 mask given as the image was segmented as 100 % pore with exit code 0: now a warning in the log
+    and in summary.json (real predictions of data/demo stay quiet: test_intensity_scale.py)."""
+    import numpy as np
+    import tifffile
+    from omegaconf import OmegaConf
+
+    from seglearn.runner import predict
+    from seglearn.segment.predict_guard import one_class_warning
+
+    assert one_class_warning({"pore": 0.5, "carbon_binder": 0.1, "active_material": 0.4}, "x") is None
+    assert "99.0 % of the segmented voxels are pore" in one_class_warning({"pore": 0.99, "active_material": 0.01}, "x")
+    mask = (np.random.default_rng(0).random((6, 64, 64)) > 0.5).astype(np.uint8)  # 0 / 1: nearly black as 8-bit
+    files = []
+    for det in ("SE2", "InLens"):
+        tifffile.imwrite(tmp_path / f"{det}.tif", mask)
+        files.append(str(tmp_path / f"{det}.tif"))
+    root = Path(__file__).resolve().parents[1]
+    cfg = OmegaConf.merge(OmegaConf.load(root / "configs" / "predict.yaml"),
+                          {"ckpt": str(root / "checkpoints" / "demo.ckpt"), "input": files,
+                           "output": str(tmp_path / "out"), "preview": False, "device": "cpu", "bf16": False})
+    summary = predict(cfg)
+    assert max(summary["fractions"].values()) > 0.98 and "of the segmented voxels are" in summary["warnings"][0]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["warnings"] == summary["warnings"]

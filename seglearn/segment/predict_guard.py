@@ -1,5 +1,6 @@
 """What predict.py decides about its input and output without the network: where a default output goes
-(never over another input's folder), whether the stack looks stored with z last."""
+(never over another input's folder), whether the stack looks stored with z last, whether the result is
+nearly one class (what a mask given as an image, or grey values far from the model's, give)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,22 @@ def warn_axis_order(shape, where: str) -> bool:
                     where, z, y, x)
         return True
     return False
+
+
+#: a prediction with more than this share of its segmented voxels in one class is named in a warning
+ONE_CLASS = 0.98
+
+
+def one_class_warning(fractions: dict, where: str) -> str | None:
+    """The warning (logged, and returned for summary.json) when one class takes more than :data:`ONE_CLASS`
+    of the segmented voxels, else None: a 0/1 mask given as an image, or grey values the model does not
+    expect, are segmented as one class (100 % pore) with exit code 0."""
+    if len(fractions) < 2:
+        return None
+    name, share = max(fractions.items(), key=lambda kv: kv[1])
+    if share <= ONE_CLASS:
+        return None
+    msg = (f"{where}: {100 * share:.1f} % of the segmented voxels are {name}: is the input what the model expects "
+           f"(grey values, contrast, detector order; see summary.json's intensity record)?")
+    log.warning(msg)
+    return msg

@@ -33,7 +33,7 @@ from seglearn.io.tiff_write import calibration_kwargs, choose_voxel_size
 from seglearn.metrics import awe, confusion_matrix, iou_from_confusion
 from seglearn.precision import precision_record
 from seglearn.segment.memory import plan_blocks
-from seglearn.segment.predict_guard import MARKER, default_output
+from seglearn.segment.predict_guard import MARKER, default_output, one_class_warning
 from seglearn.segment.predict_options import Options
 
 log = logging.getLogger("seglearn")
@@ -347,6 +347,9 @@ def finish(opts: Options, run: Run, stats: Stats, extra: dict | None = None) -> 
         log.warning("%s: slices %s are blank (every detector one grey value): left unsegmented (label 0) and "
                     "out of the fractions", run.where, _ranges(sorted(stats.blank)))
         extra = {**(extra or {}), "blank_slices": sorted(stats.blank)}
+    odd = one_class_warning(dict(zip(seg.classes, map(float, fr))), run.where) if stats.counts[1:].any() else None
+    if odd:
+        extra = {**(extra or {}), "warnings": [odd]}
     summary = {
         MARKER: True, "input": run.where, "ckpt": opts.ckpt, "kind": "unet", "mode": seg.mode,
         "detectors": seg.detectors, "derived": seg.derived, "classes": seg.classes, "shape": list(shape),
