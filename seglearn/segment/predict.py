@@ -187,6 +187,7 @@ def _label_blocks(seg, read_raw, shape, stats: Stats, sinks: _Sinks, iter_kwargs
         stats.blank += [z0 + z for z in blank]
         unc = sinks.add(z0, probs)
         stats.add(z0, labels)
+        stats.add_unsure(labels, probs, unc)
         if stats.preview["z"] is None and z0 <= preview_z < z1:
             stats.preview.update(z=preview_z, labels=labels[preview_z - z0], test=None)
         if unc is not None and stats.preview["z"] is not None and z0 <= stats.preview["z"] < z1:

@@ -118,12 +118,13 @@ def _gather(dist, stats: Stats, k: int) -> int:
     blank[stats.blank] = 1
     dist.all_reduce(blank)
     stats.blank = [int(z) for z in torch.nonzero(blank).flatten().tolist()]
-    totals = torch.from_numpy(np.concatenate([stats.counts, stats.cm.ravel()]))
+    totals = torch.from_numpy(np.concatenate([stats.counts, stats.cm.ravel(), [stats.unsure]]))
     dist.all_reduce(totals)  # sum; after it every block is written
     first_test = torch.tensor([stats.test_z], dtype=torch.int64)
     dist.all_reduce(first_test, op=dist.ReduceOp.MIN)
     stats.counts[:] = totals[: k + 1].numpy()
-    stats.cm[:] = totals[k + 1:].numpy().reshape(k, k + 1)
+    stats.cm[:] = totals[k + 1:-1].numpy().reshape(k, k + 1)
+    stats.unsure = int(totals[-1])
     return int(first_test.item())
 
 
@@ -181,6 +182,7 @@ def _predict_share(dist, rank: int, n_ranks: int, opts: Options, run: Run, read_
         if probs_z is not None:
             probs_z[z0:z1] = probs.transpose(1, 0, 2, 3).astype(np.float16)
         stats.add(z0, labels, keep_preview=False)
+        stats.add_unsure(labels, probs)
         log.debug("rank %d predicted slices %d-%d", rank, z0, z1)
     return labels_z, probs_z
 

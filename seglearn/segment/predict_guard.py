@@ -1,6 +1,7 @@
 """What predict.py decides about its input and output without the network: where a default output goes
 (never over another input's folder), whether the stack looks stored with z last, whether the result is
-nearly one class (what a mask given as an image, or grey values far from the model's, give)."""
+nearly one class or mostly unsure (what a mask given as an image, an inverted contrast or grey values far from
+the model's give)."""
 
 from __future__ import annotations
 
@@ -77,5 +78,23 @@ def one_class_warning(fractions: dict, where: str) -> str | None:
         return None
     msg = (f"{where}: {100 * share:.1f} % of the segmented voxels are {name}: is the input what the model expects "
            f"(grey values, contrast, detector order; see summary.json's intensity record)?")
+    log.warning(msg)
+    return msg
+
+
+#: a prediction unsure (normalised entropy > 0.5) on more than this share of its segmented voxels is named in a
+#: warning: 6-12 % on data/demo and on phantoms of either family, 24-30 % with the contrast inverted
+#: (benchmarks/input_sanity.py, table in docs/unet.md)
+UNSURE = 0.2
+
+
+def unsure_warning(share: float, where: str) -> str | None:
+    """The warning (logged, and returned for summary.json) when the model is unsure on more than :data:`UNSURE`
+    of the segmented voxels, else None."""
+    if share <= UNSURE:
+        return None
+    msg = (f"{where}: the model is unsure (normalised entropy > 0.5) on {100 * share:.0f} % of the segmented voxels; "
+           f"is the input what it expects (contrast inverted? grey values far from its training data's?), or does "
+           f"it need fine-tuning on scribbles of this volume?")
     log.warning(msg)
     return msg

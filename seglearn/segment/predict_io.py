@@ -33,7 +33,8 @@ from seglearn.io.tiff_write import calibration_kwargs, choose_voxel_size
 from seglearn.metrics import awe, confusion_matrix, iou_from_confusion
 from seglearn.precision import precision_record
 from seglearn.segment.memory import plan_blocks
-from seglearn.segment.predict_guard import MARKER, default_output, one_class_warning
+from seglearn.segment.calibrate import uncertainty_map
+from seglearn.segment.predict_guard import MARKER, default_output, one_class_warning, unsure_warning
 from seglearn.segment.predict_options import Options
 
 log = logging.getLogger("seglearn")
@@ -148,10 +149,16 @@ class Stats:
     def __init__(self, k: int, n: int, test):
         self.k, self.n, self.test = k, n, test
         self.blank: list[int] = []  # slices left unsegmented (label 0): every detector constant there
+        self.unsure = 0  # segmented voxels whose normalised entropy exceeds 0.5 (predict_guard.unsure_warning)
         self.counts = np.zeros(k + 1, dtype=np.int64)
         self.cm = np.zeros((k, k + 1), dtype=np.int64)
         self.test_z = n  # first slice holding test labels (n: none yet)
         self.preview = {"z": None}
+
+    def add_unsure(self, labels: np.ndarray, probs: np.ndarray, unc: np.ndarray | None = None) -> None:
+        """Count the segmented voxels of a block whose normalised entropy (``unc``, else computed) exceeds 0.5."""
+        unc = uncertainty_map(probs) if unc is None else unc
+        self.unsure += int(np.count_nonzero((unc > 0.5) & (labels > 0)))
 
     def add(self, z0: int, labels: np.ndarray, keep_preview: bool = True) -> None:
         z1 = z0 + labels.shape[0]
@@ -347,9 +354,11 @@ def finish(opts: Options, run: Run, stats: Stats, extra: dict | None = None) -> 
         log.warning("%s: slices %s are blank (every detector one grey value): left unsegmented (label 0) and "
                     "out of the fractions", run.where, _ranges(sorted(stats.blank)))
         extra = {**(extra or {}), "blank_slices": sorted(stats.blank)}
-    odd = one_class_warning(dict(zip(seg.classes, map(float, fr))), run.where) if stats.counts[1:].any() else None
+    n_seg = int(stats.counts[1:].sum())
+    odd = [w for w in (one_class_warning(dict(zip(seg.classes, map(float, fr))), run.where) if n_seg else None,
+                       unsure_warning(stats.unsure / max(n_seg, 1), run.where)) if w]
     if odd:
-        extra = {**(extra or {}), "warnings": [odd]}
+        extra = {**(extra or {}), "warnings": odd}
     summary = {
         MARKER: True, "input": run.where, "ckpt": opts.ckpt, "kind": "unet", "mode": seg.mode,
         "detectors": seg.detectors, "derived": seg.derived, "classes": seg.classes, "shape": list(shape),
