@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from seglearn.characterise.labels import labels_from_probabilities, resolve_voxel_size
+from seglearn.characterise.labels import resolve_voxel_size
 from seglearn.characterise.pipeline import characterise
+from seglearn.data.layout import labels_from_probabilities
 from seglearn.errors import InputError
 from seglearn.io import read_stack
 from seglearn.io.outset import PREDICTION_MARKER, OutputSet
-from seglearn.io.tiff import read_voxel_size_nm
+from seglearn.io.voxel import read_voxel_size_nm
 from seglearn.log import setup_logging
 from seglearn.options import CHARACTERISE, check_options
 
@@ -56,10 +57,7 @@ def read_probabilities(params: dict) -> tuple:
         vs = read_voxel_size_nm(tif)
     check_probabilities(arr, path)
     probs = np.moveaxis(arr, 1, 0).astype(np.float32)
-    classes = None
-    summary = path.parent / "summary.json"
-    if summary.is_file():
-        classes = json.loads(summary.read_text()).get("classes")
+    classes = _summary_beside(path).get("classes")
     return probs, path, vs, classes
 
 
@@ -127,16 +125,18 @@ def _from_probabilities(params: dict, probs: np.ndarray, p_src: Path, p_classes)
     return labels_from_probabilities(probs)  # 0 (outside) where uniform: predict.py's blank slices
 
 
+def _summary_beside(path: Path) -> dict:
+    """The ``summary.json`` beside ``path`` (predict.py writes one), or ``{}`` without a readable one."""
+    try:
+        return json.loads((path.parent / "summary.json").read_text())
+    except (ValueError, OSError):
+        return {}
+
+
 def _prediction_ids(params: dict, src: Path) -> None:
     """A predict.py output (a ``summary.json`` with its marker beside ``src``): its values are ids ``1..K`` (0 =
     unsegmented, e.g. blank slices), whatever values occur, unless ``values=`` says otherwise."""
-    summary = src.parent / "summary.json"
-    if params.get("values") is not None or not summary.is_file():
-        return
-    try:
-        rec = json.loads(summary.read_text())
-    except (ValueError, OSError):
-        return
+    rec = _summary_beside(src) if params.get("values") is None else {}
     if not rec.get(PREDICTION_MARKER) or not rec.get("classes"):
         return
     params["classes"] = params.get("classes") or list(rec["classes"])

@@ -180,14 +180,6 @@ def _check_ascending(raw: np.ndarray, found: np.ndarray, classes: list, source: 
                     "absent, give values=%s", source, k - 1, k, pairs, classes[-1], list(range(1, k + 1)))
 
 
-def labels_from_probabilities(probs: np.ndarray) -> np.ndarray:
-    """Ids ``1..K`` of the most probable class of ``probs`` ``(K, ...)``, 0 (outside) where every class is
-    equally probable: what :mod:`seglearn.segment` writes on blank slices, which it leaves unsegmented."""
-    labels = (np.argmax(probs, axis=0) + 1).astype(np.uint8)
-    labels[probs.max(axis=0) == probs.min(axis=0)] = 0
-    return labels
-
-
 def _fmt(v) -> str:
     v = _num(v)
     return str(v).replace(".", "p").replace("-", "m")

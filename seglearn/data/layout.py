@@ -148,6 +148,14 @@ def declared_voxel_size(root: str | os.PathLike) -> tuple[float, float, float] |
     return meta["voxel_size_nm"] if "voxel_size_nm" in declared else None
 
 
+def labels_from_probabilities(probs: np.ndarray) -> np.ndarray:
+    """Ids ``1..K`` of the most probable class of ``probs`` ``(K, ...)``, 0 (outside) where every class is
+    equally probable: what prediction writes on blank slices, which it leaves unsegmented."""
+    labels = (np.argmax(probs, axis=0) + 1).astype(np.uint8)
+    labels[probs.max(axis=0) == probs.min(axis=0)] = 0
+    return labels
+
+
 def check_label_values(vol: np.ndarray, path, n_max: int | None) -> None:
     """Refuse labels that are not integers in ``0..n_max`` (0 = unlabelled; ``n_max`` None: any >= 0).
 

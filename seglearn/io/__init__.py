@@ -8,9 +8,9 @@ from seglearn.io.tiff import (
     open_stack,
     read_image,
     read_stack,
-    read_voxel_size_nm,
 )
 from seglearn.io.tiff_write import write_volume, write_volume_stream
+from seglearn.io.voxel import read_voxel_size_nm
 from seglearn.io.atomic import atomic_path, check_writable
 from seglearn.io.preview import label_colours, write_preview
 

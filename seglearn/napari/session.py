@@ -15,9 +15,9 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from seglearn.characterise.labels import labels_from_probabilities
 from seglearn.ckpt import load_checkpoint
 from seglearn.data import load_dataset
+from seglearn.data.layout import labels_from_probabilities
 from seglearn.errors import InputError
 from seglearn.io import atomic_path
 from seglearn.metrics import score

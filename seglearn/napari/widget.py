@@ -28,8 +28,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from seglearn.characterise.labels import labels_from_probabilities
 from seglearn.data import load_dataset
+from seglearn.data.layout import labels_from_probabilities
 from seglearn.napari.layers import class_colours, save_labels, uncertainty_kwargs
 from seglearn.napari.session import (
     export_checkpoint,

@@ -15,8 +15,8 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from seglearn.characterise.labels import labels_from_probabilities
 from seglearn.ckpt import load_checkpoint
+from seglearn.data.layout import labels_from_probabilities
 from seglearn.errors import InputError
 from seglearn.io.intensity import apply_map
 from seglearn.precision import resolve_bf16
