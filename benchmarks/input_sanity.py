@@ -6,7 +6,9 @@ SE2 / InLens swapped, 8-bit data squeezed into 60..123, a 0/1 mask given as the 
 ``--ckpts`` (adapt off, as a fine-tuned model predicts); and phantoms of both families (48 x 128 x 128,
 ``--seeds``) predicted by the shipped base model with ``adapt=auto`` (what predict.py does with it).
 Printed per case: awe against the truth, the largest class share, the share of segmented voxels whose
-normalised entropy exceeds 0.5, and which warnings predict.py would give.
+normalised entropy exceeds 0.5, their mean normalised entropy, and which warnings predict.py would give.
+The phantoms are also given with SE2 / InLens swapped (each order adapted to as predict.py would): whether
+the model's confidence could tell a swapped pair from the right one.
 
     .venv/bin/python benchmarks/input_sanity.py [--ckpts demo fibsem_base] [--seeds 10 18]
 """
@@ -50,6 +52,7 @@ def measure(ck: dict, images: np.ndarray, truth: np.ndarray, adapt: str) -> dict
     shares = {c: float(np.mean(labels[seg] == c)) for c in (1, 2, 3)}
     warns = [w for w in (one_class_warning(shares, "x"), unsure_warning(unsure, "x")) if w]
     return {"awe": score(labels, truth, 3)["awe"], "top_share": max(shares.values()), "unsure": unsure,
+            "entropy": float(uncertainty_map(probs)[seg].mean()),
             "warnings": ["one class" if "segmented voxels are" in w else "unsure" for w in warns]}
 
 
@@ -68,20 +71,23 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[10, 18])
     args = ap.parse_args()
     logging.getLogger("seglearn").setLevel(logging.ERROR)
-    print("| model | input | awe % | largest class | unsure share | warnings |\n|---|---|---|---|---|---|")
+    print("| model | input | awe % | largest class | unsure share | mean entropy | warnings |\n|---|---|---|---|---|---|---|")
     for name in args.ckpts:
         ck = load_checkpoint(ROOT / "checkpoints" / f"{name}.ckpt", kind="unet")
         for case, (img, truth) in _crop_cases().items():
             r = measure(ck, img, truth, "off")
             print(f"| {name} (adapt off) | {case} | {r['awe']:.1f} | {100 * r['top_share']:.0f} % | "
-                  f"{100 * r['unsure']:.0f} % | {', '.join(r['warnings']) or '-'} |")
+                  f"{100 * r['unsure']:.0f} % | {r['entropy']:.3f} | {', '.join(r['warnings']) or '-'} |")
     base = load_checkpoint(ROOT / "checkpoints" / "fibsem_base.ckpt", kind="unet")
     for fam in ("a", "b"):
         for seed in args.seeds:
             ph = make_phantom(synth_config(seed, fam, [48, 128, 128]))
-            r = measure(base, np.stack([ph.images[d] for d in DETS]), ph.truth, "auto")
-            print(f"| fibsem_base (adapt auto) | family {fam} phantom seed {seed} | {r['awe']:.1f} | "
-                  f"{100 * r['top_share']:.0f} % | {100 * r['unsure']:.0f} % | {', '.join(r['warnings']) or '-'} |")
+            img = np.stack([ph.images[d] for d in DETS])
+            for order, x in (("", img), (", SE2 / InLens swapped", img[::-1].copy())):
+                r = measure(base, x, ph.truth, "auto")
+                print(f"| fibsem_base (adapt auto) | family {fam} phantom seed {seed}{order} | {r['awe']:.1f} | "
+                      f"{100 * r['top_share']:.0f} % | {100 * r['unsure']:.0f} % | {r['entropy']:.3f} | "
+                      f"{', '.join(r['warnings']) or '-'} |")
 
 
 if __name__ == "__main__":
